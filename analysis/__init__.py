@@ -1,0 +1,1 @@
+"""Analysis of finished sweeps: best-result tables and reports."""

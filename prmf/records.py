@@ -1,0 +1,52 @@
+"""Turn a finished trial into the store's rows and NPZ predictions (formats: SPEC §6, prmf.store)."""
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+
+from . import store
+
+
+def trial_id(experiment: str, cfg, seed: int) -> str:
+    """Stable id of (config, seed): the same trial gets the same id in every run of a sweep."""
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{experiment}-s{seed}-{digest}"
+
+
+def _row(split, fold, scenario, m, best_epoch, epochs_run):
+    return {"fold": fold, "split": split, "scenario": scenario, "f1": m["f1"], "acc": m["acc"],
+            "val_mse": m["val_mse"], "emoval": m["emoval"], "best_epoch": best_epoch, "epochs_run": epochs_run}
+
+
+def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None):
+    """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial."""
+    best, runs = result.best_epochs, result.epochs_run
+    rows = []
+    for split, sr in result.splits.items():
+        rows += [_row(split, k, "clean", m, best[k], runs[k]) for k, m in enumerate(sr.fold_metrics)]
+        rows.append(_row(split, store.AGGREGATE, "clean", sr.metrics, int(round(np.mean(best))), max(runs)))
+    for (split, scenario), m in result.scenarios.items():
+        rows.append(_row(split, store.AGGREGATE, scenario, m, int(round(np.mean(best))), max(runs)))
+    config = cfg.to_dict()
+    meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
+            "dataset": dataset.name, "features": "+".join(dataset.features), "status": status,
+            "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, **(extra or {})}
+    results = pd.DataFrame([{**meta, **r, **config, "config_json": json.dumps(config, sort_keys=True)} for r in rows])
+    epochs = pd.DataFrame(result.history)
+    epochs.insert(0, "trial_id", tid)
+    epochs.insert(1, "seed", seed)
+
+    ts = store.timestamp()
+    predictions = {}
+    for split, sr in result.splits.items():
+        m = sr.metrics
+        name = store.prediction_name(split, dataset.features, dataset.name, cfg.model, cfg.feat_type,
+                                     m["f1"], m["acc"], m["val_mse"], ts)
+        predictions[name] = {
+            "names": sr.names.astype(str), "logits": sr.logits.astype(np.float32), "labels": sr.emos,
+            "val_preds": sr.vals_pred.astype(np.float32), "val_labels": sr.vals.astype(np.float32),
+            "fold_ids": sr.fold_ids, "classes": np.array(dataset.classes, dtype=str),
+            "config": np.array(json.dumps({**config, "seed": seed, "experiment": experiment, "trial_id": tid})),
+        }
+    return results, epochs, predictions

@@ -1,0 +1,332 @@
+"""analysis/best_results.py: MERBench file names and store rows -> best per (model, split)."""
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `analysis` is not an installed package; plain `pytest` must find it
+    sys.path.insert(0, str(REPO))
+
+from analysis import best_results  # noqa: E402
+from analysis.results import JSON_KEYS, parse_name, scan, select_best  # noqa: E402
+from prmf.store import prediction_name, write_trial  # noqa: E402
+
+SCRIPT = REPO / "analysis" / "best_results.py"
+REAL_RESULTS = Path("/work/shared/data/merbench-results")
+FEATS = "Baichuan-13B-Base-UTT+chinese-hubert-large-UTT+CLIP-ViT-large-patch14-UTT"
+
+
+def mer_name(split, model, f1, acc, val="0.6317", ts=1769910916, dataset=None, model_field=None):
+    ds = f"_dataset:{dataset}" if dataset else ""
+    field = model_field or f"{model}+utt+None"
+    return f"{split}_features:{FEATS}{ds}_model:{field}_f1:{f1}_acc:{acc}_val:{val}_{ts}.npz"
+
+
+def save_args_npz(path: Path, pickled=True):
+    """A file shaped like MERBench's: only `args`, a pickled Namespace (or a small plain array)."""
+    args = np.array(argparse.Namespace(model="attention", lr=1e-3), dtype=object) if pickled else np.arange(3)
+    np.savez(path, args=args)
+
+
+class Trap:
+    """Unpickling this creates `marker` (a stand-in for arbitrary code in a foreign pickle)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def save_trap_npz(path: Path, marker: Path):
+    arr = np.empty((), dtype=object)
+    arr[()] = Trap(marker)
+    np.savez(path, args=arr)  # np.save(allow_pickle=True) of an object array, as args.npy
+
+
+@pytest.fixture
+def merbench(tmp_path):
+    """A MERBench-style result folder with decoys, a tie, junk, a truncated file and a trap."""
+    root = tmp_path / "MERBench" / "saved-trimodal"
+    res = root / "result"
+    res.mkdir(parents=True)
+    (root / "older" / "result").mkdir(parents=True)
+    save_args_npz(res / mer_name("cv", "attention", "0.7366", "0.7376"))
+    save_args_npz(res / mer_name("cv", "attention", "0.7600", "0.7300"), pickled=False)  # higher F1, lower ACC
+    save_args_npz(res / mer_name("test1", "attention", "0.7956", "0.7956", model_field="attention+utt"))
+    # tie on ACC: the higher F1 wins
+    save_args_npz(res / mer_name("cv", "attention_robust_v2", "0.7500", "0.7593", ts=1))
+    save_args_npz(res / mer_name("cv", "attention_robust_v2", "0.7586", "0.7593", ts=2))
+    # our own naming (dataset field, val nan), nested one level deeper
+    save_args_npz(root / "older" / "result" / mer_name("test3", "attention_robust_v2", "0.8995", "0.9029",
+                                                        val="nan", dataset="MER2023"))
+    save_args_npz(res / mer_name("test2", "attention_robust", "0.7609", "0.7621"))
+    save_args_npz(res / mer_name("test1", "attention_robust_v5", "0.8113", "0.8127"))
+    save_args_npz(res / mer_name("test1", "misa", "0.7000", "0.7100"))
+    # junk: an unparsable name, a truncated NPZ whose name would win, a non-NPZ file
+    save_args_npz(res / "f1.npz")
+    (res / mer_name("cv", "attention", "0.9900", "0.9900")).write_bytes(b"PK\x03\x04 truncated garbage")
+    (res / "notes.txt").write_text("not a result")
+    # a pickle that would create a file if anything loaded it
+    marker = tmp_path / "PWNED"
+    save_trap_npz(res / mer_name("test3", "attention_robust", "0.8910", "0.8945"), marker)
+    return root, marker
+
+
+def make_results(trial_id, model, experiment, seed, clean, decoy=0.99):
+    """Result rows of one trial: per-fold rows and a robustness scenario as decoys, plus the
+    aggregate clean rows `clean` = {split: (f1, acc, val_mse)}."""
+    rows = []
+
+    def add(fold, split, scenario, f1, acc, val):
+        rows.append(dict(trial_id=trial_id, experiment=experiment, model=model, seed=seed, fold=fold,
+                         split=split, scenario=scenario, f1=f1, acc=acc, val_mse=val, emoval=f1 - 0.25 * val,
+                         best_epoch=30, epochs_run=70, wall_time_s=12.5, status="ok",
+                         features=FEATS, dataset="MER2023", lr=3e-4, hidden_dim=128))
+
+    for fold in range(5):
+        add(fold, "cv", "clean", decoy, decoy, 0.5)
+    for split, (f1, acc, val) in clean.items():
+        add(-1, split, "clean", f1, acc, val)
+        add(-1, split, "missing_audio", decoy, decoy, 0.5)
+    return pd.DataFrame(rows)
+
+
+def make_epochs(trial_id):
+    return pd.DataFrame(dict(trial_id=trial_id, fold=0, epoch=[1, 2], train_loss=[1.0, 0.8], val_loss=[1.1, 0.9]))
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store with two ablation trials of V2 and one baseline trial, with a winning decoy NPZ."""
+    s = tmp_path / "runs" / "ablation"
+    decoy = prediction_name("cv", ["a", "b", "c"], "MER2023", "attention_robust_v2", "utt",
+                            0.999, 0.999, math.nan, 1769910916)
+    write_trial(s, "t4", make_results("t4", "attention_robust_v2", "Exp4", 0,
+                                      {"cv": (0.7586, 0.7593, 0.63), "test1": (0.8348, 0.8345, 0.64)}),
+                make_epochs("t4"), predictions={decoy: {"logits": np.zeros((2, 6)), "labels": np.arange(2)}})
+    write_trial(s, "t1", make_results("t1", "attention_robust_v2", "Exp1", 1,
+                                      {"cv": (0.7700, 0.7650, 0.62), "test1": (0.8200, 0.8210, 0.65)}),
+                make_epochs("t1"), predictions={})
+    write_trial(s, "b0", make_results("b0", "attention", None, 0, {"cv": (0.7366, 0.7376, 0.66)}),
+                make_epochs("b0"), predictions={})
+    return s
+
+
+def best_map(best):
+    return {(r.display_name, r.split): (r.f1, r.acc) for r in best.itertuples()}
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_parse_name_merbench_and_own_formats():
+    seeds_example = ("cv_features:Baichuan-13B-Base-UTT+chinese-hubert-large-UTT+CLIP-ViT-large-patch14-UTT"
+                     "_model:attention_robust_v2+utt+None_f1:0.7586_acc:0.7593_val:0.6317_1769910916.npz")
+    info = parse_name(seeds_example)
+    assert info["split"] == "cv" and info["model"] == "attention_robust_v2" and info["feat_type"] == "utt"
+    assert (info["f1"], info["acc"], info["val"]) == (0.7586, 0.7593, 0.6317)
+    assert info["dataset"] is None and info["features"].startswith("Baichuan")
+
+    ours = parse_name(prediction_name("test3", ["b", "a"], "MER2023", "attention", "utt",
+                                      0.5, 0.25, math.nan, 123))
+    assert ours["dataset"] == "MER2023" and ours["model"] == "attention" and ours["features"] == "a+b"
+    assert ours["split"] == "test3" and (ours["f1"], ours["acc"]) == (0.5, 0.25) and math.isnan(ours["val"])
+
+    short = parse_name(mer_name("test1", None, "0.1", "0.2", model_field="attention+utt"))
+    assert short["model"] == "attention" and short["feat_type"] == "utt" and short["e2e"] is None
+
+    frm = parse_name(mer_name("cv", None, "0.1", "0.2", model_field="tfn+frm_align+None"))
+    assert (frm["model"], frm["feat_type"], frm["e2e"]) == ("tfn", "frm_align", "None")
+
+    for bad in ("f1.npz", "att_test1.npz", "misa_cv.npz",
+                "cv_features:a_model:attention+utt+None_f1:x_acc:0.1_val:0.1_1.npz"):
+        assert parse_name(bad) is None
+
+
+# ---------------------------------------------------------------- MERBench folders
+
+
+def test_merbench_folder_best_rows_and_warnings(merbench):
+    root, marker = merbench
+    warnings = []
+    cands = scan([root], warn=warnings.append)
+    best = best_map(select_best(cands))
+    assert best[("Baseline (v0)", "cv")] == (0.7366, 0.7376)  # not the higher-F1 decoy, not the truncated file
+    assert best[("Baseline (v0)", "test1")] == (0.7956, 0.7956)  # 'attention+utt' -> attention
+    assert best[("P-RMF V2 (VAE)", "cv")] == (0.7586, 0.7593)  # tie on ACC broken by F1
+    assert best[("P-RMF V2 (VAE)", "test3")] == (0.8995, 0.9029)  # recursive, own naming
+    assert best[("Robust v1 (Dropout)", "test2")] == (0.7609, 0.7621)
+    assert best[("Robust v1 (Dropout)", "test3")] == (0.8910, 0.8945)  # counted by name, never loaded
+    assert best[("Robust v5", "test1")] == (0.8113, 0.8127)
+    assert best[("misa", "test1")] == (0.7, 0.71)
+    assert len(best) == 8
+
+    assert len(warnings) == 2
+    assert any("f1.npz" in w and "name" in w for w in warnings)
+    assert any("0.9900" in w and "not a readable NPZ" in w for w in warnings)
+    assert not marker.exists()
+
+
+def test_trap_really_fires_when_unpickled(tmp_path):
+    """Guard for the test above: the trap file does create its marker when loaded with pickle."""
+    marker = tmp_path / "fired"
+    path = tmp_path / "trap.npz"
+    save_trap_npz(path, marker)
+    with np.load(path, allow_pickle=True) as z:
+        z["args"]
+    assert marker.exists()
+
+
+def test_metric_f1_prefers_f1(merbench):
+    root, marker = merbench
+    best = best_map(select_best(scan([root], warn=lambda m: None), metric="f1"))
+    assert best[("Baseline (v0)", "cv")] == (0.76, 0.73)
+    assert not marker.exists()
+
+
+def test_same_dir_twice_counts_once(merbench):
+    root, _ = merbench
+    once = scan([root], warn=lambda m: None)
+    twice = scan([root, root / "result", root], warn=lambda m: None)
+    assert len(twice) == len(once) == 10
+
+
+def test_real_renamed_files_are_skipped_with_warning(tmp_path, capsys):
+    if not REAL_RESULTS.is_dir() or not list(REAL_RESULTS.glob("*.npz")):
+        pytest.skip("shared MERBench result files not present")
+    folder = tmp_path / "real"
+    folder.mkdir()
+    names = []
+    for f in sorted(REAL_RESULTS.glob("*.npz")):
+        shutil.copy(f, folder / f.name)
+        names.append(f.name)
+    warnings = []
+    assert scan([folder], warn=warnings.append).empty
+    assert len(warnings) == len(names)
+    for name in names:
+        assert sum(name in w for w in warnings) == 1
+
+    assert best_results.main(["--result-dir", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "no results found" in err and err.count("warning:") == len(names)
+
+
+# ---------------------------------------------------------------- stores
+
+
+def test_store_rows_not_its_predictions(store):
+    warnings = []
+    cands = scan([store], warn=warnings.append)
+    assert warnings == []
+    assert len(cands) == 5  # aggregate clean rows only: 2 + 2 + 1
+    best = select_best(cands)
+    got = {(r.model, r.split): r for r in best.itertuples()}
+    v2cv = got[("attention_robust_v2", "cv")]
+    assert (v2cv.f1, v2cv.acc, v2cv.val) == (0.77, 0.765, 0.62)  # Exp1 beats Exp4 on cv ACC
+    assert v2cv.source == f"{store}#t1" and v2cv.display_name == "P-RMF V2 (VAE)"
+    assert got[("attention_robust_v2", "test1")].source == f"{store}#t4"
+    assert got[("attention", "cv")].acc == 0.7376
+    assert 0.99 not in set(best["acc"]) and 0.999 not in set(best["acc"])
+
+
+def test_by_experiment(store):
+    best = select_best(scan([store]), by="experiment")
+    assert list(dict.fromkeys(best["display_name"])) == [
+        "Baseline (v0)", "P-RMF V2 (VAE) [Exp1]", "P-RMF V2 (VAE) [Exp4]"]
+    rows = best_map(best)
+    assert rows[("P-RMF V2 (VAE) [Exp4]", "cv")] == (0.7586, 0.7593)
+    assert rows[("P-RMF V2 (VAE) [Exp1]", "test1")] == (0.82, 0.821)
+
+
+def test_corrupt_parquet_warns_and_other_sources_survive(store, merbench, tmp_path):
+    broken = tmp_path / "runs" / "broken"
+    write_trial(broken, "ok", make_results("ok", "attention", None, 0, {"cv": (0.9, 0.9, 0.5)}),
+                make_epochs("ok"), predictions={})
+    (broken / "results" / "zz.parquet").write_bytes(b"PAR1 this is not parquet")
+    root, _ = merbench
+    warnings = []
+    best = best_map(select_best(scan([tmp_path / "runs", root], warn=warnings.append)))
+    store_warnings = [w for w in warnings if "zz.parquet" in w]
+    assert len(store_warnings) == 1 and str(broken) in store_warnings[0]
+    assert best[("P-RMF V2 (VAE)", "test1")] == (0.8348, 0.8345)  # from the good store
+    assert best[("Baseline (v0)", "cv")] == (0.7366, 0.7376)  # the broken store's rows are skipped
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_markdown_table_and_output_file(store, merbench, tmp_path, capsys):
+    root, marker = merbench
+    out = tmp_path / "report" / "best.md"
+    rc = best_results.main(["--result-dir", str(store), "--result-dir", str(root), "--output", str(out)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[0] == ("| Method | cv F1 | cv ACC | test1 F1 | test1 ACC | test2 F1 | test2 ACC "
+                        "| test3 F1 | test3 ACC |")
+    assert set(lines[1]) <= set("|-:")
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert all(len(cells) == 9 for cells in body)
+    assert [cells[0] for cells in body] == [
+        "Baseline (v0)", "Robust v1 (Dropout)", "P-RMF V2 (VAE)", "Robust v5", "misa"]
+    baseline = body[0]
+    assert baseline[1:] == ["0.7366", "0.7376", "0.7956", "0.7956", "–", "–", "–", "–"]
+    v2 = body[2]
+    assert v2[1:] == ["0.7700", "0.7650", "0.8348", "0.8345", "–", "–", "0.8995", "0.9029"]
+    assert out.read_text(encoding="utf-8") == captured.out
+    assert captured.err.count("warning:") == 2
+    assert not marker.exists()
+
+
+def test_json_keys_and_values(merbench, capsys):
+    root, _ = merbench
+    assert best_results.main(["--result-dir", str(root), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 8
+    assert all(list(r) == JSON_KEYS for r in records)
+    first = records[0]
+    assert (first["model"], first["display_name"], first["split"]) == ("attention", "Baseline (v0)", "cv")
+    assert (first["f1"], first["acc"], first["val"]) == (0.7366, 0.7376, 0.6317)
+    assert first["source"].endswith(mer_name("cv", "attention", "0.7366", "0.7376"))
+    v2test3 = next(r for r in records if r["model"] == "attention_robust_v2" and r["split"] == "test3")
+    assert v2test3["val"] is None  # nan in the name -> null
+
+
+def test_default_root_reads_stores_and_npz(store, merbench, tmp_path, monkeypatch, capsys):
+    runs = store.parent
+    shutil.copytree(merbench[0], runs / "merbench")
+    monkeypatch.setattr(best_results, "DEFAULT_RESULT_DIR", runs)
+    assert best_results.main(["--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    sources = {r["source"].split("#")[0] for r in records}
+    assert str(store) in sources and any("/merbench/" in s for s in sources)
+
+
+def test_missing_dir_and_nothing_found(tmp_path, capsys):
+    assert best_results.main(["--result-dir", str(tmp_path / "nope")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "nope" in err[0]
+
+    (tmp_path / "empty").mkdir()
+    assert best_results.main(["--result-dir", str(tmp_path / "empty")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no results found" in err[0]
+
+
+def test_script_runs_from_any_cwd(merbench, tmp_path):
+    root, marker = merbench
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--result-dir", str(root)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("| Method |") and "| P-RMF V2 (VAE) |" in proc.stdout
+    assert proc.stderr.count("warning:") == 2
+    assert not marker.exists()

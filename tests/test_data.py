@@ -1,0 +1,131 @@
+"""The MERBench reader on real-shaped folders, the restricted label unpickler, and every bad input."""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prmf.data import DataError, load_merbench, read_label_file
+from prmf.data.synthetic import CLASS_COUNTS, FEATURES, generate
+
+REAL_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mer2023" / "label-6way.npz"
+
+
+def make_root(tmp_path, labels, features, dims=(3, 4, 2)):
+    """A MERBench root: labels {split: {name: {'emo', 'val'}}}, features for `features` names."""
+    root = tmp_path / "root"
+    for f, d in zip(features, dims):
+        (root / "features" / f).mkdir(parents=True, exist_ok=True)
+    for corpus in labels.values():
+        for i, name in enumerate(corpus):
+            for f, d in zip(features, dims):
+                np.save(root / "features" / f / f"{name}.npy", np.full(d, i + 1.0, np.float32))
+    np.savez(root / "label-6way.npz", **{f"{k}_corpus": np.array(v, dtype=object) for k, v in labels.items()})
+    return root
+
+
+FEATS = ("a-UTT", "t-UTT", "v-UTT")
+LABELS = {"train": {"s1": {"emo": "happy", "val": 2.0}, "s2": {"emo": "sad", "val": -1.0}},
+          "test3": {"n1": {"emo": "angry", "val": -10}}}
+
+
+def test_round_trip_through_a_merbench_folder(tmp_path):
+    root = make_root(tmp_path, LABELS, FEATS)
+    ds = load_merbench(root, FEATS)
+    tr = ds.splits["train"]
+    assert list(tr.names) == ["s1", "s2"] and tr.emos.tolist() == [2, 3]
+    assert tr.inputs[1].dtype == np.float32 and tr.inputs[1].shape == (2, 4) and tr.inputs[1].flags.c_contiguous
+    assert np.isnan(ds.splits["test3"].vals).all()  # -10 means "no valence"
+    assert (root / ".prmf-cache").is_dir()
+
+
+def test_second_load_uses_the_cache_not_the_small_files(tmp_path):
+    root = make_root(tmp_path, LABELS, FEATS)
+    first = load_merbench(root, FEATS)
+    for f in (root / "features" / "t-UTT").glob("*.npy"):  # rewritten in place: the folder is unchanged
+        np.save(f, np.zeros(4, np.float32))
+    cached = load_merbench(root, FEATS)
+    fresh = load_merbench(root, FEATS, use_cache=False)
+    assert np.array_equal(cached.splits["train"].inputs[1], first.splits["train"].inputs[1])
+    assert not fresh.splits["train"].inputs[1].any()
+
+
+def test_frame_level_features_are_padded_with_lengths(tmp_path):
+    root = make_root(tmp_path, {"train": LABELS["train"]}, ("a-FRA", "t-FRA", "v-FRA"))
+    np.save(root / "features" / "a-FRA" / "s1.npy", np.ones((5, 3), np.float32))
+    np.save(root / "features" / "a-FRA" / "s2.npy", np.ones((2, 3), np.float32))
+    for f in ("t-FRA", "v-FRA"):
+        for n in ("s1", "s2"):
+            np.save(root / "features" / f / f"{n}.npy", np.ones((3, 2), np.float32))
+    ds = load_merbench(root, ("a-FRA", "t-FRA", "v-FRA"))
+    assert ds.feat_type == "frm" and ds.splits["train"].inputs[0].shape == (2, 5, 3)
+    assert ds.splits["train"].lengths[0].tolist() == [5, 2]
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError, match="dataset root not found"):
+        load_merbench(tmp_path / "nope", FEATS)
+
+
+def test_missing_feature_file_is_named(tmp_path):
+    root = make_root(tmp_path, LABELS, FEATS)
+    (root / "features" / "t-UTT" / "s2.npy").unlink()
+    with pytest.raises(DataError, match=r"t-UTT/s2\.npy: missing feature file for sample 's2'"):
+        load_merbench(root, FEATS)
+
+
+def test_dimension_mismatch(tmp_path):
+    root = make_root(tmp_path, LABELS, FEATS)
+    np.save(root / "features" / "v-UTT" / "s2.npy", np.ones(7, np.float32))
+    with pytest.raises(DataError, match=r"v-UTT/s2\.npy: shape \(7,\) does not match"):
+        load_merbench(root, FEATS)
+
+
+def test_nan_values(tmp_path):
+    root = make_root(tmp_path, LABELS, FEATS)
+    np.save(root / "features" / "a-UTT" / "s1.npy", np.array([1, np.nan, 0], np.float32))
+    with pytest.raises(DataError, match=r"a-UTT/s1\.npy: contains NaN or inf"):
+        load_merbench(root, FEATS)
+
+
+def test_unknown_emotion_label(tmp_path):
+    root = make_root(tmp_path, {"train": {"s1": {"emo": "bored", "val": 0.0}}}, FEATS)
+    with pytest.raises(DataError, match=r"sample 's1' has emotion 'bored'"):
+        load_merbench(root, FEATS)
+
+
+class Boom:
+    def __reduce__(self):
+        return (print, ("side effect",))
+
+
+def test_label_unpickler_refuses_arbitrary_classes(tmp_path):
+    path = tmp_path / "label-6way.npz"
+    np.savez(path, train_corpus=np.array({"s1": {"emo": "happy", "val": Boom()}}, dtype=object))
+    with pytest.raises(DataError, match="builtins.print is not allowed"):
+        read_label_file(path)
+
+
+def test_reads_the_real_mer2023_label_file():
+    labels = read_label_file(REAL_LABELS)
+    assert sorted(labels) == ["test1_corpus", "test2_corpus", "test3_corpus", "train_corpus"]
+    assert sum(len(v) for v in labels.values()) == 5030
+    train = labels["train_corpus"]
+    counts = [sum(e["emo"] == c for e in train.values()) for c in ("neutral", "angry", "happy", "sad", "worried", "surprise")]
+    assert tuple(counts) == CLASS_COUNTS["train"]
+    assert all(e["val"] == -10 for e in labels["test3_corpus"].values())
+
+
+def test_synthetic_set_has_mer2023_shape(tmp_path):
+    root = generate(tmp_path / "syn", "small", seed=1)
+    ds = load_merbench(root, FEATURES["small"])
+    for split, counts in CLASS_COUNTS.items():
+        assert np.bincount(ds.splits[split].emos, minlength=6).tolist() == list(counts)
+    assert ds.dims == [64, 128, 48]
+    t2 = ds.splits["test2"]
+    missing = np.stack([np.abs(x).sum(1) == 0 for x in t2.inputs], 1)
+    assert 0.05 < missing.any(1).mean() < 0.3  # MER-NOISE-like: some modalities absent
+    assert np.isnan(ds.splits["test3"].vals).all() and not np.isnan(ds.splits["test1"].vals).any()
+    # valence is tied to the class
+    tr = ds.splits["train"]
+    assert tr.vals[tr.emos == 2].mean() > 1 and tr.vals[tr.emos == 3].mean() < -1

@@ -1,0 +1,96 @@
+"""The result store: one row per (trial, seed, fold-or-aggregate, split), NPZ without pickle, atomic writes."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from prmf import records, store
+from prmf.config import experiment_config
+from prmf.trainer import train_trial
+
+FAST = dict(lr=3e-3, batch_size=64, hidden_dim=32, dropout=0.1, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def trial(tiny_data):
+    cfg = experiment_config("Exp2", **FAST)
+    return cfg, train_trial(cfg, tiny_data, seed=0)
+
+
+def write(tmp_path, tiny_data, cfg, result, tid="Exp2-s0-x"):
+    results, epochs, preds = records.tables(result, tid=tid, sweep="t", experiment="Exp2", cfg=cfg, seed=0,
+                                            dataset=tiny_data, status="finished", wall_time_s=1.0)
+    store.write_trial(tmp_path, tid, results, epochs, preds)
+    return results
+
+
+def test_store_round_trip_has_one_row_per_fold_or_aggregate_and_split(tmp_path, tiny_data, trial):
+    cfg, result = trial
+    write(tmp_path, tiny_data, cfg, result)
+    write(tmp_path, tiny_data, cfg, result)  # the same trial written again replaces, never doubles
+    df = store.read_results(tmp_path)
+    assert len(df) == 4 * 6
+    assert not df.duplicated(store.RESULT_KEY).any()
+    agg = df[(df.fold == store.AGGREGATE) & (df.split == "test1")].iloc[0]
+    assert agg.acc == pytest.approx(result.splits["test1"].metrics["acc"])
+    assert agg.kl_weight == cfg.kl_weight and json.loads(agg.config_json)["use_vae"] is True
+    assert agg.model == "attention_robust_v2" and agg.experiment == "Exp2"
+    ep = store.read_epochs(tmp_path)
+    assert len(ep) == 5 * 2 and set(ep.columns) >= {"trial_id", "fold", "epoch", "val_emoval", "train_loss"}
+
+
+def test_npz_predictions_are_merbench_named_and_load_without_pickle(tmp_path, tiny_data, trial):
+    cfg, result = trial
+    write(tmp_path, tiny_data, cfg, result)
+    files = sorted((tmp_path / "predictions" / "Exp2-s0-x").glob("*.npz"))
+    assert [f.name.split("_")[0] for f in files] == ["cv", "test1", "test2", "test3"]
+    name = files[1].name
+    m = result.splits["test1"].metrics
+    assert name.startswith("test1_features:" + "+".join(sorted(tiny_data.features)))
+    assert f"_dataset:{tiny_data.name}_model:attention_robust_v2+utt+None_f1:{m['f1']:.4f}_acc:{m['acc']:.4f}" in name
+    z = np.load(files[1], allow_pickle=False)
+    assert z["logits"].shape == (len(tiny_data.splits["test1"]), 6)
+    assert np.array_equal(z["labels"], tiny_data.splits["test1"].emos)
+    assert json.loads(str(z["config"]))["kl_weight"] == cfg.kl_weight
+    cv = np.load(files[0], allow_pickle=False)
+    assert sorted(set(cv["fold_ids"].tolist())) == [0, 1, 2, 3, 4]
+
+
+def test_object_arrays_are_refused(tmp_path):
+    import pandas as pd
+    with pytest.raises(store.StoreError, match="dtype object"):
+        store.write_trial(tmp_path, "t", pd.DataFrame({"a": [1]}), pd.DataFrame({"a": [1]}),
+                          {"x.npz": {"names": np.array([{"a": 1}], dtype=object)}})
+    assert store.completed_trials(tmp_path) == set()
+
+
+def test_killed_writer_leaves_no_half_file(tmp_path):
+    """A writer SIGKILLed mid-write leaves either nothing or a whole file, never a truncated one."""
+    code = f"""
+import os, signal, numpy as np, pandas as pd
+import pyarrow.parquet as pq
+from prmf import store
+real = pq.write_table
+def write_then_die(table, path, **kw):
+    real(table, path, **kw)
+    with open(path, 'r+b') as f: f.truncate(10)
+    os.kill(os.getpid(), signal.SIGKILL)
+pq.write_table = write_then_die
+store.write_table({str(tmp_path / 'results' / 'a.parquet')!r}, pd.DataFrame({{'x': np.arange(1000)}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -9
+    assert not (tmp_path / "results" / "a.parquet").exists()
+    assert store.read_results(tmp_path).empty  # the leftover temp file is not part of the store
+
+
+def test_corrupt_result_file_is_a_clear_error(tmp_path, tiny_data, trial):
+    cfg, result = trial
+    write(tmp_path, tiny_data, cfg, result)
+    (tmp_path / "results" / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(store.StoreError, match=r"bad\.parquet: unreadable results file"):
+        store.read_results(tmp_path)
