@@ -1,0 +1,55 @@
+"""The paper's ablation suite (SPEC §5, Exp1-Exp5) over k-fold CV, on Ray Tune.
+
+    python sweeps/ablation.py --num-gpus 8                 # every experiment, the paper's settings
+    python sweeps/ablation.py --experiments Exp1,Exp4 --quick
+
+Every experiment is a row of the paper's table, so none is pruned against another unless
+--asha is given. Run the same command again to resume an interrupted sweep.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prmf.config import EXPERIMENTS, ConfigError, experiment_config, parse_sets  # noqa: E402
+from sweeps import core  # noqa: E402
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                    help=f"comma-separated subset of {', '.join(EXPERIMENTS)} (default: all)")
+    ap.add_argument("--asha", action="store_true", help="let ASHA prune weak experiments (off: each is a table row)")
+    return core.add_common_args(ap)
+
+
+def make_sweep(args) -> core.Sweep:
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    for n in names:
+        if n not in EXPERIMENTS:
+            raise ConfigError(f"unknown experiment {n!r} (known: {', '.join(EXPERIMENTS)})")
+    changes = {**(core.QUICK if args.quick else {}), **parse_sets(args.set)}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.patience is not None:
+        changes["patience"] = args.patience
+    points = [core.Point(n, experiment_config(n, **changes), tag=n) for n in names]
+    return core.Sweep("ablation", points, args, asha=args.asha)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        sweep = make_sweep(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.quick:
+        print(f"quick settings: {core.QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
+    return core.run(sweep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

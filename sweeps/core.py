@@ -1,0 +1,401 @@
+"""The sweep core shared by `ablation.py` and `grid.py`: trials as Ray Tune trials.
+
+A Tune trial is one (config, seed); its folds train inside it and it reports, every epoch, the
+mean validation emoval of its running folds. ASHA (time_attr = epoch) may stop a trial at a
+rung; each fold still stops by its own patience. Results go into the store under
+STORAGE/NAME/ when a trial ends: by the worker when it finishes, by the driver (from the
+checkpoint at the stop epoch) when ASHA stops it. Resume = run the same command again:
+Tune restores its experiment, finished trials are skipped (their store file exists), running
+ones continue from their last checkpoint, and a replayed trial rewrites its own file only.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import torch  # noqa: E402
+
+from cluster.address import resolve_address  # noqa: E402
+from prmf import records, store  # noqa: E402
+from prmf.config import ConfigError  # noqa: E402
+from prmf.data import DataError, load_data  # noqa: E402
+
+try:
+    from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
+except ImportError:  # TODO(lead): remove once prmf/robustness.py lands
+    robustness_scenarios = None
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STORAGE = REPO / "runs"
+CHECKPOINT_FILE = "trial_state.pt"
+ASHA_REDUCTION = 3
+QUICK = dict(epochs=15, batch_size=64, lr=1e-3)  # demo settings: minutes on 2 cores
+
+
+class SweepError(Exception):
+    """A bad sweep input; one line, printed by the CLI."""
+
+
+@dataclass
+class Point:
+    """One row of the sweep: an experiment label and its config (seeds multiply it)."""
+    label: str
+    cfg: object
+    tag: str = ""  # trial-id prefix (the experiment name, or 'grid')
+
+
+@dataclass
+class Sweep:
+    kind: str  # 'ablation' or 'grid'
+    points: list
+    args: argparse.Namespace
+    asha: bool = False
+    settings: dict = field(default_factory=dict)
+
+
+def add_common_args(ap: argparse.ArgumentParser):
+    ap.add_argument("--data", default="synthetic", help="a MERBench dataset root, or 'synthetic' (default) for the built-in set")
+    ap.add_argument("--features", help="audio,text,video feature folder names (default: the paper's three)")
+    ap.add_argument("--profile", default="small", choices=["tiny", "small", "paper"],
+                    help="feature sizes of the built-in set (default small; 'paper' = 1024/5120/768)")
+    ap.add_argument("--folds", type=int, default=5, help="cross-validation folds per trial (default 5)")
+    ap.add_argument("--seeds", type=int, default=1, help="repeat every point with seeds 0..N-1 (default 1)")
+    ap.add_argument("--epochs", type=int, help="epochs per fold (default 150, the paper's; --quick: 15)")
+    ap.add_argument("--patience", type=int, help="early-stopping patience per fold; also ASHA's grace period (default 40)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"demo settings: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (printed at start)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every point")
+    ap.add_argument("--num-gpus", type=float, default=0, help="GPUs the sweep may use in total (default 0: CPU)")
+    ap.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, fractional allowed "
+                    "(default: from the model size, 0.25 for small models, 0.5 for paper-size inputs)")
+    ap.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
+    ap.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS if set, else a new local Ray)")
+    ap.add_argument("--storage", help=f"shared directory for results and Tune state (default {DEFAULT_STORAGE})")
+    ap.add_argument("--name", help="the sweep's name, its folder under --storage (default: from the sweep and data)")
+    ap.add_argument("--restart", action="store_true", help="delete an existing sweep of this name and start over")
+    ap.add_argument("--checkpoint-every", type=int, default=10,
+                    help="epochs between a trial's checkpoints (also at ASHA rungs and the end; default 10)")
+    ap.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default 3)")
+    ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
+    return ap
+
+
+def _asha_milestones(grace, max_t):
+    out, t = [], grace
+    while t < max_t:
+        out.append(int(t))
+        t *= ASHA_REDUCTION
+    return out
+
+
+# ---------------------------------------------------------------- the trial (runs on a worker)
+
+def _make_runner(cfg, data, seed, folds, device=None):
+    from prmf import trainer
+    factory = getattr(trainer, "make_runner", None)
+    if factory is not None:
+        return factory(cfg, data, seed, folds, device)
+    return trainer.TrialRunner(cfg, data, seed, folds, device)
+
+
+def _node_info():
+    import ray
+    return {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _write_result(runner, spec, data, status, wall_time_s, node):
+    from prmf.config import make_config
+    cfg = make_config(spec["cfg"])
+    result = runner.finish(robustness_scenarios() if spec["robustness"] else None)
+    results, epochs, predictions = records.tables(
+        result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
+        dataset=data, status=status, wall_time_s=wall_time_s, extra=node)
+    store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
+    return result
+
+
+def _save_checkpoint(path, runner, wall_time_s):
+    store.atomic_write(Path(path), lambda tmp: torch.save({"runner": runner.state_dict(), "wall_time_s": wall_time_s}, tmp))
+
+
+def _load_checkpoint(path, runner):
+    state = torch.load(path, map_location=runner.device, weights_only=True)
+    runner.load_state_dict(state["runner"])
+    return state["wall_time_s"]
+
+
+def run_trial(config, data=None):
+    """Tune function trainable: one (config, seed) over its folds, checkpointed between epochs.
+
+    The checkpoint is this trial's own file in the sweep's storage (atomic), so a retried trial
+    (FailureConfig), a resumed sweep and the driver finishing an ASHA-stopped trial all find it.
+    """
+    from ray import tune
+    from prmf.config import make_config
+
+    spec = config["trial"]
+    torch.set_num_threads(max(1, int(spec["cpus"])))
+    if (Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet").exists():
+        tune.report({"epoch": 0, "val_emoval": float("nan"), "already_done": True})  # never train it again
+        return
+    runner = _make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"])
+    ckpt = Path(spec["checkpoint"])
+    wall0 = _load_checkpoint(ckpt, runner) if ckpt.exists() else 0.0
+    node = _node_info()
+    t0 = time.time()
+    milestones = set(spec["milestones"])
+    while not runner.done:
+        score = runner.step()
+        wall = wall0 + time.time() - t0
+        metrics = {"epoch": runner.epoch, "val_emoval": score,
+                   "folds_running": sum(not f.stopped for f in runner.folds), **node}
+        if runner.done:
+            _write_result(runner, spec, data, "finished", wall, node)
+            ckpt.unlink(missing_ok=True)
+        elif runner.epoch % spec["checkpoint_every"] == 0 or runner.epoch in milestones:
+            _save_checkpoint(ckpt, runner, wall)  # before the report: ASHA may stop the trial there
+        tune.report(metrics)
+
+
+def finish_stopped_trial(spec, data, node):
+    """A trial ASHA stopped: score its folds' best epochs from the checkpoint at the stop epoch."""
+    from prmf.config import make_config
+    runner = _make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"], device="cpu")
+    wall = _load_checkpoint(spec["checkpoint"], runner)
+    _write_result(runner, spec, data, "pruned", wall, node)
+    Path(spec["checkpoint"]).unlink(missing_ok=True)
+    Path(spec["checkpoint"] + ".pruned").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the driver
+
+def _default_gpus_per_trial(data):
+    return 0.5 if sum(data.dims) > 2048 else 0.25
+
+
+def _check_storage(root: Path):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise SweepError(f"storage {root} cannot be written ({e.strerror or e})") from None
+
+
+def _check_settings(root: Path, settings: dict, restart: bool):
+    """An existing sweep of this name must have been started with the same settings."""
+    path = root / "sweep.json"
+    if path.exists() and not restart:
+        old = json.loads(path.read_text())
+        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        if diff:
+            k = diff[0]
+            raise SweepError(f"sweep {root.name!r} at {root.parent} was started with other settings "
+                             f"({k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}"
+                             f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); "
+                             f"use --name NEW for a new sweep or --restart to start over")
+
+
+def _save_settings(root: Path, settings: dict):
+    root.mkdir(parents=True, exist_ok=True)
+    store.atomic_write(root / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True)))
+
+
+def _init_ray(args, num_gpus):
+    import logging
+    import ray
+    address = resolve_address(args.address) or "local"
+    kwargs = dict(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    if address == "local":
+        kwargs.update(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=args.dashboard,
+                      dashboard_host="127.0.0.1")
+        if num_gpus:
+            kwargs["num_gpus"] = torch.cuda.device_count()
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SweepError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from None
+    have = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > have:
+        ray.shutdown()
+        raise SweepError(f"--num-gpus {num_gpus:g} is more than the cluster has ({have:g} GPUs at {address})")
+
+
+class Progress:
+    """A live line (trials done/running/pending, best so far, ETA), and the driver's part of ASHA:
+    a trial stopped at a rung without results is scored from its checkpoint and stored as pruned."""
+
+    def __init__(self, name, specs, epochs, asha_milestones, data, already_done):
+        from ray.tune import Callback
+
+        outer = self
+
+        class _Callback(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.epochs[trial.config["trial"]["trial_id"]] = result.get("epoch", 0)
+                score = result.get("val_emoval")
+                if score is not None and not math.isnan(score) and score > outer.best[1]:
+                    outer.best = (trial.config["trial"]["experiment"], score)
+                outer.show(trials)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.complete(trial)
+                outer.show(trials, force=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.errors.append(trial.config["trial"]["trial_id"])
+                outer.show(trials, force=True)
+
+        self.callback = _Callback()
+        self.name, self.specs, self.total_epochs = name, specs, epochs
+        self.milestones, self.data = set(asha_milestones), data
+        self.epochs = {tid: epochs for tid in already_done}
+        self.best = ("", -math.inf)
+        self.errors, self.pruned = [], []
+        self.t0, self.last = time.time(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def complete(self, trial):
+        spec = trial.config["trial"]
+        done = Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet"
+        result = trial.last_result or {}
+        if not done.exists() and result.get("epoch") in self.milestones and Path(spec["checkpoint"]).exists():
+            node = {k: result.get(k) for k in ("node_ip", "hostname", "node_id")}
+            marker = Path(spec["checkpoint"] + ".pruned")  # the decision survives a driver killed right now
+            store.atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(node)))
+            finish_stopped_trial(spec, self.data, node)
+            self.pruned.append(spec["trial_id"])
+        self.epochs[spec["trial_id"]] = self.total_epochs  # counts as done for the ETA
+
+    def show(self, trials, force=False):
+        now = time.time()
+        if not force and now - self.last < (1 if self.tty else 15):
+            return
+        self.last = now
+        states = [t.status for t in trials]
+        n = len(self.specs)
+        done = n - len(trials) + states.count("TERMINATED")
+        frac = sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, n * self.total_epochs)
+        eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
+        best = f"best {self.best[0]} {self.best[1]:.4f}" if self.best[0] else "best -"
+        line = (f"[{self.name}] done {done}/{n} ({len(self.pruned)} pruned) running {states.count('RUNNING')} "
+                f"pending {states.count('PENDING')} errors {len(self.errors)} | {best} (val emoval) | "
+                f"ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+def trial_specs(sweep: Sweep, name: str, root: Path, milestones):
+    args = sweep.args
+    cpus = args.cpus_per_trial
+    specs = []
+    for p in sweep.points:
+        for seed in range(args.seeds):
+            tid = records.trial_id(p.tag or p.label, p.cfg, seed)
+            specs.append({"trial_id": tid, "experiment": p.label, "seed": seed, "cfg": p.cfg.to_dict(),
+                          "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
+                          "folds": args.folds, "checkpoint_every": args.checkpoint_every,
+                          "milestones": milestones, "cpus": cpus, "robustness": robustness_scenarios is not None})
+    return specs
+
+
+def run(sweep: Sweep) -> int:
+    """Run (or resume) a sweep; returns the process exit code."""
+    args = sweep.args
+    try:
+        return _run(sweep)
+    except (SweepError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume sweep {args.name!r}", file=sys.stderr)
+        return 130
+
+
+def _run(sweep: Sweep) -> int:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    args = sweep.args
+    if args.folds < 2 or args.seeds < 1 or args.checkpoint_every < 1 or args.cpus_per_trial <= 0:
+        raise SweepError("--folds must be >= 2, --seeds >= 1, --checkpoint-every >= 1, --cpus-per-trial > 0")
+    if args.num_gpus < 0 or (args.gpus_per_trial is not None and not 0 < args.gpus_per_trial <= max(1, args.num_gpus)):
+        raise SweepError(f"--gpus-per-trial must be in (0, {max(1, args.num_gpus):g}] and --num-gpus >= 0")
+    features = args.features.split(",") if args.features else None
+    data = load_data(args.data, features, args.profile)
+    epochs = sweep.points[0].cfg.epochs
+    patience = sweep.points[0].cfg.patience
+    data_tag = "synthetic-" + args.profile if args.data == "synthetic" else Path(args.data).name
+    args.name = args.name or f"{sweep.kind}-{data_tag}"
+    root = (Path(args.storage) if args.storage else DEFAULT_STORAGE).resolve() / args.name
+    _check_storage(root.parent)
+    settings = {"kind": sweep.kind, "data": args.data, "features": list(data.features), "profile": args.profile,
+                "folds": args.folds, "seeds": args.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
+                **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings}
+    _check_settings(root, settings, args.restart)
+    if args.restart and root.exists():
+        shutil.rmtree(root)
+
+    milestones = _asha_milestones(patience, epochs) if sweep.asha else []
+    specs = trial_specs(sweep, args.name, root, milestones)
+    for s in specs:  # ASHA stopped it, but the driver died before storing it
+        if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in store.completed_trials(root):
+            finish_stopped_trial(s, data, json.loads(Path(s["checkpoint"] + ".pruned").read_text()))
+    done = store.completed_trials(root)
+    pending = [s for s in specs if s["trial_id"] not in done]
+    gpus_per_trial = (args.gpus_per_trial or _default_gpus_per_trial(data)) if args.num_gpus else 0
+    print(f"sweep {args.name}: {len(specs)} trials ({len(sweep.points)} points x {args.seeds} seeds x {args.folds} folds), "
+          f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
+          f"{'ASHA grace ' + str(patience) if sweep.asha else 'no pruning'}; "
+          f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
+    if pending:
+        _init_ray(args, args.num_gpus)
+        _save_settings(root, settings)
+        progress = Progress(args.name, specs, epochs, milestones, data, done)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
+                                        {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=patience,
+                                   reduction_factor=ASHA_REDUCTION) if sweep.asha else FIFOScheduler())
+        max_concurrent = int(args.num_gpus // gpus_per_trial) if gpus_per_trial else 0
+        run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(pending)},
+            tune_config=tune.TuneConfig(metric="val_emoval", mode="max", scheduler=scheduler, reuse_actors=True,
+                                        max_concurrent_trials=max_concurrent or None),
+            run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
+                                      callbacks=[progress.callback],
+                                      failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        tuner.fit()
+        if progress.tty:
+            print(file=sys.stderr)
+    results = store.read_results(root)
+    missing = [s["trial_id"] for s in specs if s["trial_id"] not in store.completed_trials(root)]
+    summary(results)
+    if missing:
+        print(f"error: {len(missing)} trial(s) did not finish ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
+              f"run the same command again to retry them", file=sys.stderr)
+        return 1
+    print(f"results: {root}  (python analysis/best_results.py --result-dir {root})", file=sys.stderr)
+    return 0
+
+
+def summary(results):
+    """The cv and test ACC per experiment (mean over seeds)."""
+    if results.empty:
+        return
+    agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
+    table = agg.pivot_table(index="experiment", columns="split", values="acc", aggfunc="mean")
+    print(table.round(4).to_string(), file=sys.stderr)
