@@ -66,8 +66,8 @@ def make_sweep(args) -> core.Sweep:
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        cfg = (experiment_config(base, **changes, **values) if base in EXPERIMENTS
-               else make_config(model=base, **changes, **values))
+        merged = {**changes, **values}
+        cfg = experiment_config(base, **merged) if base in EXPERIMENTS else make_config(model=base, **merged)
         label = ",".join(f"{k}={v}" for k, v in values.items())
         points.append(core.Point(label, cfg, tag="grid"))
     return core.Sweep("grid", points, args, asha=args.asha, settings={"grid_base": base})

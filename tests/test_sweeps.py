@@ -1,0 +1,126 @@
+"""Sweeps on real Ray Tune (a local Ray, 2 CPUs, tiny built-in data, few epochs)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prmf import store
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--data", "synthetic", "--profile", "tiny", "--set", "hidden_dim=16", "--set", "batch_size=64",
+        "--set", "lr=0.003", "--address", "local"]
+
+
+def sweep(script, *args, check=True, **kw):
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, str(REPO / "sweeps" / script), *TINY, *args], capture_output=True,
+                          text=True, env=env, timeout=600, **kw)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, data_dir):
+    sweep("ablation.py", "--experiments", "Exp1,Exp4", "--epochs", "3", "--storage", str(tmp_path), "--name", "abl")
+    root = tmp_path / "abl"
+    df = store.read_results(root)
+    clean = df[df.scenario == "clean"]
+    assert sorted(clean.experiment.unique()) == ["Exp1", "Exp4"]
+    assert len(clean) == 2 * 4 * 6  # trials x splits x (5 folds + aggregate)
+    assert not df.duplicated(store.RESULT_KEY).any()
+    assert set(clean.fold) == {-1, 0, 1, 2, 3, 4} and (df.status == "finished").all()
+    assert (clean.epochs_run <= 3).all() and (clean.model == "attention_robust_v2").all()
+    for tid in df.trial_id.unique():
+        npz = sorted((root / "predictions" / tid).glob("*.npz"))
+        assert [p.name.split("_")[0] for p in npz] == ["cv", "test1", "test2", "test3"]
+        np.load(npz[0], allow_pickle=False)["logits"]
+    assert len(store.read_epochs(root)) == 2 * 5 * 3
+    assert not list((root / "checkpoints").glob("*.pt"))  # finished trials leave no checkpoint behind
+
+
+def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: Exp1\ngrid:\n  lr: [0.000000001, 0.003]\n")
+    sweep("grid.py", "--grid", str(grid), "--epochs", "12", "--patience", "3", "--storage", str(tmp_path), "--name", "g",
+          "--set", "min_delta=0")  # patience cannot stop the hopeless point by itself: only ASHA can
+    df = store.read_results(tmp_path / "g")
+    agg = df[(df.fold == -1) & (df.scenario == "clean") & (df.split == "cv")].set_index("lr")
+    assert agg.loc[0.003, "status"] == "finished" and agg.loc[0.003, "epochs_run"] == 12
+    assert agg.loc[1e-9, "status"] == "pruned" and agg.loc[1e-9, "epochs_run"] == 3
+    assert agg.loc[1e-9, "acc"] < agg.loc[0.003, "acc"]
+    assert len(df[df.scenario == "clean"]) == 2 * 4 * 6  # a pruned trial still has all its rows
+
+
+def _results(root):
+    df = store.read_results(root)
+    return df.sort_values(store.RESULT_KEY).reset_index(drop=True)
+
+
+def test_sigkilled_sweep_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, data_dir):
+    args = ["--experiments", "Exp1,Exp2,Exp4", "--epochs", "6", "--checkpoint-every", "1", "--cpus-per-trial", "2",
+            "--storage", str(tmp_path)]
+    sweep("ablation.py", *args, "--name", "straight")
+
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "ablation.py"), *TINY, *args, "--name", "killed"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    root = tmp_path / "killed"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once one trial is stored and the next has a checkpoint
+        if store.completed_trials(root) and list((root / "checkpoints").glob("*.pt")):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the sweep never reached a stored trial plus a checkpoint")
+    os.killpg(proc.pid, signal.SIGKILL)  # driver and the local Ray it started, as a node crash would
+    proc.wait()
+    finished_before = {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.parquet")}
+    assert 1 <= len(finished_before) < 3
+
+    again = sweep("ablation.py", *args, "--name", "killed")
+    assert f"{len(finished_before)} already done" in again.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.parquet")}
+    assert {k: after[k] for k in finished_before} == finished_before  # no finished trial ran again
+
+    a, b = _results(tmp_path / "straight"), _results(root)
+    assert a[store.RESULT_KEY].equals(b[store.RESULT_KEY])
+    for col in ("acc", "f1", "val_mse", "best_epoch", "epochs_run"):
+        assert np.allclose(a[col], b[col], equal_nan=True), col
+    ep_a, ep_b = store.read_epochs(tmp_path / "straight"), store.read_epochs(root)
+    assert len(ep_a) == len(ep_b) and not ep_b.duplicated(["trial_id", "fold", "epoch"]).any()
+
+
+def test_bad_inputs_are_one_line_errors_that_leave_nothing(tmp_path, data_dir):
+    cases = [
+        (["ablation.py", "--experiments", "Exp1,Exp9"], "unknown experiment 'Exp9'"),
+        (["ablation.py", "--num-gpus", "64"], "--num-gpus 64 is more than the cluster has"),
+        (["ablation.py", "--storage", "/proc/no-such-dir/x"], "cannot be written"),
+        (["ablation.py", "--set", "dropout=1.5"], "config key 'dropout'"),
+    ]
+    bad_grid = tmp_path / "bad.yaml"
+    bad_grid.write_text("grid:\n  kl_wieght: [0.1]\n")
+    cases.append((["grid.py", "--grid", str(bad_grid)], "unknown config key 'kl_wieght'"))
+    for argv, message in cases:
+        proc = sweep(argv[0], *argv[1:], "--storage" if "--storage" not in argv else "--name",
+                     str(tmp_path / "s") if "--storage" not in argv else "x", check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], (argv, proc.stderr[-2000:])
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").rglob("*.parquet"))
+
+
+def test_same_name_with_other_settings_is_refused_until_restart(tmp_path, data_dir):
+    sweep("ablation.py", "--experiments", "Exp1", "--epochs", "2", "--storage", str(tmp_path), "--name", "n")
+    proc = sweep("ablation.py", "--experiments", "Exp1", "--epochs", "3", "--storage", str(tmp_path), "--name", "n",
+                 check=False)
+    assert proc.returncode == 2
+    assert "Exp1.epochs: 2 -> 3" in proc.stderr and "--restart" in proc.stderr
+    sweep("ablation.py", "--experiments", "Exp1", "--epochs", "3", "--storage", str(tmp_path), "--name", "n", "--restart")
+    df = store.read_results(tmp_path / "n")
+    assert (df.epochs_run <= 3).all() and df.epochs_run.max() == 3 and df.trial_id.nunique() == 1
