@@ -32,7 +32,8 @@ class StoreError(Exception):
     """A store file that cannot be read or written."""
 
 
-def _atomic_write(path: Path, write):
+def atomic_write(path: Path, write):
+    """Write through `write(tmp_path)` to a temporary file, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -46,7 +47,7 @@ def _atomic_write(path: Path, write):
 
 
 def write_table(path, df: pd.DataFrame):
-    _atomic_write(Path(path), lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
+    atomic_write(Path(path), lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
 
 
 def prediction_name(split, features, dataset, model, feat_type, f1, acc, val, timestamp):
