@@ -1,7 +1,7 @@
 """Run one config's k-fold CV without a cluster and write it into a result store.
 
     python -m prmf.train --data PATH|synthetic --model NAME [--experiment Exp4]
-                         [--set key=value ...] [--epochs N] [--folds 5] [--seed S] --out DIR
+                         [--set key=value ...] [--epochs N] [--folds 5] [--seed S] [--no-robustness] --out DIR
 """
 import argparse
 import sys
@@ -26,6 +26,8 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     ap.add_argument("--out", required=True, help="result store directory")
+    ap.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True,
+                    help="also score each test split with modalities missing and with feature noise (default on)")
     return ap
 
 
@@ -47,6 +49,7 @@ def main(argv=None):
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from . import robustness
     from .trainer import train_trial
 
     experiment = args.experiment or cfg.model
@@ -56,7 +59,8 @@ def main(argv=None):
     def progress(epoch, score):
         print(f"\r{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}", end="", file=sys.stderr, flush=True)
 
-    result = train_trial(cfg, data, args.seed, args.folds, args.device, on_epoch=progress)
+    scenarios = robustness.scenarios() if args.robustness else None
+    result = train_trial(cfg, data, args.seed, args.folds, args.device, on_epoch=progress, scenarios=scenarios)
     print(file=sys.stderr)
     results, epochs, predictions = records.tables(
         result, tid=tid, sweep="single", experiment=experiment, cfg=cfg, seed=args.seed, dataset=data,

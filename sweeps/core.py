@@ -30,11 +30,7 @@ from cluster.address import resolve_address  # noqa: E402
 from prmf import records, store  # noqa: E402
 from prmf.config import ConfigError  # noqa: E402
 from prmf.data import DataError, load_data  # noqa: E402
-
-try:
-    from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
-except ImportError:  # TODO(lead): remove once prmf/robustness.py lands
-    robustness_scenarios = None
+from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
@@ -306,7 +302,7 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones):
             specs.append({"trial_id": tid, "experiment": p.label, "seed": seed, "cfg": p.cfg.to_dict(),
                           "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
                           "folds": args.folds, "checkpoint_every": args.checkpoint_every,
-                          "milestones": milestones, "cpus": cpus, "robustness": robustness_scenarios is not None})
+                          "milestones": milestones, "cpus": cpus, "robustness": True})
     return specs
 
 

@@ -1,0 +1,394 @@
+"""A sweep's report: per experiment/grid point mean ± std, paired tests, robustness, PNG plots.
+
+    python analysis/report.py [--result-dir DIR] [--out DIR] [--reference Exp1]
+
+DIR is a store (or a folder holding stores; all are read together; default runs/). OUT (default
+DIR/report) receives report.md and the PNGs it embeds: ablation_acc.png, learning_curves.png,
+robustness_matrix.png, noise_curve.png and, where a grid varies 2+ parameters, grid_*.png.
+
+Statistics use the per-fold clean rows of the store (cv: each fold's validation metrics; tests:
+each fold model's own test metrics), grouped by experiment and by the config columns that vary
+within it. Differences to the reference are paired by (seed, fold) and tested with a two-sided
+sign-flip permutation test (exact up to 16 pairs, else 20000 seeded Monte Carlo draws).
+Robustness rows are the fold-averaged scenario rows, averaged over seeds.
+"""
+import argparse
+import itertools
+import os
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if REPO_ROOT not in sys.path:  # run as a script from any cwd
+    sys.path.insert(0, REPO_ROOT)
+
+from analysis.results import DEFAULT_RESULT_DIR, SPLITS  # noqa: E402
+from prmf.config import TrialConfig  # noqa: E402
+from prmf.robustness import missing_patterns, noise_level  # noqa: E402
+from prmf.store import AGGREGATE, StoreError, is_store, read_epochs, read_results  # noqa: E402
+
+EXACT_MAX_PAIRS = 16
+MC_DRAWS = 20000
+CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
+
+
+# ---------------------------------------------------------------- loading and grouping
+
+def find_stores(result_dir: Path) -> list:
+    if is_store(result_dir):
+        return [result_dir]
+    found = []
+    for root, subdirs, _ in os.walk(result_dir):
+        subdirs.sort()
+        if is_store(root):
+            found.append(Path(root))
+            subdirs[:] = []
+    return found
+
+
+def _concat(frames) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load(result_dir: Path):
+    """(results, epochs, left_out) of every store under result_dir.
+
+    When some trials finished, the others (ASHA's 'pruned') are left out: they stopped early, so
+    their scores are not comparable. `left_out` counts them by status."""
+    stores = find_stores(result_dir)
+    results = _concat(read_results(s) for s in stores)
+    epochs = _concat(read_epochs(s) for s in stores)
+    left_out = {}
+    if not results.empty and "status" in results and (results["status"] == "finished").any():
+        other = results[results["status"] != "finished"]
+        left_out = other.groupby("status")["trial_id"].nunique().to_dict()
+        results = results[results["status"] == "finished"]
+    return results, epochs, left_out
+
+
+def _natural(text) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def varying_params(results: pd.DataFrame) -> dict:
+    """experiment -> the config columns that take more than one value within it."""
+    cols = [c for c in CONFIG_COLUMNS if c in results.columns]
+    out = {}
+    for exp, rows in results.groupby("experiment", sort=False):
+        out[exp] = [c for c in cols if rows[c].nunique(dropna=False) > 1]
+    return out
+
+
+def add_groups(results: pd.DataFrame):
+    """Add a `group` column (experiment, plus 'param=value' for params varying within it).
+
+    Returns (results, groups in display order, varying params per experiment)."""
+    results = results.copy()
+    results["experiment"] = results["experiment"].fillna("").astype(str)
+    varying = varying_params(results)
+    labels, keys = [], {}
+    for row in results[["experiment"] + sorted({p for ps in varying.values() for p in ps})].itertuples(index=False):
+        exp = row.experiment
+        params = varying[exp]
+        values = [getattr(row, p) for p in params]
+        label = " ".join([exp] + [f"{p}={_fmt_value(v)}" for p, v in zip(params, values)])
+        labels.append(label)
+        keys.setdefault(label, (_natural(exp), tuple(values)))
+    results["group"] = labels
+    groups = sorted(keys, key=lambda g: keys[g])
+    return results, groups, varying
+
+
+def split_order(splits) -> list:
+    return sorted(set(splits), key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
+
+
+def scenario_order(scenarios) -> list:
+    patterns = missing_patterns()
+    return sorted(set(scenarios), key=lambda s: (0, patterns.index(s), 0.0, s) if s in patterns else
+                  (1, 0, noise_level(s), s) if noise_level(s) is not None else (2, 0, 0.0, s))
+
+
+# ---------------------------------------------------------------- statistics
+
+def permutation_test(diffs, seed=0) -> float:
+    """Two-sided paired sign-flip permutation test of mean(diffs) == 0; returns the p-value."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n == 0:
+        return float("nan")
+    observed = abs(d.mean())
+    if observed == 0:
+        return 1.0
+    if n <= EXACT_MAX_PAIRS:
+        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        stats = np.abs(signs @ d) / n
+        return float(np.mean(stats >= observed - 1e-12))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(MC_DRAWS, n))
+    stats = np.abs(signs @ d) / n
+    return float((1 + np.sum(stats >= observed - 1e-12)) / (MC_DRAWS + 1))
+
+
+def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Per-fold clean rows, one per (group, split, seed, fold) (duplicates across stores averaged)."""
+    rows = results[(results["fold"] != AGGREGATE) & (results["scenario"] == "clean")]
+    return rows.groupby(["group", "split", "seed", "fold"], as_index=False)[["f1", "acc"]].mean()
+
+
+def summarize(folds: pd.DataFrame) -> pd.DataFrame:
+    """group, split, seeds, runs, f1/acc mean and std over seeds × folds."""
+    g = folds.groupby(["group", "split"])
+    out = g[["f1", "acc"]].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    out["seeds"] = g["seed"].nunique()
+    out["runs"] = g.size()
+    return out.reset_index()
+
+
+def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Fold-averaged (aggregate) clean metrics: mean and std over seeds per group and split."""
+    rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] == "clean")]
+    rows = rows.groupby(["group", "split", "seed"], as_index=False)[["f1", "acc"]].mean()
+    out = rows.groupby(["group", "split"])[["f1", "acc"]].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    return out.reset_index()
+
+
+def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per group (≠ reference) and split: pairs, mean difference and p-value for f1 and acc."""
+    keys = ["split", "seed", "fold"]
+    ref = folds.loc[folds["group"] == reference, keys + ["f1", "acc"]]
+    out = []
+    for (group, split), rows in folds[folds["group"] != reference].groupby(["group", "split"], sort=False):
+        joined = rows.merge(ref, on=keys, suffixes=("", "_ref"))
+        rec = {"group": group, "split": split, "pairs": len(joined)}
+        for m in ("f1", "acc"):
+            diffs = (joined[m] - joined[f"{m}_ref"]).to_numpy()
+            rec[f"{m}_diff"] = float(diffs.mean()) if len(diffs) else float("nan")
+            rec[f"{m}_p"] = permutation_test(diffs)
+        out.append(rec)
+    return pd.DataFrame(out, columns=["group", "split", "pairs", "f1_diff", "f1_p", "acc_diff", "acc_p"])
+
+
+def pick_reference(groups, wanted: str):
+    """(reference group, note): the group named `wanted`, the only group of experiment `wanted`,
+    or else the first group."""
+    if wanted in groups:
+        return wanted, ""
+    of_exp = [g for g in groups if g.split(" ")[0] == wanted]
+    if of_exp:
+        return of_exp[0], "" if len(of_exp) == 1 else f" (first of the {len(of_exp)} {wanted} grid points)"
+    return groups[0], f" ({wanted} not in this sweep)"
+
+
+def robustness_table(results: pd.DataFrame) -> pd.DataFrame:
+    """group, split, scenario, acc/f1 mean and std over seeds of the fold-averaged scenario rows."""
+    rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] != "clean")]
+    if rows.empty:
+        return pd.DataFrame(columns=["group", "split", "scenario", "acc_mean", "acc_std", "f1_mean", "f1_std"])
+    rows = rows.groupby(["group", "split", "scenario", "seed"], as_index=False)[["f1", "acc"]].mean()
+    out = rows.groupby(["group", "split", "scenario"])[["acc", "f1"]].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    return out.reset_index()
+
+
+def learning_curve_data(results: pd.DataFrame, epochs: pd.DataFrame, groups) -> dict:
+    """group -> (epochs, mean val_emoval over folds and seeds)."""
+    if epochs.empty or "val_emoval" not in epochs:
+        return {}
+    group_of = results.drop_duplicates("trial_id").set_index("trial_id")["group"]
+    ep = epochs[epochs["trial_id"].isin(group_of.index)].copy()
+    ep["group"] = ep["trial_id"].map(group_of)
+    mean = ep.groupby(["group", "epoch"])["val_emoval"].mean()
+    return {g: (mean[g].index.to_numpy(), mean[g].to_numpy()) for g in groups if g in mean.index.get_level_values(0)}
+
+
+# ---------------------------------------------------------------- Markdown
+
+def _pm(mean, std) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _table(header, rows) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def _p(p) -> str:
+    return "–" if pd.isna(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _lookup(df, keys: dict, col):
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in keys.items():
+        mask &= (df[k] == v).to_numpy()
+    hit = df.loc[mask, col]
+    return hit.iloc[0] if len(hit) else np.nan
+
+
+# ---------------------------------------------------------------- the report
+
+def build_report(result_dir: Path, out: Path, reference="Exp1") -> Path:
+    """Write OUT/report.md and its PNGs; returns the Markdown path. Raises ValueError without rows."""
+    from analysis import plots
+
+    results, epochs, left_out = load(result_dir)
+    if results.empty:
+        raise ValueError(f"no store results under {result_dir}")
+    results, groups, varying = add_groups(results)
+    folds = fold_rows(results)
+    if folds.empty:
+        raise ValueError(f"no per-fold clean rows under {result_dir}")
+    splits = split_order(folds["split"])
+    test_splits = [s for s in splits if s != "cv"]
+    summary = summarize(folds)
+    ensemble = ensemble_summary(results)
+    ref, ref_note = pick_reference(groups, reference)
+    diffs = compare(folds, ref)
+    rob = robustness_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+
+    md = [f"# Sweep report: {result_dir}", "",
+          f"{results['trial_id'].nunique()} trials, {len(groups)} experiment/grid points, "
+          f"seeds {sorted(results['seed'].unique().tolist())}. Reference: **{ref}**{ref_note}.", ""]
+    if left_out:
+        md += ["Left out (not finished): " + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.", ""]
+
+    md += ["## Per-fold metrics", "",
+           "Mean ± std over seeds × folds (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]
+    header = ["experiment", "seeds", "runs"] + [f"{s} {m}" for s in splits for m in ("F1", "ACC")]
+    rows = []
+    for g in groups:
+        cells = [g, _lookup(summary, {"group": g}, "seeds"), _lookup(summary, {"group": g}, "runs")]
+        for s in splits:
+            for m in ("f1", "acc"):
+                cells.append(_pm(_lookup(summary, {"group": g, "split": s}, f"{m}_mean"),
+                                 _lookup(summary, {"group": g, "split": s}, f"{m}_std")))
+        rows.append(cells)
+    md += _table(header, rows) + [""]
+
+    if test_splits and not ensemble.empty:
+        md += ["## Fold-averaged test metrics", "",
+               "The 5 fold models' outputs averaged per sample (the paper's test numbers); mean ± std over seeds.", ""]
+        header = ["experiment"] + [f"{s} {m}" for s in test_splits for m in ("F1", "ACC")]
+        rows = [[g] + [_pm(_lookup(ensemble, {"group": g, "split": s}, f"{m}_mean"),
+                           _lookup(ensemble, {"group": g, "split": s}, f"{m}_std"))
+                       for s in test_splits for m in ("f1", "acc")] for g in groups]
+        md += _table(header, rows) + [""]
+
+    if not diffs.empty:
+        md += [f"## Difference to {ref}", "",
+               "Mean paired difference over (seed, fold) pairs, two-sided sign-flip permutation p-value in "
+               "brackets. With n pairs the smallest possible p is 2/2^n (0.0625 for 5 folds × 1 seed).", ""]
+        for m, name in (("acc", "ACC"), ("f1", "F1")):
+            header = ["experiment", "pairs"] + [f"{s} Δ{name}" for s in splits]
+            rows = []
+            for g in groups:
+                if g == ref:
+                    continue
+                cells = [g, _lookup(diffs, {"group": g}, "pairs")]
+                for s in splits:
+                    d = _lookup(diffs, {"group": g, "split": s}, f"{m}_diff")
+                    p = _lookup(diffs, {"group": g, "split": s}, f"{m}_p")
+                    cells.append("–" if pd.isna(d) else f"{d:+.4f} (p={_p(p)})")
+                rows.append(cells)
+            md += [f"**{name}**", ""] + _table(header, rows) + [""]
+
+    md += ["## Plots", "", "![ACC per experiment](ablation_acc.png)", ""]
+    plots.ablation_bars(summary, groups, splits, out / "ablation_acc.png")
+    for exp, params in varying.items():
+        exp_folds = folds[folds["group"].isin([g for g in groups if g.split(" ")[0] == exp])]
+        exp_rows = results[results["experiment"] == exp].drop_duplicates("group").set_index("group")
+        for p1, p2 in itertools.combinations(params, 2):
+            frame = exp_folds.join(exp_rows[[p1, p2]], on="group")
+            panels = [(s, frame[frame["split"] == s].pivot_table(index=p2, columns=p1, values="acc", aggfunc="mean"))
+                      for s in splits]
+            name = re.sub(r"[^\w.-]+", "_", f"grid_{exp}__{p1}__{p2}.png")
+            plots.heatmap_panels(panels, p1, p2, f"{exp}: ACC over {p1} × {p2} (mean over the rest)", out / name)
+            md += [f"![{exp} grid {p1} × {p2}]({name})", ""]
+
+    curves = learning_curve_data(results, epochs, groups)
+    if curves:
+        plots.learning_curves(curves, out / "learning_curves.png")
+        md += ["![Learning curves](learning_curves.png)", ""]
+
+    md += ["## Robustness", ""]
+    if rob.empty:
+        md += ["No robustness rows in this store (trials run with --no-robustness or before it existed).", ""]
+    else:
+        scenarios = scenario_order(rob["scenario"])
+        rob_splits = split_order(rob["split"])
+        md += ["ACC of the fold-averaged models with modalities missing (all-zero input) and with Gaussian "
+               "feature noise (std = level × feature std), mean over seeds.", ""]
+        panels = []
+        for s in rob_splits:
+            table = rob[rob["split"] == s].pivot(index="group", columns="scenario", values="acc_mean")
+            table = table.reindex(index=[g for g in groups if g in table.index],
+                                  columns=[c for c in scenarios if c in table.columns])
+            panels.append((s, table))
+            md += [f"**{s}**", ""] + _table(["experiment"] + list(table.columns),
+                                            [[g] + [f"{v:.4f}" if pd.notna(v) else "–" for v in r]
+                                             for g, r in table.iterrows()]) + [""]
+        plots.robustness_matrix(panels, out / "robustness_matrix.png")
+        md += ["![Robustness matrix](robustness_matrix.png)", ""]
+        noise = [c for c in scenarios if noise_level(c) is not None]
+        if noise:
+            lines = []
+            for s in rob_splits:
+                per_group = {}
+                for g in groups:
+                    names = (["all"] if "all" in scenarios else []) + noise
+                    levels = [0.0 if c == "all" else noise_level(c) for c in names]
+                    means = [_lookup(rob, {"group": g, "split": s, "scenario": c}, "acc_mean") for c in names]
+                    stds = [_lookup(rob, {"group": g, "split": s, "scenario": c}, "acc_std") for c in names]
+                    if not all(pd.isna(means)):
+                        per_group[g] = (levels, means, stds)
+                lines.append((s, per_group))
+            plots.noise_curves(lines, out / "noise_curve.png")
+            md += ["![ACC against noise](noise_curve.png)", ""]
+
+    path = out / "report.md"
+    path.write_text("\n".join(md), encoding="utf-8")
+    return path
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--result-dir", default=str(DEFAULT_RESULT_DIR), metavar="DIR",
+                   help=f"a store, or a folder of stores (default {DEFAULT_RESULT_DIR})")
+    p.add_argument("--out", metavar="DIR", help="output folder (default DIR/report)")
+    p.add_argument("--reference", default="Exp1", help="experiment or group the others are compared with")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result_dir = Path(args.result_dir)
+    if not result_dir.is_dir():
+        print(f"error: result dir {result_dir} does not exist or is not a directory", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else result_dir / "report"
+    try:
+        path = build_report(result_dir, out, args.reference)
+    except (ValueError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Robustness scenarios for evaluation: missing modalities and Gaussian feature noise.
+
+`scenarios()` gives name -> transform(inputs) for `TrialRunner.finish`; each transform takes the
+three input tensors (audio, text, video; [N, D] or [N, T, D]) and returns three new ones.
+
+- 'all' is the identity, so its rows equal the clean test metrics exactly.
+- '-a', '-t', '-v', '-a-t', '-a-v', '-t-v' zero the named modalities: an all-zero input is how
+  MERBench (and the models here) encode a missing modality.
+- 'noise:L' adds N(0, (L * per-feature std)^2) to every modality. The std is taken over the present
+  rows of that input (all but the last axis); rows that are all zero (missing samples, frame
+  padding) stay zero so they still read as missing. The noise is drawn on the CPU from a generator
+  seeded by (seed, modality, shape), so repeated calls and every device give the same noise.
+"""
+import itertools
+import zlib
+
+import torch
+
+MODALITY_KEYS = ("a", "t", "v")  # input order: audio, text, video
+DEFAULT_NOISE_LEVELS = (0.5, 1.0, 2.0)
+
+
+def missing_patterns() -> list:
+    """['all', '-a', '-t', '-v', '-a-t', '-a-v', '-t-v']: at least one modality always remains."""
+    names = ["all"]
+    for k in (1, 2):
+        names += ["".join(f"-{m}" for m in combo) for combo in itertools.combinations(MODALITY_KEYS, k)]
+    return names
+
+
+def noise_name(level: float) -> str:
+    return f"noise:{level:g}"
+
+
+def noise_level(name: str) -> float | None:
+    """The level of a 'noise:L' scenario name, else None."""
+    return float(name.split(":", 1)[1]) if name.startswith("noise:") else None
+
+
+def drop_modalities(drop: tuple):
+    """Transform zeroing the modalities whose index is in `drop`."""
+    def transform(inputs):
+        return [torch.zeros_like(x) if i in drop else x for i, x in enumerate(inputs)]
+    return transform
+
+
+def identity(inputs):
+    return list(inputs)
+
+
+def _generator(seed: int, modality: int, shape) -> torch.Generator:
+    key = f"{seed}:{modality}:{tuple(shape)}".encode()
+    return torch.Generator(device="cpu").manual_seed(zlib.crc32(key))
+
+
+def add_noise(level: float, seed: int = 0):
+    """Transform adding Gaussian noise of std level x per-feature std to every present row."""
+    def transform(inputs):
+        out = []
+        for i, x in enumerate(inputs):
+            present = (x != 0).any(dim=-1, keepdim=True)  # [N, 1] or [N, T, 1]
+            rows = x[present.expand_as(x)].reshape(-1, x.shape[-1]).float()
+            std = rows.std(dim=0, unbiased=False) if len(rows) > 1 else torch.zeros(x.shape[-1], device=x.device)
+            eps = torch.randn(tuple(x.shape), generator=_generator(seed, i, x.shape)).to(x.device)
+            out.append(torch.where(present, x + (level * std * eps).to(x.dtype), x))
+        return out
+    return transform
+
+
+def scenarios(noise_levels=DEFAULT_NOISE_LEVELS, seed: int = 0) -> dict:
+    """name -> transform: the 7 modality-availability patterns, then one 'noise:L' per level."""
+    out = {}
+    for name in missing_patterns():
+        drop = tuple(MODALITY_KEYS.index(m) for m in name.split("-")[1:])
+        out[name] = identity if not drop else drop_modalities(drop)
+    for level in noise_levels:
+        out[noise_name(level)] = add_noise(float(level), seed)
+    return out

@@ -1,0 +1,146 @@
+"""analysis/report.py: statistics over seeds × folds, paired tests, PNGs embedded in one Markdown."""
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from analysis import report
+from prmf import records, robustness, store
+from prmf.config import experiment_config
+from prmf.trainer import train_trial
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = dict(lr=3e-3, batch_size=64, hidden_dim=16, dropout=0.1, epochs=2)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_data):
+    """A store of Exp1 and Exp4 x seeds 0, 1 (5 folds, 2 epochs), with robustness rows."""
+    d = tmp_path_factory.mktemp("sweep")
+    for exp in ("Exp1", "Exp4"):
+        cfg = experiment_config(exp, **FAST)
+        for seed in (0, 1):
+            result = train_trial(cfg, tiny_data, seed=seed, scenarios=robustness.scenarios())
+            tid = records.trial_id(exp, cfg, seed)
+            tables = records.tables(result, tid=tid, sweep="t", experiment=exp, cfg=cfg, seed=seed,
+                                    dataset=tiny_data, status="finished", wall_time_s=1.0)
+            store.write_trial(d, tid, *tables)
+    return d
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, sweep):
+    """A 2 x 2 grid over kl_weight x recon_weight, made from the Exp4 rows with shifted metrics."""
+    d = tmp_path_factory.mktemp("grid")
+    results, epochs = store.read_results(sweep), store.read_epochs(sweep)
+    base = results[results.experiment == "Exp4"]
+    for i, (kl, recon) in enumerate([(0.005, 0.1), (0.005, 0.2), (0.01, 0.1), (0.01, 0.2)]):
+        for tid, rows in base.groupby("trial_id"):
+            new_tid = f"{tid}-g{i}"
+            rows = rows.assign(trial_id=new_tid, kl_weight=kl, recon_weight=recon, acc=rows.acc + 0.01 * i)
+            ep = epochs[epochs.trial_id == tid].assign(trial_id=new_tid)
+            store.write_trial(d, new_tid, rows, ep, {})
+    return d
+
+
+def check_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > 10_000, (path, len(data))
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 200, (path, image.shape)
+    assert image[..., :3].std() > 0.05, f"{path} looks blank"  # white background plus drawn content
+
+
+def test_report_writes_markdown_and_pngs(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report.main(["--result-dir", str(sweep), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out / 'report.md'}"
+    pngs = ["ablation_acc.png", "learning_curves.png", "robustness_matrix.png", "noise_curve.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(pngs)  # no grid: nothing varies within Exp1/Exp4
+    for name in pngs:
+        check_png(out / name)
+    md = (out / "report.md").read_text()
+    for name in pngs:
+        assert f"]({name})" in md
+    assert "Reference: **Exp1**" in md and "## Difference to Exp1" in md
+    assert "| Exp4 | 10 |" in md  # 2 seeds x 5 folds paired with Exp1
+    for scenario in robustness.scenarios():
+        assert f" {scenario} |" in md
+
+
+def test_statistics_match_the_store(sweep):
+    results, _, left_out = report.load(sweep)
+    assert left_out == {}
+    results, groups, varying = report.add_groups(results)
+    assert groups == ["Exp1", "Exp4"] and varying == {"Exp1": [], "Exp4": []}
+    folds = report.fold_rows(results)
+    summary = report.summarize(folds).set_index(["group", "split"])
+    raw = results[(results.fold >= 0) & (results.scenario == "clean") & (results.experiment == "Exp4")]
+    for split in ("cv", "test1"):
+        acc = raw[raw.split == split].acc
+        assert summary.loc[("Exp4", split), "acc_mean"] == pytest.approx(acc.mean())
+        assert summary.loc[("Exp4", split), "acc_std"] == pytest.approx(acc.std())
+        assert summary.loc[("Exp4", split), "runs"] == 10 and summary.loc[("Exp4", split), "seeds"] == 2
+    diff = report.compare(folds, "Exp1").set_index(["group", "split"])
+    ref = results[(results.fold >= 0) & (results.scenario == "clean") & (results.experiment == "Exp1")]
+    a = raw[raw.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
+    b = ref[ref.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
+    assert diff.loc[("Exp4", "cv"), "acc_diff"] == pytest.approx(np.mean(a - b))
+    assert diff.loc[("Exp4", "cv"), "acc_p"] == pytest.approx(report.permutation_test(a - b))
+    rob = report.robustness_table(results).set_index(["group", "split", "scenario"])
+    agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
+    clean = agg[(agg.experiment == "Exp4") & (agg.split == "test2")].acc.mean()
+    assert rob.loc[("Exp4", "test2", "all"), "acc_mean"] == clean
+
+
+def test_permutation_test():
+    assert report.permutation_test([0.1] * 5) == pytest.approx(2 / 32)  # exact: only all-+ and all-- as extreme
+    assert report.permutation_test([0.0, 0.0, 0.0]) == 1.0
+    assert report.permutation_test([0.1, -0.1, 0.1, -0.1]) == 1.0
+    assert report.permutation_test([0.3, 0.1, -0.05, 0.2]) == pytest.approx(4 / 16)
+    many = np.linspace(0.01, 0.2, 30)  # Monte Carlo branch: seeded, so repeatable
+    p = report.permutation_test(many)
+    assert p == report.permutation_test(many) and p < 0.001
+    assert np.isnan(report.permutation_test([]))
+
+
+def test_grid_gets_groups_per_point_and_heat_maps(grid, tmp_path):
+    out = tmp_path / "report"
+    assert report.main(["--result-dir", str(grid), "--out", str(out), "--reference", "Exp4"]) == 0
+    heat = out / "grid_Exp4__kl_weight__recon_weight.png"
+    check_png(heat)
+    md = (out / "report.md").read_text()
+    assert "Exp4 kl_weight=0.005 recon_weight=0.1" in md and "](grid_Exp4__kl_weight__recon_weight.png)" in md
+    assert "Reference: **Exp4 kl_weight=0.005 recon_weight=0.1** (first of the 4 Exp4 grid points)" in md
+    results, _, _ = report.load(grid)
+    _, groups, varying = report.add_groups(results)
+    assert varying == {"Exp4": ["kl_weight", "recon_weight"]} and len(groups) == 4
+
+
+def test_missing_or_empty_dir_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), "--result-dir",
+                           str(tmp_path / "nope")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: result dir {tmp_path / 'nope'} does not exist or is not a directory"
+    (tmp_path / "empty" / "results").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), "--result-dir",
+                           str(tmp_path / "empty")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: no store results under {tmp_path / 'empty'}"
+    assert not (tmp_path / "empty" / "report").exists()
+
+
+def test_pruned_trials_are_left_out_and_named(sweep, tmp_path):
+    d = tmp_path / "store"
+    results, epochs = store.read_results(sweep), store.read_epochs(sweep)
+    for tid, rows in results.groupby("trial_id"):
+        status = "pruned" if tid.startswith("Exp4-s1") else "finished"
+        store.write_trial(d, tid, rows.assign(status=status), epochs[epochs.trial_id == tid], {})
+    loaded, _, left_out = report.load(d)
+    assert left_out == {"pruned": 1} and set(loaded.status) == {"finished"}
+    assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r")]) == 0
+    assert "Left out (not finished): 1 pruned trials." in (tmp_path / "r" / "report.md").read_text()
