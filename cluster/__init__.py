@@ -1,0 +1,13 @@
+"""Ray cluster helpers and configs (docs/CLUSTERS.md).
+
+- `cluster.address.resolve_address`: the single place where a sweep decides which Ray cluster
+  to join (`--address`, else `RAY_ADDRESS`, else a local Ray).
+- `cluster.wait_for_nodes`: wait, by polling, until a cluster has N live nodes.
+- `cluster/ray-cluster.yaml`, `cluster/ray-cluster-aws.yaml`: Ray cluster-launcher configs
+  (`ray up`) for on-prem GPU machines and for AWS GPU instances.
+- `cluster/start_local_cluster.sh`: a head and N workers on one workstation.
+- `slurm/launch_ray.sh` (outside this package): the same on a Slurm allocation.
+"""
+from .address import resolve_address
+
+__all__ = ["resolve_address"]

@@ -1,0 +1,249 @@
+"""`sbatch slurm/launch_ray.sh` on a real Slurm (slurmctld + two slurmd on this host).
+
+- a two-node job runs a tiny ablation sweep on the built-in data and leaves the full store,
+  its trials spread over both nodes, and nothing of Ray behind;
+- a job interrupted twice -- by the time-limit warning (USR1: it stops the sweep and requeues
+  itself) and by `scontrol requeue` -- comes back each time, resumes, never re-runs a finished
+  trial, and ends with exactly the rows of the uninterrupted run.
+
+Needs Slurm installed (slurm/install-test-slurm.sh); fails with one line if it is not.
+Timings (cluster up, job to completion, requeue to resume) are printed and, with
+PRMF_CLUSTER_TIMINGS=FILE, appended to FILE as JSON lines.
+"""
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clusters import REPO, slurm_cluster_in, wait_until  # noqa: E402
+
+LAUNCHER = REPO / "slurm" / "launch_ray.sh"
+SWEEP_ARGS = "--data synthetic --profile small --experiments Exp1,Exp4 --epochs 2 --folds 5 --seeds 1"
+EXPERIMENTS = {"Exp1", "Exp4"}
+FOLDS = 5
+SPLITS = {"cv", "test1", "test2", "test3"}
+# columns that differ between two runs of the same trial by design
+VOLATILE = {"sweep", "wall_time_s", "train_time_s", "node_ip", "hostname", "node_id"}
+JOB_TIMEOUT = 300
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def record(**timings):
+    line = json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in timings.items()})
+    print(f"\n[cluster timings] {line}")
+    if os.environ.get("PRMF_CLUSTER_TIMINGS"):
+        with open(os.environ["PRMF_CLUSTER_TIMINGS"], "a") as f:
+            f.write(line + "\n")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory, data_dir):
+    t0 = time.monotonic()
+    with slurm_cluster_in(tmp_path_factory.mktemp("slurm")) as cluster:
+        record(what="slurm cluster up (slurmctld + 2 slurmd, nodes idle)", seconds=time.monotonic() - t0)
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweeps")
+
+
+def submit(slurm, storage, name, nodes, cpus):
+    """sbatch the launcher with the sweep's defaults overridden only through its interface:
+    sbatch options and PRMF_* variables. Ray token auth is left at the launcher's default."""
+    log = storage / f"{name}.log"
+    env = slurm.env(PRMF_STORAGE=storage, PRMF_SWEEP_ARGS=f"{SWEEP_ARGS} --name {name}",
+                    PRMF_PYTHON=sys.executable, PRMF_VENV="", PRMF_STOP_TIMEOUT=60)
+    env.pop("RAY_AUTH_MODE", None)
+    env.pop("RAY_ADDRESS", None)
+    opts = [f"--job-name={name}", f"--nodes={nodes}", f"--cpus-per-task={cpus}", "--gpus-per-node=0",
+            "--time=20", f"--output={log}"]  # > the script's USR1 lead (300 s), or USR1 comes at once
+    return slurm.sbatch(LAUNCHER, opts, env=env), log
+
+
+def results(store_dir):
+    from prmf.store import read_results
+    return read_results(store_dir)
+
+
+def result_files(store_dir):
+    d = Path(store_dir) / "results"
+    return {p.stem: p.stat() for p in d.glob("*.parquet")} if d.is_dir() else {}
+
+
+def ray_leftovers(job_id):
+    """Ray temp dirs or processes of this job still on the host."""
+    left = [str(p) for p in Path("/tmp").glob(f"ray-{job_id}.*")]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if f"/tmp/ray-{job_id}." in cmd:
+                left.append(f"PID {proc.name}: {cmd[:120]}")
+    return left
+
+
+def check_store(df):
+    assert not df.empty, "no results"
+    assert set(df.experiment) == EXPERIMENTS
+    assert df.trial_id.nunique() == len(EXPERIMENTS)
+    assert set(df.status) == {"finished"}
+    assert set(df.split) == SPLITS
+    assert set(df.fold) == set(range(FOLDS)) | {-1}
+    assert not df.duplicated(["trial_id", "seed", "fold", "split", "scenario"]).any()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, storage):
+    """The reference: a two-node job, one CPU per node, so the two trials run one per node."""
+    t0 = time.monotonic()
+    job, log = submit(slurm, storage, "plain", nodes=2, cpus=1)
+    slurm.wait_state(job, "RUNNING", 60, log)
+    t_run = time.monotonic()
+    slurm.wait_state(job, "COMPLETED", JOB_TIMEOUT, log)
+    t_end = time.monotonic()
+    text = log.read_text()
+    up = re.search(r"\+(\d+)s\] Ray cluster is up", text)
+    record(what="2-node job: submit to completion", seconds=t_end - t0, queued_s=t_run - t0,
+           ray_cluster_up_s=int(up.group(1)) if up else None)
+    return job, log, storage / "plain"
+
+
+def test_sbatch_runs_sweep_on_two_nodes(slurm, uninterrupted):
+    job, log, store_dir = uninterrupted
+    info = slurm.job(job)
+    text = log.read_text()
+    assert info["ExitCode"] == "0:0", text[-4000:]
+    assert "cluster up: 2 node(s)" in text
+    assert "Ray head" in text and "(auth: token)" in text
+    assert "sweep driver exited with status 0" in text
+    assert "--num-gpus 0" in text              # the allocation's GPUs, passed to the sweep
+    df = results(store_dir)
+    check_store(df)
+    # the two trials ran on the two Ray nodes of the allocation
+    per_trial = df.groupby("trial_id").node_id.nunique()
+    assert (per_trial == 1).all()
+    assert df.node_id.nunique() == 2, df.groupby("trial_id").node_id.first()
+    assert not ray_leftovers(job)
+
+
+def test_requeue_resumes_without_rerunning_finished_trials(slurm, storage, uninterrupted):
+    """One node, one CPU: the two trials run one after the other, so the job can be
+    interrupted with one trial finished and the other one running."""
+    job, log = submit(slurm, storage, "requeued", nodes=1, cpus=1)
+    store_dir = storage / "requeued"
+    slurm.wait_state(job, "RUNNING", 60, log)
+
+    def one_finished_while_running():
+        assert slurm.state(job) == "RUNNING", log.read_text()[-4000:]
+        files = result_files(store_dir)
+        assert len(files) < 2, "both trials finished before the job could be interrupted"
+        return files if len(files) == 1 else None
+    finished = wait_until(one_finished_while_running, JOB_TIMEOUT, interval=0.2, what="the first trial")
+
+    # 1. the time-limit warning (--signal=B:USR1@...): the job stops the sweep and requeues itself
+    t_usr1 = time.monotonic()
+    r = slurm.run(["scancel", "--signal=USR1", "--batch", str(job)])
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: slurm.job(job).get("Restarts") == "1", 120, what="the job to requeue itself")
+    slurm.wait_state(job, "PENDING", 60, log)
+    t_pending1 = time.monotonic()
+    slurm.release_if_held(job)
+    slurm.wait_state(job, "RUNNING", 60, log)
+    wait_until(lambda: "1 already done" in log.read_text(), 120, what="the sweep to resume after USR1")
+    t_resumed1 = time.monotonic()
+
+    # 2. `scontrol requeue` of the running job (what preemption with requeue does too), once the
+    # resumed sweep reports the second trial's first epoch
+    def second_trial_running():
+        text = log.read_text()
+        return re.search(r"done 1/2 .*running 1", text[text.index("(restart 1)"):])
+    wait_until(second_trial_running, 120, interval=0.2, what="the second trial to run after the restart")
+    t_requeue = time.monotonic()
+    r = slurm.run(["scontrol", "requeue", str(job)])
+    assert r.returncode == 0, r.stderr
+    assert len(result_files(store_dir)) == 1, "the second trial finished before the requeue"
+    slurm.wait_state(job, "PENDING", 60, log)
+    t_pending2 = time.monotonic()
+    assert slurm.job(job).get("Restarts") == "2"
+    slurm.release_if_held(job)
+    slurm.wait_state(job, "RUNNING", 60, log)
+    t_running2 = time.monotonic()
+    wait_until(lambda: log.read_text().count("1 already done") >= 2, 120, what="the sweep to resume after requeue")
+    t_resumed2 = time.monotonic()
+    slurm.wait_state(job, "COMPLETED", JOB_TIMEOUT, log)
+    t_end = time.monotonic()
+    record(what="USR1 -> self-requeued (PENDING)", seconds=t_pending1 - t_usr1)
+    record(what="USR1 -> sweep resumed (Slurm's requeue delay: cred_expire=5s)", seconds=t_resumed1 - t_usr1)
+    record(what="scontrol requeue -> PENDING", seconds=t_pending2 - t_requeue)
+    record(what="scontrol requeue -> RUNNING again", seconds=t_running2 - t_requeue)
+    record(what="scontrol requeue -> sweep resumed", seconds=t_resumed2 - t_requeue)
+    record(what="resumed -> job completed", seconds=t_end - t_resumed2)
+
+    text = log.read_text()
+    assert slurm.job(job)["ExitCode"] == "0:0", text[-4000:]
+    assert "SIGUSR1 received" in text and "requeueing job" in text
+    assert "(restart 1)" in text and "(restart 2)" in text
+    # the trial finished before the interruptions was never run again: its file is untouched
+    (tid, before), = finished.items()
+    after = result_files(store_dir)
+    assert (after[tid].st_ino, after[tid].st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert len(after) == 2
+
+    # ... and the store holds exactly the rows of the uninterrupted run
+    got, want = results(store_dir), results(uninterrupted[2])
+    check_store(got)
+    key = ["trial_id", "seed", "fold", "split", "scenario"]
+    cols = [c for c in want.columns if c not in VOLATILE]
+    got = got[cols].sort_values(key).reset_index(drop=True)
+    want = want[cols].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6, atol=1e-9)
+    assert not ray_leftovers(job)
+
+
+@pytest.mark.parametrize("gpu_options", [["--gpus-per-node=1"], ["--gpus-per-node=0", "--gres=gpu:1"]],
+                         ids=["gpus-per-node", "gres"])
+def test_allocation_gpus_reach_ray_and_the_sweep(slurm, storage, gpu_options):
+    """Each test node has one (fake) GPU: however they are requested, both Ray nodes advertise
+    theirs and the sweep command gets --num-gpus 2. (A stand-in command: no CUDA here.)"""
+    log = storage / f"gpus-{gpu_options[-1].strip('-').replace('=', '-').replace(':', '-')}.log"
+    env = slurm.env(PRMF_PYTHON=sys.executable, PRMF_VENV="",
+                    PRMF_SWEEP_CMD='echo "sweep gets --num-gpus $PRMF_NUM_GPUS"')
+    job = slurm.sbatch(LAUNCHER, ["--nodes=2", "--cpus-per-task=1", "--time=10", f"--output={log}", *gpu_options],
+                       env=env)
+    slurm.wait_state(job, "COMPLETED", 120, log)
+    text = log.read_text()
+    assert re.search(r"cluster up: 2 node\(s\) .*, 2 GPUs", text), text[-3000:]
+    assert "sweep gets --num-gpus 2" in text
+    assert not ray_leftovers(job)
+
+
+@pytest.mark.parametrize("env, want", [
+    ({}, "0"),
+    ({"SLURM_GPUS_ON_NODE": "4", "SLURM_GPUS_PER_NODE": "8"}, "4"),
+    ({"SLURM_GPUS_PER_NODE": "a100:4"}, "4"),
+    ({"SLURM_GPUS_PER_NODE": "a100:2,v100:1"}, "3"),
+    ({"SLURM_GPUS_PER_NODE": "0"}, "0"),
+    ({"CUDA_VISIBLE_DEVICES": "0,1,2"}, "3"),
+    ({"CUDA_VISIBLE_DEVICES": "NoDevFiles", "SLURM_JOB_GPUS": "5"}, "1"),
+    ({"PRMF_GPUS_PER_NODE": "2", "SLURM_GPUS_ON_NODE": "4"}, "2"),
+])
+def test_gpus_per_node_detection(env, want):
+    """The launcher's GPU count per node, from what Slurm sets in a job (no Slurm needed)."""
+    import subprocess
+    func = re.search(r"^_gpus_on_node\(\) \{.*?^\}", LAUNCHER.read_text(), re.S | re.M).group(0)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "CUDA_", "PRMF_GPUS"))}
+    r = subprocess.run(["bash", "-c", func + "\n_gpus_on_node"], env={**clean, **env},
+                       capture_output=True, text=True, timeout=10)
+    assert r.stdout.strip() == want, r.stderr
