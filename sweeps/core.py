@@ -69,6 +69,7 @@ def add_common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--seeds", type=int, default=1, help="repeat every point with seeds 0..N-1 (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs per fold (default 150, the paper's; --quick: 15)")
     ap.add_argument("--patience", type=int, help="early-stopping patience per fold; also ASHA's grace period (default 40)")
+    ap.add_argument("--grace-period", type=int, help="ASHA's grace period in epochs (default: the patience)")
     ap.add_argument("--quick", action="store_true",
                     help=f"demo settings: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (printed at start)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every point")
@@ -324,8 +325,10 @@ def _run(sweep: Sweep) -> int:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     args = sweep.args
-    if args.folds < 2 or args.seeds < 1 or args.checkpoint_every < 1 or args.cpus_per_trial <= 0:
-        raise SweepError("--folds must be >= 2, --seeds >= 1, --checkpoint-every >= 1, --cpus-per-trial > 0")
+    if args.folds < 2 or args.seeds < 1 or args.checkpoint_every < 1 or args.cpus_per_trial <= 0 or \
+            (args.grace_period is not None and args.grace_period < 1):
+        raise SweepError("--folds must be >= 2, --seeds >= 1, --checkpoint-every >= 1, --grace-period >= 1, "
+                         "--cpus-per-trial > 0")
     if args.num_gpus < 0 or (args.gpus_per_trial is not None and not 0 < args.gpus_per_trial <= max(1, args.num_gpus)):
         raise SweepError(f"--gpus-per-trial must be in (0, {max(1, args.num_gpus):g}] and --num-gpus >= 0")
     features = args.features.split(",") if args.features else None
@@ -343,7 +346,8 @@ def _run(sweep: Sweep) -> int:
     if args.restart and root.exists():
         shutil.rmtree(root)
 
-    milestones = _asha_milestones(patience, epochs) if sweep.asha else []
+    grace = args.grace_period or patience
+    milestones = _asha_milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, args.name, root, milestones)
     for s in specs:  # ASHA stopped it, but the driver died before storing it
         if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in store.completed_trials(root):
@@ -353,7 +357,7 @@ def _run(sweep: Sweep) -> int:
     gpus_per_trial = (args.gpus_per_trial or _default_gpus_per_trial(data)) if args.num_gpus else 0
     print(f"sweep {args.name}: {len(specs)} trials ({len(sweep.points)} points x {args.seeds} seeds x {args.folds} folds), "
           f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
-          f"{'ASHA grace ' + str(patience) if sweep.asha else 'no pruning'}; "
+          f"{'ASHA grace ' + str(grace) if sweep.asha else 'no pruning'}; "
           f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
     if pending:
         _init_ray(args, args.num_gpus)
@@ -361,7 +365,7 @@ def _run(sweep: Sweep) -> int:
         progress = Progress(args.name, specs, epochs, milestones, data, done)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=patience,
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
                                    reduction_factor=ASHA_REDUCTION) if sweep.asha else FIFOScheduler())
         max_concurrent = int(args.num_gpus // gpus_per_trial) if gpus_per_trial else 0
         run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0

@@ -46,15 +46,18 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
 
 def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("base: Exp1\ngrid:\n  lr: [0.000000001, 0.003]\n")
-    sweep("grid.py", "--grid", str(grid), "--epochs", "12", "--patience", "3", "--storage", str(tmp_path), "--name", "g",
-          "--set", "min_delta=0")  # patience cannot stop the hopeless point by itself: only ASHA can
+    grid.write_text("base: Exp1\ngrid:\n  lr: [0.003, 0.002, 0.000000001]\n")
+    # one trial at a time in grid order, so the hopeless point meets its rung last; the folds'
+    # patience (40) cannot stop anything in 8 epochs: only ASHA (rungs at epochs 2 and 6) can
+    sweep("grid.py", "--grid", str(grid), "--epochs", "8", "--grace-period", "2", "--cpus-per-trial", "2",
+          "--storage", str(tmp_path), "--name", "g")
     df = store.read_results(tmp_path / "g")
     agg = df[(df.fold == -1) & (df.scenario == "clean") & (df.split == "cv")].set_index("lr")
-    assert agg.loc[0.003, "status"] == "finished" and agg.loc[0.003, "epochs_run"] == 12
-    assert agg.loc[1e-9, "status"] == "pruned" and agg.loc[1e-9, "epochs_run"] == 3
+    assert agg.loc[0.003, "status"] == "finished" and agg.loc[0.003, "epochs_run"] == 8
+    assert agg.loc[1e-9, "status"] == "pruned" and agg.loc[1e-9, "epochs_run"] == 2
     assert agg.loc[1e-9, "acc"] < agg.loc[0.003, "acc"]
-    assert len(df[df.scenario == "clean"]) == 2 * 4 * 6  # a pruned trial still has all its rows
+    assert len(df[df.scenario == "clean"]) == 3 * 4 * 6  # a pruned trial still has all its rows
+    assert not list((tmp_path / "g" / "checkpoints").glob("*"))
 
 
 def _results(root):
