@@ -269,9 +269,22 @@ class TrialResult:
                    list(runner.history), runner.train_seconds)
 
 
-def train_trial(cfg, data, seed=0, n_folds=5, device=None, on_epoch=None, scenarios=None) -> TrialResult:
+def make_runner(cfg, data, seed=0, n_folds=5, device=None, vectorize="auto"):
+    """The runner of a trial: folds one after another (TrialRunner) or as one batched model
+    (prmf.vectorized.VectorizedRunner: same interface and training, identical up to float noise
+    when dropout is off, only its random draws differ; same checkpoint format, so either resumes
+    the other's). 'auto' takes the vectorised one wherever it covers the config (utterance-level
+    features): it was the faster at every profile measured (benchmarks/RESULTS.md)."""
+    from .vectorized import VectorizedRunner, supports
+    if vectorize == "auto":
+        vectorize = supports(cfg, data)
+    return (VectorizedRunner if vectorize else TrialRunner)(cfg, data, seed, n_folds, device)
+
+
+def train_trial(cfg, data, seed=0, n_folds=5, device=None, on_epoch=None, scenarios=None,
+                vectorize="auto") -> TrialResult:
     """Run a whole trial. `on_epoch(epoch, mean_val_emoval)` may return True to stop it early."""
-    runner = TrialRunner(cfg, data, seed, n_folds, device)
+    runner = make_runner(cfg, data, seed, n_folds, device, vectorize)
     while not runner.done:
         score = runner.step()
         if on_epoch is not None and on_epoch(runner.epoch, score):
