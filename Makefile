@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 demo: venv
 	$(PY) sweeps/ablation.py --data synthetic $(DEMO_ARGS)
-	$(PY) analysis/best_results.py --result-dir runs
+	$(PY) analysis/best_results.py --result-dir runs --by experiment
 
 test: venv
 	bash slurm/install-test-slurm.sh
