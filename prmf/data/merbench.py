@@ -1,0 +1,199 @@
+"""Read a MERBench dataset root into contiguous float32 arrays, once.
+
+    ROOT/label-6way.npz                 train_corpus, test1_corpus, ... : pickled {name: {'emo', 'val'}}
+    ROOT/features/NAME/SAMPLE.npy       (D,) utterance-level, or (T, D) frame-level
+
+The label pickle is read with a restricted unpickler (plain containers, numbers and the numpy
+array wrapper only). The first load writes a consolidated cache next to the data
+(ROOT/.prmf-cache/*.npz, no pickle) so later loads do not reopen thousands of small files.
+"""
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # MER2023's order
+SPLITS = ("train", "test1", "test2", "test3")
+NO_VALENCE = -10.0  # MER2023 stores -10 where a sample has no valence label (test3)
+PAPER_FEATURES = ("chinese-hubert-large-UTT", "Baichuan-13B-Base-UTT", "clip-vit-large-patch14-UTT")
+MODALITIES = ("audio", "text", "video")
+
+
+class DataError(Exception):
+    """Bad dataset input; the message is one line saying what and where."""
+
+
+@dataclass
+class Split:
+    names: np.ndarray  # [N] str
+    inputs: list  # 3 float32 arrays (audio, text, video): [N, D] or [N, T, D]
+    lengths: list  # 3 int64 arrays [N] (frame counts; all 1 for utterance-level)
+    emos: np.ndarray  # [N] int64 class ids
+    vals: np.ndarray  # [N] float32 valence; NaN where there is none
+
+    def __len__(self):
+        return len(self.names)
+
+
+@dataclass
+class Dataset:
+    name: str
+    features: tuple  # feature folder names (audio, text, video)
+    feat_type: str  # 'utt' or 'frm'
+    splits: dict = field(default_factory=dict)
+    classes: tuple = CLASSES
+
+    @property
+    def dims(self):
+        return [x.shape[-1] for x in self.splits["train"].inputs]
+
+
+class _LabelUnpickler(pickle.Unpickler):
+    """Admits only what a numpy 0-d object array of plain dicts needs; never arbitrary classes."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a label file")
+
+
+def read_label_file(path) -> dict:
+    """{corpus key: {sample name: {'emo': str, 'val': float}}} from a MERBench label-6way.npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label file not found")
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for member in z.namelist():
+                raw = io.BytesIO(z.read(member))
+                major, _ = np.lib.format.read_magic(raw)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                read_header(raw)
+                obj = _LabelUnpickler(raw).load()
+                out[member.removesuffix(".npy")] = obj.item() if isinstance(obj, np.ndarray) else obj
+    except (zipfile.BadZipFile, pickle.UnpicklingError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: unreadable label file ({e})") from None
+    return out
+
+
+def _label_arrays(corpus: dict, where: str):
+    names = sorted(corpus)
+    emos, vals = np.empty(len(names), np.int64), np.empty(len(names), np.float32)
+    for i, name in enumerate(map(str, names)):
+        entry = corpus[name]
+        emo = entry.get("emo") if isinstance(entry, dict) else None
+        if emo not in CLASSES:
+            raise DataError(f"{where}: sample {name!r} has emotion {emo!r}, not one of {', '.join(CLASSES)}")
+        emos[i] = CLASSES.index(emo)
+        val = entry.get("val", NO_VALENCE)
+        vals[i] = np.nan if val is None or float(val) == NO_VALENCE else float(val)
+    return np.array(names), emos, vals
+
+
+def _load_feature(folder: Path, names):
+    """Stack one feature folder's files for `names` into [N, D] or [N, T, D] (zero-padded)."""
+    arrays = []
+    for name in map(str, names):
+        f = folder / f"{name}.npy"
+        if not f.is_file():
+            raise DataError(f"{f}: missing feature file for sample {name!r}")
+        try:
+            a = np.load(f, allow_pickle=False)
+        except ValueError as e:
+            raise DataError(f"{f}: unreadable feature file ({e})") from None
+        if a.ndim not in (1, 2):
+            raise DataError(f"{f}: expected shape (D,) or (T, D), got {a.shape}")
+        if arrays and (a.ndim != arrays[0].ndim or a.shape[-1] != arrays[0].shape[-1]):
+            raise DataError(f"{f}: shape {a.shape} does not match {arrays[0].shape} of the other samples in {folder}")
+        if not np.isfinite(a).all():
+            raise DataError(f"{f}: contains NaN or inf")
+        arrays.append(a.astype(np.float32, copy=False))
+    if arrays[0].ndim == 1:
+        return np.stack(arrays), np.ones(len(arrays), np.int64)
+    lengths = np.array([len(a) for a in arrays], np.int64)
+    out = np.zeros((len(arrays), lengths.max(), arrays[0].shape[1]), np.float32)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+    return out, lengths
+
+
+def _cache_key(root: Path, features):
+    parts = [str(root.resolve()), *features]
+    for p in [root / "label-6way.npz", *(root / "features" / f for f in features)]:
+        st = p.stat()
+        parts.append(f"{p.name}:{st.st_mtime_ns}:{st.st_size}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _save_cache(path: Path, ds: Dataset):
+    arrays = {"meta": np.array(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type}))}
+    for s, sp in ds.splits.items():
+        arrays.update({f"{s}/names": sp.names, f"{s}/emos": sp.emos, f"{s}/vals": sp.vals})
+        for m, x, n in zip(MODALITIES, sp.inputs, sp.lengths):
+            arrays[f"{s}/{m}"], arrays[f"{s}/{m}_len"] = x, n
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+        os.close(fd)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only data folder: no cache, the next load reads the files again
+
+
+def _load_cache(path: Path):
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
+        for s in SPLITS:
+            if f"{s}/names" in z:
+                ds.splits[s] = Split(z[f"{s}/names"], [z[f"{s}/{m}"] for m in MODALITIES],
+                                     [z[f"{s}/{m}_len"] for m in MODALITIES], z[f"{s}/emos"], z[f"{s}/vals"])
+    return ds
+
+
+def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cache=True) -> Dataset:
+    """Load a MERBench root: `features` are the (audio, text, video) feature folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root not found")
+    features = tuple(features)
+    if len(features) != 3:
+        raise DataError(f"need 3 feature names (audio, text, video), got {len(features)}: {features}")
+    for f in features:
+        if not (root / "features" / f).is_dir():
+            raise DataError(f"{root / 'features' / f}: feature folder not found")
+    cache = root / ".prmf-cache" / f"{_cache_key(root, features)}.npz"
+    if use_cache and cache.is_file():
+        return _load_cache(cache)
+    labels = read_label_file(root / "label-6way.npz")
+    feat_type = "frm" if any(f.upper().endswith("FRA") or f.upper().endswith("FRM") for f in features) else "utt"
+    ds = Dataset(dataset_name, features, feat_type)
+    for s in SPLITS:
+        key = f"{s}_corpus"
+        if key not in labels:
+            continue
+        names, emos, vals = _label_arrays(labels[key], f"{root / 'label-6way.npz'}:{key}")
+        loaded = [_load_feature(root / "features" / f, names) for f in features]
+        ds.splits[s] = Split(names, [x for x, _ in loaded], [n for _, n in loaded], emos, vals)
+    if "train" not in ds.splits:
+        raise DataError(f"{root / 'label-6way.npz'}: no train_corpus")
+    for i, f in enumerate(features):  # every split must agree on each modality's dimension
+        dims = {s: sp.inputs[i].shape[-1] for s, sp in ds.splits.items()}
+        if len(set(dims.values())) > 1:
+            raise DataError(f"{root / 'features' / f}: feature dimension differs between splits {dims}")
+    if use_cache:
+        _save_cache(cache, ds)
+    return ds
