@@ -47,7 +47,7 @@ def inputs(n=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     xs = [torch.randn(n, d, generator=g) for d in DIMS]
     xs[2][1] = 0  # a sample without video
-    xs[0][3] = xs[1][3] = 0  # one with text only
+    xs[0][3] = xs[1][3] = 0  # one with video only
     return xs
 
 
