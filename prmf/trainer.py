@@ -96,6 +96,22 @@ def stratified_folds(emos: np.ndarray, n_folds: int, seed: int):
     return [(tr, va) for tr, va in splitter.split(np.zeros(len(emos)), emos)]
 
 
+def update_fold(fold, m, epoch, cfg, logits, vals_pred, save_best):
+    """After a fold's validation: LR schedule, best epoch (argmax of emoval; `save_best()` keeps the
+    weights) and patience, which counts only gains above min_delta. Shared by both runners."""
+    fold.scheduler.step(m["emoval"])
+    if m["emoval"] > fold.best_metric:
+        fold.best_metric, fold.best_epoch = m["emoval"], epoch
+        save_best()
+        fold.best_val = {"metrics": m, "logits": torch.from_numpy(logits), "vals": torch.from_numpy(vals_pred)}
+    if m["emoval"] > fold.patience_ref + cfg.min_delta:
+        fold.patience_ref, fold.bad_epochs = m["emoval"], 0
+    else:
+        fold.bad_epochs += 1
+        fold.stopped = fold.bad_epochs >= cfg.patience
+    fold.epochs_run = epoch
+
+
 class TrialRunner:
     """Trains the folds of one trial epoch by epoch; `state_dict` checkpoints it between epochs."""
 
@@ -151,17 +167,11 @@ class TrialRunner:
         idx = fold.val_idx.cpu().numpy()
         m = metrics(logits, vals_pred, self.data.splits["train"].emos[idx], self.data.splits["train"].vals[idx])
         epoch = self.epoch + 1
-        fold.scheduler.step(m["emoval"])
-        if m["emoval"] > fold.best_metric:  # best epoch = argmax of the validation metric
-            fold.best_metric, fold.best_epoch = m["emoval"], epoch
+
+        def save_best():
             fold.best_state = copy.deepcopy(fold.model.state_dict())
-            fold.best_val = {"metrics": m, "logits": torch.from_numpy(logits), "vals": torch.from_numpy(vals_pred)}
-        if m["emoval"] > fold.patience_ref + self.cfg.min_delta:  # patience counts from real gains
-            fold.patience_ref, fold.bad_epochs = m["emoval"], 0
-        else:
-            fold.bad_epochs += 1
-            fold.stopped = fold.bad_epochs >= self.cfg.patience
-        fold.epochs_run = epoch
+
+        update_fold(fold, m, epoch, self.cfg, logits, vals_pred, save_best)
         self.history.append({"fold": fold.index, "epoch": epoch, "train_loss": train_loss,
                              **{f"val_{k}": v for k, v in m.items()},
                              "lr": fold.optimizer.param_groups[0]["lr"], "stopped": fold.stopped})

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .models import build_model
 from .models.fusion import MISSING_STD, dropout_probability, modality_dropout_keep, present_mask
-from .trainer import EVAL_CHUNK, SplitTensors, default_device, metrics, stratified_folds
+from .trainer import EVAL_CHUNK, SplitTensors, default_device, metrics, stratified_folds, update_fold
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW defaults, as TrialRunner uses them
 
@@ -388,19 +388,13 @@ class VectorizedRunner:
             idx = f.val_idx.cpu().numpy()
             m = metrics(logits, vals_pred, self.data.splits["train"].emos[idx], self.data.splits["train"].vals[idx])
             epoch = self.epoch + 1
-            f.scheduler.step(m["emoval"])
-            if m["emoval"] > f.best_metric:  # best epoch = argmax of the validation metric
-                f.best_metric, f.best_epoch = m["emoval"], epoch
-                with torch.no_grad():
-                    for n in self.names:
-                        self.best[n][f.index].copy_(work[n][pos])
-                f.best_val = {"metrics": m, "logits": torch.from_numpy(logits), "vals": torch.from_numpy(vals_pred)}
-            if m["emoval"] > f.patience_ref + self.cfg.min_delta:  # patience counts from real gains
-                f.patience_ref, f.bad_epochs = m["emoval"], 0
-            else:
-                f.bad_epochs += 1
-                f.stopped = f.bad_epochs >= self.cfg.patience
-            f.epochs_run = epoch
+
+            @torch.no_grad()
+            def save_best(f=f, pos=pos):
+                for n in self.names:
+                    self.best[n][f.index].copy_(work[n][pos])
+
+            update_fold(f, m, epoch, self.cfg, logits, vals_pred, save_best)
             self.history.append({"fold": f.index, "epoch": epoch, "train_loss": train_loss,
                                  **{f"val_{k}": v for k, v in m.items()}, "lr": f.lr, "stopped": f.stopped})
             scores.append(m["emoval"])

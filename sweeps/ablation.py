@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prmf.config import EXPERIMENTS, ConfigError, experiment_config, parse_sets  # noqa: E402
+from prmf.config import EXPERIMENTS, ConfigError, experiment_config  # noqa: E402
 from sweeps import core  # noqa: E402
 
 
@@ -30,25 +30,13 @@ def make_sweep(args) -> core.Sweep:
     for n in names:
         if n not in EXPERIMENTS:
             raise ConfigError(f"unknown experiment {n!r} (known: {', '.join(EXPERIMENTS)})")
-    changes = {**(core.QUICK if args.quick else {}), **parse_sets(args.set)}
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    if args.patience is not None:
-        changes["patience"] = args.patience
+    changes = core.config_changes(args)
     points = [core.Point(n, experiment_config(n, **changes), tag=n) for n in names]
     return core.Sweep("ablation", points, args, asha=args.asha)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        sweep = make_sweep(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.quick:
-        print(f"quick settings: {core.QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
-    return core.run(sweep)
+    return core.main(build_parser, make_sweep, argv)
 
 
 if __name__ == "__main__":

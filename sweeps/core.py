@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from cluster.address import resolve_address  # noqa: E402
 from prmf import records, store  # noqa: E402
-from prmf.config import ConfigError  # noqa: E402
+from prmf.config import ConfigError, parse_sets  # noqa: E402
 from prmf.data import DataError, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 
@@ -86,6 +86,29 @@ def add_common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default 3)")
     ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
     return ap
+
+
+def config_changes(args, fixed=None) -> dict:
+    """Config values every point of the sweep gets: --quick, then `fixed`, --set, --epochs, --patience."""
+    changes = {**(QUICK if args.quick else {}), **(fixed or {}), **parse_sets(args.set)}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.patience is not None:
+        changes["patience"] = args.patience
+    return changes
+
+
+def main(build_parser, make_sweep, argv=None) -> int:
+    """The CLI of a sweep script: parse, build the points (config errors are one line), run."""
+    args = build_parser().parse_args(argv)
+    try:
+        sweep = make_sweep(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.quick:
+        print(f"quick settings: {QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
+    return run(sweep)
 
 
 def _asha_milestones(grace, max_t):
@@ -349,8 +372,9 @@ def _run(sweep: Sweep) -> int:
     grace = args.grace_period or patience
     milestones = _asha_milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, args.name, root, milestones)
+    done = store.completed_trials(root)
     for s in specs:  # ASHA stopped it, but the driver died before storing it
-        if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in store.completed_trials(root):
+        if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in done:
             finish_stopped_trial(s, data, json.loads(Path(s["checkpoint"] + ".pruned").read_text()))
     done = store.completed_trials(root)
     pending = [s for s in specs if s["trial_id"] not in done]
@@ -382,7 +406,8 @@ def _run(sweep: Sweep) -> int:
         if progress.tty:
             print(file=sys.stderr)
     results = store.read_results(root)
-    missing = [s["trial_id"] for s in specs if s["trial_id"] not in store.completed_trials(root)]
+    done = store.completed_trials(root)
+    missing = [s["trial_id"] for s in specs if s["trial_id"] not in done]
     summary(results)
     if missing:
         print(f"error: {len(missing)} trial(s) did not finish ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "

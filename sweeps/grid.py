@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from prmf.config import EXPERIMENTS, MODELS, ConfigError, experiment_config, make_config, parse_sets  # noqa: E402
+from prmf.config import EXPERIMENTS, MODELS, ConfigError, experiment_config, make_config  # noqa: E402
 from sweeps import core  # noqa: E402
 
 DEFAULT_GRID = Path(__file__).resolve().parent / "configs" / "prmf_grid.yaml"
@@ -58,11 +58,7 @@ def load_grid(path):
 
 def make_sweep(args) -> core.Sweep:
     base, fixed, grid = load_grid(args.grid)
-    changes = {**(core.QUICK if args.quick else {}), **fixed, **parse_sets(args.set)}
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    if args.patience is not None:
-        changes["patience"] = args.patience
+    changes = core.config_changes(args, fixed)
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
@@ -74,15 +70,7 @@ def make_sweep(args) -> core.Sweep:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        sweep = make_sweep(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.quick:
-        print(f"quick settings: {core.QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
-    return core.run(sweep)
+    return core.main(build_parser, make_sweep, argv)
 
 
 if __name__ == "__main__":

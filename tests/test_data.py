@@ -1,5 +1,4 @@
 """The MERBench reader on real-shaped folders, the restricted label unpickler, and every bad input."""
-import pickle
 from pathlib import Path
 
 import numpy as np

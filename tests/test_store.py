@@ -1,9 +1,7 @@
 """The result store: one row per (trial, seed, fold-or-aggregate, split), NPZ without pickle, atomic writes."""
 import json
-import os
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from prmf import store
@@ -85,7 +84,7 @@ def test_sigkilled_sweep_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, d
     os.killpg(proc.pid, signal.SIGKILL)  # driver and the local Ray it started, as a node crash would
     proc.wait()
     finished_before = {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.parquet")}
-    assert 1 <= len(finished_before) < 3
+    assert len(finished_before) in (1, 2)  # killed mid-sweep: some trials stored, not all
 
     again = sweep("ablation.py", *args, "--name", "killed")
     assert f"{len(finished_before)} already done" in again.stderr
