@@ -22,7 +22,6 @@ validation; peak memory is the process's peak RSS (CPU) or peak allocated memory
 import argparse
 import copy
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -133,7 +132,7 @@ def run_merbench(cfg, data, device, seed, n_folds, warmup, sync):
             m = metrics(logits, vals_pred, train.emos[va], train.vals[va])
             scheduler.step(m["emoval"])
             if m["emoval"] > best:
-                best, best_state = m["emoval"], copy.deepcopy(model.state_dict())
+                best, best_state = m["emoval"], copy.deepcopy(model.state_dict())  # MERBench keeps it; part of its cost
             sync()
             if epoch >= warmup:
                 timed += time.perf_counter() - t0

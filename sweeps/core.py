@@ -4,9 +4,9 @@ A Tune trial is one (config, seed); its folds train inside it and it reports, ev
 mean validation emoval of its running folds. ASHA (time_attr = epoch) may stop a trial at a
 rung; each fold still stops by its own patience. Results go into the store under
 STORAGE/NAME/ when a trial ends: by the worker when it finishes, by the driver (from the
-checkpoint at the stop epoch) when ASHA stops it. Resume = run the same command again:
-Tune restores its experiment, finished trials are skipped (their store file exists), running
-ones continue from their last checkpoint, and a replayed trial rewrites its own file only.
+checkpoint at the stop epoch) when ASHA stops it. Resume = run the same command again: a fresh
+Tuner runs the trials without a store file, each from its last checkpoint; ASHA's rung records
+come back from the sweep's folder (sweeps/asha.py); a replayed trial rewrites its own file only.
 """
 import argparse
 import json
@@ -345,7 +345,8 @@ def run(sweep: Sweep) -> int:
 
 def _run(sweep: Sweep) -> int:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+    from sweeps.asha import PersistentASHA
 
     args = sweep.args
     if args.folds < 2 or args.seeds < 1 or args.checkpoint_every < 1 or args.cpus_per_trial <= 0 or \
@@ -389,8 +390,8 @@ def _run(sweep: Sweep) -> int:
         progress = Progress(args.name, specs, epochs, milestones, data, done)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
-                                   reduction_factor=ASHA_REDUCTION) if sweep.asha else FIFOScheduler())
+        scheduler = (PersistentASHA(root / "asha_rungs.json", time_attr="epoch", max_t=epochs, grace_period=grace,
+                                    reduction_factor=ASHA_REDUCTION) if sweep.asha else FIFOScheduler())
         max_concurrent = int(args.num_gpus // gpus_per_trial) if gpus_per_trial else 0
         run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
         tuner = tune.Tuner(

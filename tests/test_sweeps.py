@@ -1,4 +1,5 @@
 """Sweeps on real Ray Tune (a local Ray, 2 CPUs, tiny built-in data, few epochs)."""
+import json
 import os
 import signal
 import subprocess
@@ -57,6 +58,8 @@ def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
     assert agg.loc[1e-9, "acc"] < agg.loc[0.003, "acc"]
     assert len(df[df.scenario == "clean"]) == 3 * 4 * 6  # a pruned trial still has all its rows
     assert not list((tmp_path / "g" / "checkpoints").glob("*"))
+    rung2 = json.loads((tmp_path / "g" / "asha_rungs.json").read_text())["2"]  # for a resumed sweep to judge by
+    assert sorted(rung2) == sorted(df.trial_id.unique())
 
 
 def _results(root):
