@@ -96,6 +96,33 @@ def stratified_folds(emos: np.ndarray, n_folds: int, seed: int):
     return [(tr, va) for tr, va in splitter.split(np.zeros(len(emos)), emos)]
 
 
+STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run")
+
+
+def stopping_state(fold) -> dict:
+    """A fold's early-stopping bookkeeping, for a checkpoint (both runners' format)."""
+    return {k: getattr(fold, k) for k in STOPPING_FIELDS}
+
+
+def load_stopping_state(fold, state):
+    for k in STOPPING_FIELDS:
+        setattr(fold, k, state[k])
+
+
+def run_state(runner) -> dict:
+    """The trial-level part of a checkpoint: epoch, history, time and the global RNGs."""
+    return {"epoch": runner.epoch, "history": runner.history, "train_seconds": runner.train_seconds,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if runner.device.type == "cuda" else None}
+
+
+def load_run_state(runner, state):
+    runner.epoch, runner.history, runner.train_seconds = state["epoch"], state["history"], state["train_seconds"]
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and runner.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 def update_fold(fold, m, epoch, cfg, logits, vals_pred, save_best):
     """After a fold's validation: LR schedule, best epoch (argmax of emoval; `save_best()` keeps the
     weights) and patience, which counts only gains above min_delta. Shared by both runners."""
@@ -188,30 +215,21 @@ class TrialRunner:
 
     def state_dict(self):
         """Everything needed to continue this trial bit-for-bit after a restart."""
-        return {
-            "epoch": self.epoch, "history": self.history, "train_seconds": self.train_seconds,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "folds": [{k: getattr(f, k) for k in ("best_metric", "best_epoch", "best_state", "best_val", "patience_ref",
-                                                   "bad_epochs", "stopped", "epochs_run")}
-                      | {"model": f.model.state_dict(), "optimizer": f.optimizer.state_dict(),
-                         "scheduler": f.scheduler.state_dict(), "generator": f.generator.get_state()}
-                      for f in self.folds],
-        }
+        return {**run_state(self),
+                "folds": [stopping_state(f) | {"best_state": f.best_state, "model": f.model.state_dict(),
+                                           "optimizer": f.optimizer.state_dict(), "scheduler": f.scheduler.state_dict(),
+                                           "generator": f.generator.get_state()}
+                          for f in self.folds]}
 
     def load_state_dict(self, state):
-        self.epoch, self.history, self.train_seconds = state["epoch"], state["history"], state["train_seconds"]
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        load_run_state(self, state)
         for f, s in zip(self.folds, state["folds"]):
             f.model.load_state_dict(s["model"])
             f.optimizer.load_state_dict(s["optimizer"])
             f.scheduler.load_state_dict(s["scheduler"])
             f.generator.set_state(s["generator"])
-            for k in ("best_metric", "best_epoch", "best_state", "best_val", "patience_ref", "bad_epochs", "stopped",
-                      "epochs_run"):
-                setattr(f, k, s[k])
+            load_stopping_state(f, s)
+            f.best_state = s["best_state"]
 
     def best_models(self):
         """The fold models at their best epochs (copies; training state untouched)."""

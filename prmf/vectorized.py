@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .models import build_model
 from .models.fusion import MISSING_STD, dropout_probability, modality_dropout_keep, present_mask
-from .trainer import EVAL_CHUNK, SplitTensors, default_device, metrics, stratified_folds, update_fold
+from .trainer import (EVAL_CHUNK, SplitTensors, TrialResult, default_device, load_stopping_state,
+                      load_run_state, metrics, run_state, stopping_state, stratified_folds, update_fold)
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW defaults, as TrialRunner uses them
 
@@ -433,7 +434,6 @@ class VectorizedRunner:
         return out
 
     def finish(self, scenarios=None):
-        from .trainer import TrialResult
         return TrialResult.build(self, scenarios or {})
 
     def state_dict(self):
@@ -445,22 +445,15 @@ class VectorizedRunner:
                 i: {"step": self.steps[k, i].clone(), "exp_avg": self.exp_avg[n][k],
                     "exp_avg_sq": self.exp_avg_sq[n][k]} for i, n in enumerate(self.names)}
             group = {**self._param_group, "lr": f.lr}
-            folds.append({"best_metric": f.best_metric, "best_epoch": f.best_epoch,
-                          "best_state": self.fold_state(k, self.best) if f.best_epoch else None,
-                          "best_val": f.best_val, "patience_ref": f.patience_ref, "bad_epochs": f.bad_epochs,
-                          "stopped": f.stopped, "epochs_run": f.epochs_run, "model": self.fold_state(k, self.params),
-                          "optimizer": {"state": opt_state, "param_groups": [group]},
-                          "scheduler": f.scheduler.state_dict(), "generator": f.generator.get_state()})
-        return {"epoch": self.epoch, "history": self.history, "train_seconds": self.train_seconds,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None, "folds": folds}
+            folds.append(stopping_state(f) | {
+                "best_state": self.fold_state(k, self.best) if f.best_epoch else None,
+                "model": self.fold_state(k, self.params), "optimizer": {"state": opt_state, "param_groups": [group]},
+                "scheduler": f.scheduler.state_dict(), "generator": f.generator.get_state()})
+        return {**run_state(self), "folds": folds}
 
     @torch.no_grad()
     def load_state_dict(self, state):
-        self.epoch, self.history, self.train_seconds = state["epoch"], state["history"], state["train_seconds"]
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        load_run_state(self, state)
         for f, s in zip(self.folds, state["folds"]):
             k = f.index
             for n in self.names:
@@ -476,5 +469,4 @@ class VectorizedRunner:
             f.lr_holder.param_groups[0]["lr"] = opt["param_groups"][0]["lr"]
             f.scheduler.load_state_dict(s["scheduler"])
             f.generator.set_state(s["generator"])
-            for key in ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run"):
-                setattr(f, key, s[key])
+            load_stopping_state(f, s)
