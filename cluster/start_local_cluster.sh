@@ -58,14 +58,7 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
-free_ports() {
-    "$PY" -c '
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
+free_ports() { "$PY" -m cluster.free_ports "$1"; }
 
 mkdir -p "$TMPBASE" || die "cannot create $TMPBASE"
 RUN_DIR=$(mktemp -d "$TMPBASE/c.XXXX")            # short: Ray's socket paths must stay < 107 bytes

@@ -129,14 +129,7 @@ _gpus_on_node() {
 }
 
 # N distinct free TCP ports, chosen by the kernel on this node.
-_free_ports() {
-    "$PRMF_PYTHON" -c '
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
+_free_ports() { "$PRMF_PYTHON" -m cluster.free_ports "$1"; }
 
 # Run one Ray node in the foreground until SIGTERM/SIGINT: role head|worker, node index.
 # Head: needs HEAD_IP and GCS_PORT.  Worker: needs RAY_ADDRESS.  Retries a start that fails

@@ -30,18 +30,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from cluster.free_ports import free_ports  # noqa: E402
+
 INSTALL_HINT = "run `sudo slurm/install-test-slurm.sh` (apt-get install slurm-wlm); make test does it"
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def stop_pid(proc: subprocess.Popen, timeout=20.0, sig=signal.SIGTERM, group=False):
