@@ -27,7 +27,7 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
-from analysis.results import DEFAULT_RESULT_DIR, SPLITS  # noqa: E402
+from analysis.results import DEFAULT_RESULT_DIR, natural_key, split_key  # noqa: E402
 from prmf.config import TrialConfig  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
 from prmf.store import AGGREGATE, StoreError, is_store, read_epochs, read_results  # noqa: E402
@@ -72,10 +72,6 @@ def load(result_dir: Path):
     return results, epochs, left_out
 
 
-def _natural(text) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
-
-
 def _fmt_value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -103,14 +99,14 @@ def add_groups(results: pd.DataFrame):
         values = [getattr(row, p) for p in params]
         label = " ".join([exp] + [f"{p}={_fmt_value(v)}" for p, v in zip(params, values)])
         labels.append(label)
-        keys.setdefault(label, (_natural(exp), tuple(values)))
+        keys.setdefault(label, (natural_key(exp), tuple(values)))
     results["group"] = labels
     groups = sorted(keys, key=lambda g: keys[g])
     return results, groups, varying
 
 
 def split_order(splits) -> list:
-    return sorted(set(splits), key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
+    return sorted(set(splits), key=split_key)
 
 
 def scenario_order(scenarios) -> list:
@@ -146,11 +142,17 @@ def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
     return rows.groupby(["group", "split", "seed", "fold"], as_index=False)[["f1", "acc"]].mean()
 
 
+def _mean_std(grouped, cols) -> pd.DataFrame:
+    """Mean and std of `cols` per group, as flat columns COL_mean, COL_std."""
+    out = grouped[cols].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    return out
+
+
 def summarize(folds: pd.DataFrame) -> pd.DataFrame:
     """group, split, seeds, runs, f1/acc mean and std over seeds × folds."""
     g = folds.groupby(["group", "split"])
-    out = g[["f1", "acc"]].agg(["mean", "std"])
-    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    out = _mean_std(g, ["f1", "acc"])
     out["seeds"] = g["seed"].nunique()
     out["runs"] = g.size()
     return out.reset_index()
@@ -160,9 +162,7 @@ def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Fold-averaged (aggregate) clean metrics: mean and std over seeds per group and split."""
     rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] == "clean")]
     rows = rows.groupby(["group", "split", "seed"], as_index=False)[["f1", "acc"]].mean()
-    out = rows.groupby(["group", "split"])[["f1", "acc"]].agg(["mean", "std"])
-    out.columns = [f"{m}_{s}" for m, s in out.columns]
-    return out.reset_index()
+    return _mean_std(rows.groupby(["group", "split"]), ["f1", "acc"]).reset_index()
 
 
 def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -198,9 +198,7 @@ def robustness_table(results: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=["group", "split", "scenario", "acc_mean", "acc_std", "f1_mean", "f1_std"])
     rows = rows.groupby(["group", "split", "scenario", "seed"], as_index=False)[["f1", "acc"]].mean()
-    out = rows.groupby(["group", "split", "scenario"])[["acc", "f1"]].agg(["mean", "std"])
-    out.columns = [f"{m}_{s}" for m, s in out.columns]
-    return out.reset_index()
+    return _mean_std(rows.groupby(["group", "split", "scenario"]), ["acc", "f1"]).reset_index()
 
 
 def learning_curve_data(results: pd.DataFrame, epochs: pd.DataFrame, groups) -> dict:

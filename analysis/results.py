@@ -69,16 +69,18 @@ def display_name(model, experiment: str = "") -> str:
     return f"{name} [{experiment}]" if experiment else name
 
 
-def _natural(text: str) -> list:
+def natural_key(text: str) -> list:
+    """Sort key that orders Exp2 before Exp10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
 
 
 def _model_order(model: str) -> tuple:
     fixed = list(DISPLAY_NAMES)
-    return (fixed.index(model) if model in fixed else len(fixed), _natural(model))
+    return (fixed.index(model) if model in fixed else len(fixed), natural_key(model))
 
 
-def _split_order(split: str) -> tuple:
+def split_key(split: str) -> tuple:
+    """Sort key: cv, test1, test2, test3, then any other split by name."""
     return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
@@ -186,8 +188,8 @@ def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model"
 
     def row_order(i):
         row = best.iloc[i]
-        experiment = _natural(row["experiment"]) if by == "experiment" else []
-        return (_model_order(row["model"]), experiment, _split_order(row["split"]))
+        experiment = natural_key(row["experiment"]) if by == "experiment" else []
+        return (_model_order(row["model"]), experiment, split_key(row["split"]))
 
     best = best.iloc[sorted(range(len(best)), key=row_order)]
     return best.reset_index(drop=True)
