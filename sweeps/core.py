@@ -28,13 +28,13 @@ import torch  # noqa: E402
 
 from cluster.address import resolve_address  # noqa: E402
 from prmf import records, store  # noqa: E402
-from prmf.config import ConfigError, parse_sets  # noqa: E402
+from prmf.config import ConfigError, make_config, parse_sets  # noqa: E402
 from prmf.data import DataError, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
+from prmf.trainer import make_runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
-CHECKPOINT_FILE = "trial_state.pt"
 ASHA_REDUCTION = 3
 QUICK = dict(epochs=15, batch_size=64, lr=1e-3)  # demo settings: minutes on 2 cores
 
@@ -121,14 +121,6 @@ def _asha_milestones(grace, max_t):
 
 # ---------------------------------------------------------------- the trial (runs on a worker)
 
-def _make_runner(cfg, data, seed, folds, device=None):
-    from prmf import trainer
-    factory = getattr(trainer, "make_runner", None)
-    if factory is not None:
-        return factory(cfg, data, seed, folds, device)
-    return trainer.TrialRunner(cfg, data, seed, folds, device)
-
-
 def _node_info():
     import ray
     return {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
@@ -136,14 +128,12 @@ def _node_info():
 
 
 def _write_result(runner, spec, data, status, wall_time_s, node):
-    from prmf.config import make_config
     cfg = make_config(spec["cfg"])
     result = runner.finish(robustness_scenarios() if spec["robustness"] else None)
     results, epochs, predictions = records.tables(
         result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
         dataset=data, status=status, wall_time_s=wall_time_s, extra=node)
     store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
-    return result
 
 
 def _save_checkpoint(path, runner, wall_time_s):
@@ -163,14 +153,13 @@ def run_trial(config, data=None):
     (FailureConfig), a resumed sweep and the driver finishing an ASHA-stopped trial all find it.
     """
     from ray import tune
-    from prmf.config import make_config
 
     spec = config["trial"]
     torch.set_num_threads(max(1, int(spec["cpus"])))
     if (Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet").exists():
         tune.report({"epoch": 0, "val_emoval": float("nan"), "already_done": True})  # never train it again
         return
-    runner = _make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"])
+    runner = make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"])
     ckpt = Path(spec["checkpoint"])
     wall0 = _load_checkpoint(ckpt, runner) if ckpt.exists() else 0.0
     node = _node_info()
@@ -191,8 +180,7 @@ def run_trial(config, data=None):
 
 def finish_stopped_trial(spec, data, node):
     """A trial ASHA stopped: score its folds' best epochs from the checkpoint at the stop epoch."""
-    from prmf.config import make_config
-    runner = _make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"], device="cpu")
+    runner = make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"], device="cpu")
     wall = _load_checkpoint(spec["checkpoint"], runner)
     _write_result(runner, spec, data, "pruned", wall, node)
     Path(spec["checkpoint"]).unlink(missing_ok=True)
@@ -229,7 +217,6 @@ def _check_settings(root: Path, settings: dict, restart: bool):
 
 
 def _save_settings(root: Path, settings: dict):
-    root.mkdir(parents=True, exist_ok=True)
     store.atomic_write(root / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True)))
 
 

@@ -10,14 +10,14 @@ array wrapper only). The first load writes a consolidated cache next to the data
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..store import atomic_write
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # MER2023's order
 SPLITS = ("train", "test1", "test2", "test3")
@@ -143,12 +143,12 @@ def _save_cache(path: Path, ds: Dataset):
         arrays.update({f"{s}/names": sp.names, f"{s}/emos": sp.emos, f"{s}/vals": sp.vals})
         for m, x, n in zip(MODALITIES, sp.inputs, sp.lengths):
             arrays[f"{s}/{m}"], arrays[f"{s}/{m}_len"] = x, n
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
     try:
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError:
         pass  # a read-only data folder: no cache, the next load reads the files again
 
