@@ -214,7 +214,7 @@ def test_real_renamed_files_are_skipped_with_warning(tmp_path, capsys):
     for name in names:
         assert sum(name in w for w in warnings) == 1
 
-    assert best_results.main(["--result-dir", str(folder)]) == 1
+    assert best_results.main(["--result-dir", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "no results found" in err and err.count("warning:") == len(names)
 
@@ -240,10 +240,10 @@ def test_store_rows_not_its_predictions(store):
 def test_by_experiment(store):
     best = select_best(scan([store]), by="experiment")
     assert list(dict.fromkeys(best["display_name"])) == [
-        "Baseline (v0)", "P-RMF V2 (VAE) [Exp1]", "P-RMF V2 (VAE) [Exp4]"]
+        "Baseline (v0)", "P-RMF: V1 baseline (Exp1)", "P-RMF full (Exp4)"]
     rows = best_map(best)
-    assert rows[("P-RMF V2 (VAE) [Exp4]", "cv")] == (0.7586, 0.7593)
-    assert rows[("P-RMF V2 (VAE) [Exp1]", "test1")] == (0.82, 0.821)
+    assert rows[("P-RMF full (Exp4)", "cv")] == (0.7586, 0.7593)
+    assert rows[("P-RMF: V1 baseline (Exp1)", "test1")] == (0.82, 0.821)
 
 
 def test_corrupt_parquet_warns_and_other_sources_survive(store, merbench, tmp_path):
@@ -263,24 +263,42 @@ def test_corrupt_parquet_warns_and_other_sources_survive(store, merbench, tmp_pa
 # ---------------------------------------------------------------- CLI
 
 
+def parse_tables(text):
+    """{table header: {method: [cells]}} of best_results' Markdown, plus the lines outside tables."""
+    tables, other, current = {}, [], None
+    for line in text.strip().splitlines():
+        if line.startswith("## "):
+            current = tables.setdefault(line[3:], {})
+        elif line.startswith("| Method |"):
+            assert line == ("| Method | cv F1 | cv ACC | test1 F1 | test1 ACC | test2 F1 | test2 ACC "
+                            "| test3 F1 | test3 ACC |")
+        elif line.startswith("|") and set(line) <= set("|-:"):
+            continue
+        elif line.startswith("| "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert len(cells) == 9
+            current[cells[0]] = cells[1:]
+        elif line:
+            other.append(line)
+    return tables, other
+
+
 def test_markdown_table_and_output_file(store, merbench, tmp_path, capsys):
     root, marker = merbench
     out = tmp_path / "report" / "best.md"
     rc = best_results.main(["--result-dir", str(store), "--result-dir", str(root), "--output", str(out)])
     assert rc == 0
     captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    assert lines[0] == ("| Method | cv F1 | cv ACC | test1 F1 | test1 ACC | test2 F1 | test2 ACC "
-                        "| test3 F1 | test3 ACC |")
-    assert set(lines[1]) <= set("|-:")
-    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert all(len(cells) == 9 for cells in body)
-    assert [cells[0] for cells in body] == [
-        "Baseline (v0)", "Robust v1 (Dropout)", "P-RMF V2 (VAE)", "Robust v5", "misa"]
-    baseline = body[0]
-    assert baseline[1:] == ["0.7366", "0.7376", "0.7956", "0.7956", "–", "–", "–", "–"]
-    v2 = body[2]
-    assert v2[1:] == ["0.7700", "0.7650", "0.8348", "0.8345", "–", "–", "0.8995", "0.9029"]
+    tables, other = parse_tables(captured.out)
+    # names without a _dataset: field are not assumed to be MER2023
+    assert list(tables) == [f"MER2023 · features {FEATS}", f"unnamed · features {FEATS}"]
+    mer, unnamed = tables.values()
+    assert list(mer) == ["Baseline (v0)", "P-RMF V2 (VAE)"]
+    assert mer["Baseline (v0)"] == ["0.7366", "0.7376", "–", "–", "–", "–", "–", "–"]
+    assert mer["P-RMF V2 (VAE)"] == ["0.7700", "0.7650", "0.8348", "0.8345", "–", "–", "0.8995", "0.9029"]
+    assert list(unnamed) == ["Baseline (v0)", "Robust v1 (Dropout)", "P-RMF V2 (VAE)", "Robust v5", "misa"]
+    assert unnamed["Baseline (v0)"] == ["0.7366", "0.7376", "0.7956", "0.7956", "–", "–", "–", "–"]
+    assert any(line.startswith("Selection: the seeds' rule") for line in other)
     assert out.read_text(encoding="utf-8") == captured.out
     assert captured.err.count("warning:") == 2
     assert not marker.exists()
@@ -292,11 +310,12 @@ def test_json_keys_and_values(merbench, capsys):
     records = json.loads(capsys.readouterr().out)
     assert len(records) == 8
     assert all(list(r) == JSON_KEYS for r in records)
-    first = records[0]
-    assert (first["model"], first["display_name"], first["split"]) == ("attention", "Baseline (v0)", "cv")
-    assert (first["f1"], first["acc"], first["val"]) == (0.7366, 0.7376, 0.6317)
+    got = {(r["dataset"], r["model"], r["split"]): r for r in records}
+    first = got[("unnamed", "attention", "cv")]
+    assert (first["display_name"], first["experiment"], first["features"]) == ("Baseline (v0)", None, FEATS)
+    assert (first["f1"], first["acc"], first["val"], first["n_runs"]) == (0.7366, 0.7376, 0.6317, 2)
     assert first["source"].endswith(mer_name("cv", "attention", "0.7366", "0.7376"))
-    v2test3 = next(r for r in records if r["model"] == "attention_robust_v2" and r["split"] == "test3")
+    v2test3 = got[("MER2023", "attention_robust_v2", "test3")]
     assert v2test3["val"] is None  # nan in the name -> null
 
 
@@ -326,6 +345,6 @@ def test_script_runs_from_any_cwd(merbench, tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--result-dir", str(root)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("| Method |") and "| P-RMF V2 (VAE) |" in proc.stdout
+    assert proc.stdout.startswith("## MER2023 · features") and "| P-RMF V2 (VAE) |" in proc.stdout
     assert proc.stderr.count("warning:") == 2
     assert not marker.exists()
