@@ -26,16 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
-from scipy import stats  # noqa: E402
-
-from analysis.results import (DEFAULT_RESULT_DIR, counted, dataset_name, features_key, natural_key,  # noqa: E402
+from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key,  # noqa: E402
                               read_store_results, split_key, stderr_warn)
 from prmf.config import TrialConfig  # noqa: E402
+from prmf.data import dataset_name  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
 from prmf.store import AGGREGATE, StoreError, is_store, read_epochs  # noqa: E402
 
