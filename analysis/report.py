@@ -33,11 +33,11 @@ if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
 from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key,  # noqa: E402
-                              read_store_results, split_key, stderr_warn)
+                              read_store_table, split_key, stderr_warn)
 from prmf.config import TrialConfig  # noqa: E402
 from prmf.data import dataset_name  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
-from prmf.store import AGGREGATE, StoreError, is_store, read_epochs  # noqa: E402
+from prmf.store import AGGREGATE, StoreError, is_store  # noqa: E402
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
@@ -70,8 +70,8 @@ def load(result_dir: Path, include_pruned=False, dataset=None, features=None, wa
     best_results. Raises ValueError when the stores hold more than one (data set, feature set)
     and the filters do not pick one."""
     stores = find_stores(result_dir)
-    results = _concat(read_store_results(s, warn) for s in stores)
-    epochs = _concat(read_epochs(s) for s in stores)
+    results = _concat(read_store_table(s, "results", warn) for s in stores)
+    epochs = _concat(read_store_table(s, "epochs", warn) for s in stores)
     if results.empty:
         return results, epochs, {}
     results = results.copy()

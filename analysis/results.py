@@ -149,17 +149,18 @@ def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
             "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished"}
 
 
-def read_store_results(store: Path, warn=stderr_warn) -> pd.DataFrame:
-    """All result rows of a store, one Parquet file per trial; a file that cannot be read is
-    skipped with a warning naming it (the other trials stay), so is a row with impossible metrics."""
+def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataFrame:
+    """All rows of a store table (results or epochs), one Parquet file per trial. A file that cannot
+    be read is skipped with a warning naming it, so are result rows with impossible metrics: the
+    other trials stay."""
     frames = []
-    for part in sorted((Path(store) / "results").glob("*.parquet")):
+    for part in sorted((Path(store) / table).glob("*.parquet")):
         try:
             df = pq.read_table(part).to_pandas()
         except Exception as e:
-            warn(f"skipped {part}: unreadable results file ({type(e).__name__}: {e})")
+            warn(f"skipped {part}: unreadable {table} file ({type(e).__name__}: {e})")
             continue
-        if {"f1", "acc"} <= set(df.columns):
+        if table == "results" and {"f1", "acc"} <= set(df.columns):
             val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
             bad = [metric_problem(f, a, v) for f, a, v in zip(df["f1"].astype(float), df["acc"].astype(float), val)]
             if any(bad):
@@ -170,20 +171,19 @@ def read_store_results(store: Path, warn=stderr_warn) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def counted(results: pd.DataFrame, include_pruned=False):
+def counted(rows: pd.DataFrame, include_pruned=False, key="trial_id"):
     """(rows that count, {status: trials left out}): pruned, failed and diverged trials stopped
     before their end, so their scores are not comparable; they count only with include_pruned."""
-    if include_pruned or results.empty or "status" not in results:
-        return results, {}
-    out = results["status"].isin(NOT_COUNTED)
-    left_out = results[out].groupby("status")["trial_id"].nunique().to_dict()
-    return results[~out], left_out
+    if include_pruned or rows.empty or "status" not in rows:
+        return rows, {}
+    out = rows["status"].isin(NOT_COUNTED)
+    return rows[~out], rows[out].groupby("status")[key].nunique().to_dict()
 
 
 def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
     """The aggregate clean rows of a store (one per trial, seed and split) as candidates."""
     empty = pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    df = read_store_results(store, warn)
+    df = read_store_table(store, "results", warn)
     if df.empty:
         return empty
     missing = STORE_COLUMNS - set(df.columns)
@@ -263,12 +263,7 @@ def filter_candidates(candidates: pd.DataFrame, dataset=None, features=None, exp
         c = c[c["features"] == features_key(features)]
     if experiment:
         c = c[c["experiment"] == experiment]
-    left_out = {}
-    if not include_pruned:
-        out = c["status"].isin(NOT_COUNTED)
-        left_out = c[out].groupby("status")["run"].nunique().to_dict()
-        c = c[~out]
-    return c, left_out
+    return counted(c, include_pruned, key="run")
 
 
 def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model", select_by: str = "split") -> pd.DataFrame:

@@ -174,3 +174,15 @@ def test_two_data_sets_are_never_pooled(sweep, tmp_path):
     assert set(loaded.experiment) == {"Exp1"} and set(loaded.dataset) == {"MER2023"}
     assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r")]) == 2
     assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r"), "--dataset", "MER2023"]) == 0
+
+
+def test_a_corrupt_parquet_skips_only_itself(sweep, tmp_path):
+    import shutil
+    d = tmp_path / "store"
+    shutil.copytree(sweep, d)
+    (d / "results" / "zz.parquet").write_bytes(b"PAR1 not parquet")
+    (d / "epochs" / "zz.parquet").write_bytes(b"PAR1 not parquet")
+    warnings = []
+    results, epochs, _ = report.load(d, warn=warnings.append)
+    assert results.trial_id.nunique() == 4 and epochs.trial_id.nunique() == 4
+    assert len(warnings) == 2 and all("zz.parquet" in w for w in warnings)
