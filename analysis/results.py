@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from prmf.data import dataset_name
+from prmf.records import NOT_COUNTED
 from prmf.store import AGGREGATE, is_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,9 +26,6 @@ CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "s
                      "source", "run", "status"]
 JSON_KEYS = ["dataset", "features", "model", "experiment", "split", "f1", "acc", "val", "display_name",
              "source", "n_runs"]
-# Trials that stopped before their end: not comparable, left out unless --include-pruned
-# (one rule for best_results, report.py and its plots).
-NOT_COUNTED = ("pruned", "failed", "diverged")
 UNNAMED = "unnamed"  # data set of a MERBench file name without a `_dataset:` field
 
 # The seeds' names (extract_best_results.py); attention_robust_vN -> "Robust vN" otherwise.

@@ -8,6 +8,10 @@ import pandas as pd
 from . import store
 from .data.merbench import NO_VALENCE
 
+# Statuses of trials that stopped before their end: their scores are not comparable, so tables
+# and reports leave them out unless asked (analysis --include-pruned).
+NOT_COUNTED = ("pruned", "failed", "diverged")
+
 
 def trial_id(experiment: str, cfg, seed: int) -> str:
     """Stable id of (config, seed): the same trial gets the same id in every run of a sweep."""

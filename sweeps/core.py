@@ -408,14 +408,18 @@ def _run(sweep: Sweep) -> int:
 
 
 def summary(results):
-    """ACC per experiment and split, mean ± std over folds (and seeds) of the per-fold clean rows;
-    a line says so when the data are generated."""
+    """ACC per experiment and split, mean ± std over folds (and seeds) of the per-fold clean rows of
+    the trials that ran to their end; a line says so when the data are generated."""
     if results.empty:
         return
-    folds = results[(results.fold != store.AGGREGATE) & (results.scenario == "clean")]
-    stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"])
-    table = stats.apply(lambda r: f"{r['mean']:.4f} ± {0 if math.isnan(r['std']) else r['std']:.4f}", axis=1).unstack("split")
-    print("ACC, mean ± std over folds:\n" + table.fillna("–").to_string(), file=sys.stderr)
+    stopped = results["status"].isin(records.NOT_COUNTED)
+    folds = results[~stopped & (results.fold != store.AGGREGATE) & (results.scenario == "clean")]
+    if not folds.empty:
+        stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"]).fillna(0.0)
+        table = stats.apply(lambda r: f"{r['mean']:.4f} ± {r['std']:.4f}", axis=1).unstack("split")
+        print("ACC, mean ± std over folds:\n" + table.fillna("–").to_string(), file=sys.stderr)
+    if stopped.any():
+        print(f"({results[stopped].trial_id.nunique()} pruned/failed/diverged trials left out)", file=sys.stderr)
     names = sorted(results["dataset"].dropna().unique()) if "dataset" in results else []
     if any("synthetic" in n for n in names):
         print(f"data: {', '.join(names)} is generated; these numbers show the pipeline works, "
