@@ -16,9 +16,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The demo reads only the sweep it has just run (its own store folder, started afresh).
+DEMO_STORE ?= runs/demo
+
 demo: venv
-	$(PY) sweeps/ablation.py --data synthetic $(DEMO_ARGS)
-	$(PY) analysis/best_results.py --result-dir runs --by experiment
+	$(PY) sweeps/ablation.py --data synthetic $(DEMO_ARGS) --storage $(DEMO_STORE) --name ablation --restart
+	$(PY) analysis/best_results.py --result-dir $(DEMO_STORE)/ablation --by experiment
 
 test: venv
 	bash slurm/install-test-slurm.sh

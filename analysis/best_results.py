@@ -1,10 +1,14 @@
 """Best result per model and split over stores and MERBench result folders, as the seeds' table.
 
     python analysis/best_results.py [--result-dir DIR ...] [--output FILE.md] [--json]
-                                    [--metric acc|f1] [--by model|experiment]
+                                    [--metric acc|f1] [--by model|experiment] [--select-by split|cv]
+                                    [--dataset NAME] [--features A+B+C] [--experiment ExpN]
+                                    [--include-pruned]
 
 With no --result-dir it reads runs/ under the repo root. Each DIR may be a store of this project
 (its Parquet rows are used) or a MERBench result folder (metrics from the NPZ file names).
+Results of different data sets or feature sets are never compared: one table per
+(data set, feature set). Pruned, failed and diverged trials are left out unless --include-pruned.
 """
 import argparse
 import sys
@@ -14,7 +18,8 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
-from analysis.results import DEFAULT_RESULT_DIR, render_json, render_markdown, scan, select_best  # noqa: E402
+from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, filter_candidates,  # noqa: E402
+                              render_json, render_markdown, scan, select_best)
 
 
 def parse_args(argv):
@@ -23,10 +28,18 @@ def parse_args(argv):
                    help=f"a store or MERBench result folder, searched recursively (repeatable; "
                         f"default {DEFAULT_RESULT_DIR})")
     p.add_argument("--output", metavar="FILE", help="also write what is printed to FILE")
-    p.add_argument("--json", action="store_true", help="print a JSON array of the best rows instead")
+    p.add_argument("--json", action="store_true", help="print a JSON array of the table's cells instead")
     p.add_argument("--metric", choices=("acc", "f1"), default="acc", help="what 'best' maximises")
     p.add_argument("--by", choices=("model", "experiment"), default="model",
-                   help="one row per model, or per model and ablation experiment")
+                   help="one row per model (the paper's table, default), or one per ablation preset")
+    p.add_argument("--select-by", choices=("split", "cv"), default="split",
+                   help="split: best of each split on its own (the seeds' rule, default); "
+                        "cv: per row the run best on cv, with that run's test splits")
+    p.add_argument("--dataset", help="only this data set (e.g. MER2023, MER2023-synthetic-small)")
+    p.add_argument("--features", help="only this feature set (names joined by + or ,; any order)")
+    p.add_argument("--experiment", help="only this preset (e.g. Exp4)")
+    p.add_argument("--include-pruned", action="store_true",
+                   help="also count pruned, failed and diverged trials (left out by default)")
     return p.parse_args(argv)
 
 
@@ -36,13 +49,26 @@ def main(argv=None) -> int:
     for d in dirs:
         if not d.is_dir():
             print(f"error: result dir {d} does not exist or is not a directory", file=sys.stderr)
-            return 1
-    candidates = scan(dirs)
-    best = select_best(candidates, metric=args.metric, by=args.by)
+            return 2
+    candidates, left_out = filter_candidates(scan(dirs), args.dataset, args.features, args.experiment,
+                                             args.include_pruned)
+    best = select_best(candidates, metric=args.metric, by=args.by, select_by=args.select_by)
     if best.empty:
-        print(f"error: no results found in {', '.join(map(str, dirs))}", file=sys.stderr)
-        return 1
-    text = render_json(best) if args.json else render_markdown(best)
+        filters = [f"--{k} {v}" for k, v in (("dataset", args.dataset), ("features", args.features),
+                                            ("experiment", args.experiment)) if v]
+        print(f"error: no results found in {', '.join(map(str, dirs))}"
+              f"{' matching ' + ' '.join(filters) if filters else ''}", file=sys.stderr)
+        return 2
+    notes = [SELECTION_NOTES[args.select_by].format(metric=args.metric.upper())]
+    if left_out:
+        notes.append("Left out (stopped before the end; --include-pruned counts them): "
+                     + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.")
+    if args.json:  # notes on stderr: stdout stays one JSON document
+        text = render_json(best)
+        for n in notes:
+            print(n, file=sys.stderr)
+    else:
+        text = render_markdown(best) + "\n\n" + "\n".join(notes)
     print(text)
     if args.output:
         out = Path(args.output)

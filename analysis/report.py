@@ -1,6 +1,7 @@
 """A sweep's report: per experiment/grid point mean ± std, paired tests, robustness, PNG plots.
 
     python analysis/report.py [--result-dir DIR] [--out DIR] [--reference Exp1]
+                              [--dataset NAME] [--features A+B+C] [--include-pruned]
 
 DIR is a store (or a folder holding stores; all are read together; default runs/). OUT (default
 DIR/report) receives report.md and the PNGs it embeds: ablation_acc.png, learning_curves.png,
@@ -8,9 +9,12 @@ robustness_matrix.png, noise_curve.png and, where a grid varies 2+ parameters, g
 
 Statistics use the per-fold clean rows of the store (cv: each fold's validation metrics; tests:
 each fold model's own test metrics), grouped by experiment and by the config columns that vary
-within it. Differences to the reference are paired by (seed, fold) and tested with a two-sided
-sign-flip permutation test (exact up to 16 pairs, else 20000 seeded Monte Carlo draws).
-Robustness rows are the fold-averaged scenario rows, averaged over seeds.
+within it. Differences to the reference are paired by (seed, fold) and tested with the
+Nadeau-Bengio corrected resampled t-test: the folds of one CV share most of their training data,
+so their differences are not independent and a plain test over seeds x folds gives p-values that
+are too small. Robustness rows are the fold-averaged scenario rows, averaged over seeds.
+Results of different data sets or feature sets are never pooled: pick one with --dataset/--features.
+Pruned, failed and diverged trials are left out (as in best_results) unless --include-pruned.
 """
 import argparse
 import itertools
@@ -22,18 +26,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
-from analysis.results import DEFAULT_RESULT_DIR, natural_key, split_key  # noqa: E402
+from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key,  # noqa: E402
+                              read_store_table, split_key, stderr_warn)
 from prmf.config import TrialConfig  # noqa: E402
+from prmf.data import dataset_name  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
-from prmf.store import AGGREGATE, StoreError, is_store, read_epochs, read_results  # noqa: E402
+from prmf.store import AGGREGATE, StoreError, is_store  # noqa: E402
 
-EXACT_MAX_PAIRS = 16
-MC_DRAWS = 20000
+MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
 
 
@@ -56,19 +62,30 @@ def _concat(frames) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load(result_dir: Path):
-    """(results, epochs, left_out) of every store under result_dir.
+def load(result_dir: Path, include_pruned=False, dataset=None, features=None, warn=stderr_warn):
+    """(results, epochs, left_out) of every store under result_dir, for one data set and feature set.
 
-    When some trials finished, the others (ASHA's 'pruned') are left out: they stopped early, so
-    their scores are not comparable. `left_out` counts them by status."""
+    Pruned, failed and diverged trials stopped before their end, so their scores are not comparable:
+    they are left out (`left_out` counts them by status) unless include_pruned, the rule of
+    best_results. Raises ValueError when the stores hold more than one (data set, feature set)
+    and the filters do not pick one."""
     stores = find_stores(result_dir)
-    results = _concat(read_results(s) for s in stores)
-    epochs = _concat(read_epochs(s) for s in stores)
-    left_out = {}
-    if not results.empty and "status" in results and (results["status"] == "finished").any():
-        other = results[results["status"] != "finished"]
-        left_out = other.groupby("status")["trial_id"].nunique().to_dict()
-        results = results[results["status"] == "finished"]
+    results = _concat(read_store_table(s, "results", warn) for s in stores)
+    epochs = _concat(read_store_table(s, "epochs", warn) for s in stores)
+    if results.empty:
+        return results, epochs, {}
+    results = results.copy()
+    results["dataset"] = results["dataset"].fillna("unnamed").map(dataset_name) if "dataset" in results else "unnamed"
+    results["features"] = results["features"].fillna("").map(features_key) if "features" in results else ""
+    if dataset:
+        results = results[results["dataset"].str.lower() == dataset.lower()]
+    if features:
+        results = results[results["features"] == features_key(features)]
+    combos = sorted(set(zip(results["dataset"], results["features"])))
+    if len(combos) > 1:
+        raise ValueError(f"{result_dir} holds results of {len(combos)} data set/feature set pairs "
+                         f"({'; '.join(f'{d} {f}' for d, f in combos)}): pick one with --dataset and --features")
+    results, left_out = counted(results, include_pruned)
     return results, epochs, left_out
 
 
@@ -117,23 +134,28 @@ def scenario_order(scenarios) -> list:
 
 # ---------------------------------------------------------------- statistics
 
-def permutation_test(diffs, seed=0) -> float:
-    """Two-sided paired sign-flip permutation test of mean(diffs) == 0; returns the p-value."""
+def corrected_t_test(diffs, test_train_ratio) -> float:
+    """Two-sided p-value of mean(diffs) == 0 by the Nadeau-Bengio corrected resampled t-test.
+
+    `diffs` are paired differences over seeds x folds; the variance term 1/n becomes
+    1/n + n_test/n_train, which accounts for the training data the folds share (Nadeau & Bengio,
+    Machine Learning 52, 2003; Bouckaert & Frank, PAKDD 2004). t has n - 1 degrees of freedom."""
     d = np.asarray(diffs, dtype=float)
     d = d[np.isfinite(d)]
     n = len(d)
-    if n == 0:
+    if n < 2:
         return float("nan")
-    observed = abs(d.mean())
-    if observed == 0:
-        return 1.0
-    if n <= EXACT_MAX_PAIRS:
-        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-        stats = np.abs(signs @ d) / n
-        return float(np.mean(stats >= observed - 1e-12))
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(MC_DRAWS, n))
-    stats = np.abs(signs @ d) / n
-    return float((1 + np.sum(stats >= observed - 1e-12)) / (MC_DRAWS + 1))
+    mean, var = d.mean(), d.var(ddof=1)
+    if var == 0:
+        return 1.0 if mean == 0 else 0.0
+    t = mean / np.sqrt((1 / n + test_train_ratio) * var)
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def test_train_ratio(folds: pd.DataFrame) -> float:
+    """n_test / n_train of one CV fold: k folds of N samples hold N/k each, trained on the rest."""
+    k = folds.loc[folds["fold"] >= 0, "fold"].nunique()
+    return 1 / (k - 1) if k > 1 else float("nan")
 
 
 def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -166,8 +188,9 @@ def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Per group (≠ reference) and split: pairs, mean difference and p-value for f1 and acc."""
+    """Per group (≠ reference) and split: pairs, mean difference and corrected t-test p for f1 and acc."""
     keys = ["split", "seed", "fold"]
+    ratio = test_train_ratio(folds)
     ref = folds.loc[folds["group"] == reference, keys + ["f1", "acc"]]
     out = []
     for (group, split), rows in folds[folds["group"] != reference].groupby(["group", "split"], sort=False):
@@ -176,7 +199,7 @@ def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
         for m in ("f1", "acc"):
             diffs = (joined[m] - joined[f"{m}_ref"]).to_numpy()
             rec[f"{m}_diff"] = float(diffs.mean()) if len(diffs) else float("nan")
-            rec[f"{m}_p"] = permutation_test(diffs)
+            rec[f"{m}_p"] = corrected_t_test(diffs, ratio)
         out.append(rec)
     return pd.DataFrame(out, columns=["group", "split", "pairs", "f1_diff", "f1_p", "acc_diff", "acc_p"])
 
@@ -239,11 +262,12 @@ def _lookup(df, keys: dict, col):
 
 # ---------------------------------------------------------------- the report
 
-def build_report(result_dir: Path, out: Path, reference="Exp1") -> Path:
+def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=False, dataset=None,
+                 features=None) -> Path:
     """Write OUT/report.md and its PNGs; returns the Markdown path. Raises ValueError without rows."""
     from analysis import plots
 
-    results, epochs, left_out = load(result_dir)
+    results, epochs, left_out = load(result_dir, include_pruned, dataset, features)
     if results.empty:
         raise ValueError(f"no store results under {result_dir}")
     results, groups, varying = add_groups(results)
@@ -259,11 +283,16 @@ def build_report(result_dir: Path, out: Path, reference="Exp1") -> Path:
     rob = robustness_table(results)
     out.mkdir(parents=True, exist_ok=True)
 
+    n_seeds = results["seed"].nunique()
     md = [f"# Sweep report: {result_dir}", "",
-          f"{results['trial_id'].nunique()} trials, {len(groups)} experiment/grid points, "
+          f"Data set **{results['dataset'].iloc[0]}**, features {results['features'].iloc[0] or '(not recorded)'}.", ""]
+    if "synthetic" in results["dataset"].iloc[0].lower():
+        md += ["Generated data: these numbers show the pipeline works, not the paper's claims.", ""]
+    md += [f"{results['trial_id'].nunique()} trials, {len(groups)} experiment/grid points, "
           f"seeds {sorted(results['seed'].unique().tolist())}. Reference: **{ref}**{ref_note}.", ""]
     if left_out:
-        md += ["Left out (not finished): " + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.", ""]
+        md += ["Left out (stopped before the end; --include-pruned counts them): "
+               + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.", ""]
 
     md += ["## Per-fold metrics", "",
            "Mean ± std over seeds × folds (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]
@@ -289,8 +318,14 @@ def build_report(result_dir: Path, out: Path, reference="Exp1") -> Path:
 
     if not diffs.empty:
         md += [f"## Difference to {ref}", "",
-               "Mean paired difference over (seed, fold) pairs, two-sided sign-flip permutation p-value in "
-               "brackets. With n pairs the smallest possible p is 2/2^n (0.0625 for 5 folds × 1 seed).", ""]
+               f"Mean paired difference over (seed, fold) pairs ({n_seeds} seed{'s' if n_seeds != 1 else ''} × "
+               f"{folds['fold'].nunique()} folds); in brackets the two-sided p of the Nadeau-Bengio corrected "
+               f"resampled t-test (variance scaled by 1/n + n_test/n_train = 1/n + {test_train_ratio(folds):.3g}, "
+               "since the folds share training data; n - 1 degrees of freedom). Test splits use the same "
+               "correction; their fold models also share the test set, so those p-values remain optimistic.", ""]
+        if n_seeds < MIN_SEEDS:
+            md += [f"**Warning: only {n_seeds} seed(s), too few to conclude** "
+                   f"(run --seeds {MIN_SEEDS} or more); read the differences as descriptive.", ""]
         for m, name in (("acc", "ACC"), ("f1", "F1")):
             header = ["experiment", "pairs"] + [f"{s} Δ{name}" for s in splits]
             rows = []
@@ -369,6 +404,10 @@ def parse_args(argv):
                    help=f"a store, or a folder of stores (default {DEFAULT_RESULT_DIR})")
     p.add_argument("--out", metavar="DIR", help="output folder (default DIR/report)")
     p.add_argument("--reference", default="Exp1", help="experiment or group the others are compared with")
+    p.add_argument("--dataset", help="only this data set (needed when the stores hold several)")
+    p.add_argument("--features", help="only this feature set (names joined by + or ,; any order)")
+    p.add_argument("--include-pruned", action="store_true",
+                   help="also count pruned, failed and diverged trials (left out by default)")
     return p.parse_args(argv)
 
 
@@ -377,13 +416,13 @@ def main(argv=None) -> int:
     result_dir = Path(args.result_dir)
     if not result_dir.is_dir():
         print(f"error: result dir {result_dir} does not exist or is not a directory", file=sys.stderr)
-        return 1
+        return 2
     out = Path(args.out) if args.out else result_dir / "report"
     try:
-        path = build_report(result_dir, out, args.reference)
+        path = build_report(result_dir, out, args.reference, args.include_pruned, args.dataset, args.features)
     except (ValueError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {path}")
     return 0
 

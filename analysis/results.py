@@ -13,20 +13,36 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from prmf.store import AGGREGATE, StoreError, is_store, read_results
+from prmf.data import dataset_name
+from prmf.records import NOT_COUNTED
+from prmf.store import AGGREGATE, is_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULT_DIR = REPO_ROOT / "runs"
 SPLITS = ("cv", "test1", "test2", "test3")
-CANDIDATE_COLUMNS = ["model", "experiment", "split", "f1", "acc", "val", "source"]
-JSON_KEYS = ["model", "display_name", "split", "f1", "acc", "val", "source"]
+CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "split", "f1", "acc", "val",
+                     "source", "run", "status"]
+JSON_KEYS = ["dataset", "features", "model", "experiment", "split", "f1", "acc", "val", "display_name",
+             "source", "n_runs"]
+UNNAMED = "unnamed"  # data set of a MERBench file name without a `_dataset:` field
 
 # The seeds' names (extract_best_results.py); attention_robust_vN -> "Robust vN" otherwise.
 DISPLAY_NAMES = {
     "attention": "Baseline (v0)",
     "attention_robust": "Robust v1 (Dropout)",
-    "attention_robust_v2": "P-RMF V2 (VAE)",
+    "attention_robust_v2": "P-RMF V2 (VAE)",  # the seeds' name for the model (its best preset in --by model)
+}
+# The presets (prmf.config) by their own names: a V2 row says which ablation it is.
+EXPERIMENT_NAMES = {
+    "attention": "Baseline (v0)",
+    "attention_robust": "Robust v1 (Dropout)",
+    "Exp1": "P-RMF: V1 baseline (Exp1)",
+    "Exp2": "P-RMF: VAE only (Exp2)",
+    "Exp3": "P-RMF: VAE + proxy (Exp3)",
+    "Exp4": "P-RMF full (Exp4)",
+    "Exp5": "P-RMF: no VAE (Exp5)",
 }
 STORE_COLUMNS = {"trial_id", "model", "fold", "split", "scenario", "f1", "acc"}
 
@@ -60,7 +76,17 @@ def base_model(model) -> str:
     return str(model).split("+")[0]
 
 
-def display_name(model, experiment: str = "") -> str:
+def features_key(features) -> str:
+    """The sorted '+'-joined feature names, as in MERBench file names ('b,a' or 'b+a' -> 'a+b';
+    case-blind, as the seeds' Baichuan+chinese+CLIP)."""
+    parts = features if isinstance(features, (list, tuple)) else re.split(r"[+,]", str(features))
+    return "+".join(sorted((p.strip() for p in parts if p.strip()), key=lambda p: (p.lower(), p)))
+
+
+def display_name(model, experiment=None) -> str:
+    """A row's name: the preset's own name when the row is one preset, else the model's."""
+    if experiment and experiment in EXPERIMENT_NAMES:
+        return EXPERIMENT_NAMES[experiment]
     model = base_model(model)
     name = DISPLAY_NAMES.get(model)
     if name is None:
@@ -84,11 +110,28 @@ def split_key(split: str) -> tuple:
     return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
+def metric_problem(f1, acc, val) -> str:
+    """Why these metrics cannot be real ('' if they can): F1 and ACC in [0, 1], val MSE >= 0 or NaN."""
+    for key, v in (("f1", f1), ("acc", acc)):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            return f"{key} {v:g} outside [0, 1]"
+    if not (math.isnan(val) or (math.isfinite(val) and val >= 0.0)):
+        return f"val {val:g} is not an MSE (>= 0)"
+    return ""
+
+
 def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
-    """One candidate from a MERBench NPZ file name; None (after a warning) if unusable."""
+    """One candidate from a MERBench NPZ file name; None (after a warning) if unusable.
+
+    A MERBench run writes its cv and test files with one timestamp, so (folder, model, timestamp)
+    identifies the run for --select-by cv."""
     info = parse_name(path.name)
     if info is None:
         warn(f"skipped {path}: name does not match the MERBench result pattern")
+        return None
+    problem = metric_problem(info["f1"], info["acc"], info["val"])
+    if problem:
+        warn(f"skipped {path}: {problem}")
         return None
     try:  # only the zip directory is read: the members are pickles and are never loaded
         with zipfile.ZipFile(path) as z:
@@ -97,18 +140,48 @@ def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
     except Exception as e:
         warn(f"skipped {path}: not a readable NPZ ({type(e).__name__}: {e})")
         return None
-    return {"model": base_model(info["model"]), "experiment": "", "split": info["split"],
-            "f1": info["f1"], "acc": info["acc"], "val": info["val"], "source": str(path)}
+    model = base_model(info["model"])
+    return {"dataset": dataset_name(info["dataset"] or UNNAMED), "features": features_key(info["features"]),
+            "profile": "", "model": model, "experiment": None, "split": info["split"],
+            "f1": info["f1"], "acc": info["acc"], "val": info["val"], "source": str(path),
+            "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished"}
+
+
+def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataFrame:
+    """All rows of a store table (results or epochs), one Parquet file per trial. A file that cannot
+    be read is skipped with a warning naming it, so are result rows with impossible metrics: the
+    other trials stay."""
+    frames = []
+    for part in sorted((Path(store) / table).glob("*.parquet")):
+        try:
+            df = pq.read_table(part).to_pandas()
+        except Exception as e:
+            warn(f"skipped {part}: unreadable {table} file ({type(e).__name__}: {e})")
+            continue
+        if table == "results" and {"f1", "acc"} <= set(df.columns):
+            val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
+            bad = [metric_problem(f, a, v) for f, a, v in zip(df["f1"].astype(float), df["acc"].astype(float), val)]
+            if any(bad):
+                warn(f"skipped {sum(map(bool, bad))} row(s) of {part}: {next(b for b in bad if b)}")
+                df = df[[not b for b in bad]]
+        frames.append(df)
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def counted(rows: pd.DataFrame, include_pruned=False, key="trial_id"):
+    """(rows that count, {status: trials left out}): pruned, failed and diverged trials stopped
+    before their end, so their scores are not comparable; they count only with include_pruned."""
+    if include_pruned or rows.empty or "status" not in rows:
+        return rows, {}
+    out = rows["status"].isin(NOT_COUNTED)
+    return rows[~out], rows[out].groupby("status")[key].nunique().to_dict()
 
 
 def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
     """The aggregate clean rows of a store (one per trial, seed and split) as candidates."""
     empty = pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    try:
-        df = read_results(store)
-    except StoreError as e:
-        warn(f"skipped store {store}: {e}")
-        return empty
+    df = read_store_table(store, "results", warn)
     if df.empty:
         return empty
     missing = STORE_COLUMNS - set(df.columns)
@@ -116,15 +189,25 @@ def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
         warn(f"skipped store {store}: results lack columns {', '.join(sorted(missing))}")
         return empty
     df = df[(df["fold"] == AGGREGATE) & (df["scenario"] == "clean")]
-    experiment = df["experiment"] if "experiment" in df else pd.Series("", index=df.index)
+
+    def col(name, default):
+        return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
+
+    experiment = col("experiment", None)
+    source = f"{store}#" + df["trial_id"].astype(str)
     return pd.DataFrame({
+        "dataset": col("dataset", UNNAMED).fillna(UNNAMED).map(dataset_name),
+        "features": col("features", "").fillna("").map(features_key),
+        "profile": col("profile", "").fillna("").astype(str),
         "model": df["model"].map(base_model),
-        "experiment": experiment.fillna("").astype(str),
+        "experiment": experiment.where(experiment.notna() & (experiment.astype(str) != ""), None),
         "split": df["split"].astype(str),
         "f1": df["f1"].astype(float),
         "acc": df["acc"].astype(float),
         "val": df["val_mse"].astype(float) if "val_mse" in df else math.nan,
-        "source": f"{store}#" + df["trial_id"].astype(str),
+        "source": source,
+        "run": source + "@" + col("seed", "").astype(str),
+        "status": col("status", "finished").fillna("finished").astype(str),
     }, columns=CANDIDATE_COLUMNS)
 
 
@@ -168,19 +251,51 @@ def scan(dirs, warn=stderr_warn) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model") -> pd.DataFrame:
-    """Best row per (model, split), or per (model, experiment, split) with by='experiment'.
+def filter_candidates(candidates: pd.DataFrame, dataset=None, features=None, experiment=None,
+                      include_pruned=False):
+    """(candidates kept, {status: runs left out}) after the filters and the pruned/failed rule."""
+    c = candidates
+    if dataset:
+        c = c[c["dataset"].str.lower() == str(dataset).lower()]
+    if features:
+        c = c[c["features"] == features_key(features)]
+    if experiment:
+        c = c[c["experiment"] == experiment]
+    return counted(c, include_pruned, key="run")
 
-    Highest `metric` wins; ties go to the other metric (F1 for ACC), then to the first source.
-    Rows come ordered for the table: baseline, v1, v2, other models; splits cv..test3.
+
+def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model", select_by: str = "split") -> pd.DataFrame:
+    """The table's cells, per (dataset, features, model[, experiment]) and split.
+
+    select_by='split' (the seeds' rule, the paper's): each split's cell is the candidate with the
+    highest `metric` on that split, so cells of one row may come from different runs.
+    select_by='cv': one run per row, the one with the highest cv `metric`, and that run's test
+    splits, so no test set takes part in the choice. Ties go to the other metric, then the first
+    source. `n_runs` counts the candidates that competed. Rows come ordered: dataset, features,
+    baseline, v1, v2, other models; splits cv..test3.
     """
-    if metric not in ("acc", "f1") or by not in ("model", "experiment"):
-        raise ValueError(f"metric must be acc or f1 and by model or experiment, got {metric!r}, {by!r}")
+    if metric not in ("acc", "f1") or by not in ("model", "experiment") or select_by not in ("split", "cv"):
+        raise ValueError(f"metric must be acc or f1, by model or experiment, select_by split or cv; "
+                         f"got {metric!r}, {by!r}, {select_by!r}")
     other = "f1" if metric == "acc" else "acc"
-    keys = ["model", "split"] if by == "model" else ["model", "experiment", "split"]
-    ranked = candidates.dropna(subset=[metric]).sort_values(
+    row_keys = ["dataset", "features", "model"] + (["experiment"] if by == "experiment" else [])
+    cands = candidates.copy()
+    cands["experiment_key"] = cands["experiment"].fillna("")
+    row_keys = [k if k != "experiment" else "experiment_key" for k in row_keys]
+    ranked = cands.dropna(subset=[metric]).sort_values(
         [metric, other, "source"], ascending=[False, False, True], na_position="last")
-    best = ranked.groupby(keys, sort=False).head(1).copy()
+    if select_by == "split":
+        best = ranked.groupby(row_keys + ["split"], sort=False).head(1).copy()
+        n_runs = ranked.groupby(row_keys + ["split"], sort=False).size()
+        best["n_runs"] = [n_runs[tuple(r)] for r in best[row_keys + ["split"]].itertuples(index=False)]
+    else:
+        cv = ranked[ranked["split"] == "cv"]
+        winners = cv.groupby(row_keys, sort=False).head(1)
+        n_runs = cv.groupby(row_keys, sort=False).size()
+        best = cands[cands["run"].isin(set(winners["run"]))].copy()
+        best = best.merge(winners[row_keys + ["run"]], on=row_keys + ["run"])
+        best = best.sort_values("source").groupby(["run", "split"], sort=False).head(1)
+        best["n_runs"] = [n_runs[tuple(r)] for r in best[row_keys].itertuples(index=False)]
     if by == "model":
         best["display_name"] = best["model"].map(display_name)
     else:
@@ -188,42 +303,63 @@ def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model"
 
     def row_order(i):
         row = best.iloc[i]
-        experiment = natural_key(row["experiment"]) if by == "experiment" else []
-        return (_model_order(row["model"]), experiment, split_key(row["split"]))
+        experiment = natural_key(row["experiment_key"]) if by == "experiment" else []
+        return (row["dataset"], row["features"], _model_order(row["model"]), experiment, split_key(row["split"]))
 
     best = best.iloc[sorted(range(len(best)), key=row_order)]
-    return best.reset_index(drop=True)
+    return best.drop(columns="experiment_key").reset_index(drop=True)
 
 
 def _cell(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{value:.4f}"
 
 
+SELECTION_NOTES = {
+    "split": "Selection: the seeds' rule (highest {metric} on each split separately; a row's cells may "
+             "come from different runs and the test sets take part in the choice). --select-by cv avoids that.",
+    "cv": "Selection: per row the run with the highest cv {metric}, and that run's test splits "
+          "(test sets take no part in the choice).",
+}
+
+
+def generated(dataset: str) -> bool:
+    return "synthetic" in str(dataset).lower()
+
+
 def render_markdown(best: pd.DataFrame) -> str:
-    """The seeds' comparison table: one row per model, cv/test1/test2/test3 x F1/ACC."""
+    """One seeds' comparison table per (dataset, features), a header naming both."""
     header = ["Method"] + [f"{s} {m}" for s in SPLITS for m in ("F1", "ACC")]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["------"] + ["-----:"] * (len(header) - 1)) + "|"]
-    for name, rows in best.groupby("display_name", sort=False):
-        by_split = rows.set_index("split")
-        cells = [name]
-        for split in SPLITS:
-            for metric in ("f1", "acc"):
-                cells.append(_cell(by_split[metric].get(split)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    out = []
+    for (dataset, features), table in best.groupby(["dataset", "features"], sort=False):
+        if out:
+            out.append("")
+        out.append(f"## {dataset} · features {features or '(not recorded)'}")
+        if generated(dataset):
+            out.append("Generated data: these numbers show the pipeline works, not the paper's claims.")
+        out += ["", "| " + " | ".join(header) + " |",
+                "|" + "|".join(["------"] + ["-----:"] * (len(header) - 1)) + "|"]
+        for name, rows in table.groupby("display_name", sort=False):
+            by_split = rows.drop_duplicates("split").set_index("split")
+            cells = [name]
+            for split in SPLITS:
+                for metric in ("f1", "acc"):
+                    cells.append(_cell(by_split[metric].get(split)))
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def to_records(best: pd.DataFrame) -> list[dict]:
-    """The best rows as plain dicts with exactly JSON_KEYS (NaN -> None)."""
+    """The best rows as plain dicts with exactly JSON_KEYS (NaN -> None, so valid JSON)."""
     records = []
     for row in best[JSON_KEYS].itertuples(index=False):
         rec = dict(zip(JSON_KEYS, row))
         for key in ("f1", "acc", "val"):
-            rec[key] = None if pd.isna(rec[key]) else float(rec[key])
+            rec[key] = None if pd.isna(rec[key]) or not math.isfinite(rec[key]) else float(rec[key])
+        rec["experiment"] = None if rec["experiment"] is None or pd.isna(rec["experiment"]) else str(rec["experiment"])
+        rec["n_runs"] = int(rec["n_runs"])
         records.append(rec)
     return records
 
 
 def render_json(best: pd.DataFrame) -> str:
-    return json.dumps(to_records(best), indent=2, ensure_ascii=False)
+    return json.dumps(to_records(best), indent=2, ensure_ascii=False, allow_nan=False)

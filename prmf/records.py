@@ -6,6 +6,11 @@ import numpy as np
 import pandas as pd
 
 from . import store
+from .data.merbench import NO_VALENCE
+
+# Statuses of trials that stopped before their end: their scores are not comparable, so tables
+# and reports leave them out unless asked (analysis --include-pruned).
+NOT_COUNTED = ("pruned", "failed", "diverged")
 
 
 def trial_id(experiment: str, cfg, seed: int) -> str:
@@ -19,6 +24,16 @@ def _row(split, fold, scenario, m, best_epoch, epochs_run):
             "val_mse": m["val_mse"], "emoval": m["emoval"], "best_epoch": best_epoch, "epochs_run": epochs_run}
 
 
+def name_val_mse(val_mse, preds, vals) -> float:
+    """The `val:` of an NPZ name. Where the split has no valence (test3) the Parquet keeps NaN, but
+    MERBench writes the MSE against the stored -10 placeholders over all samples (79.9783 in the
+    seeds' table), and the seeds' scraper only parses a number there: so the name does the same."""
+    if np.isfinite(val_mse):
+        return float(val_mse)
+    labels = np.where(np.isnan(vals), NO_VALENCE, vals)
+    return float(np.mean((np.asarray(preds, dtype=np.float64) - labels) ** 2))
+
+
 def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None):
     """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial."""
     best, runs = result.best_epochs, result.epochs_run
@@ -30,7 +45,7 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
         rows.append(_row(split, store.AGGREGATE, scenario, m, int(round(np.mean(best))), max(runs)))
     config = cfg.to_dict()
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
-            "dataset": dataset.name, "features": "+".join(dataset.features), "status": status,
+            "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,
             "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, **(extra or {})}
     results = pd.DataFrame([{**meta, **r, **config, "config_json": json.dumps(config, sort_keys=True)} for r in rows])
     epochs = pd.DataFrame(result.history)
@@ -42,7 +57,7 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     for split, sr in result.splits.items():
         m = sr.metrics
         name = store.prediction_name(split, dataset.features, dataset.name, cfg.model, cfg.feat_type,
-                                     m["f1"], m["acc"], m["val_mse"], ts)
+                                     m["f1"], m["acc"], name_val_mse(m["val_mse"], sr.vals_pred, sr.vals), ts)
         predictions[name] = {
             "names": sr.names.astype(str), "logits": sr.logits.astype(np.float32), "labels": sr.emos,
             "val_preds": sr.vals_pred.astype(np.float32), "val_labels": sr.vals.astype(np.float32),

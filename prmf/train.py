@@ -18,6 +18,8 @@ def build_parser():
     ap.add_argument("--data", required=True, help="a MERBench dataset root, or 'synthetic' for the built-in set")
     ap.add_argument("--features", help="audio,text,video feature folder names (default: the paper's three)")
     ap.add_argument("--profile", default="small", choices=["tiny", "small", "paper"], help="built-in set's feature sizes")
+    ap.add_argument("--dataset-name", help="the data set's name in results (default: the root folder's, "
+                    "in MERBench's spelling; MER2023-synthetic-PROFILE)")
     ap.add_argument("--model", choices=sorted(MODEL_CLASSES), help="MERBench model name (default attention_robust_v2)")
     ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="an ablation preset of attention_robust_v2")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
@@ -45,7 +47,7 @@ def main(argv=None):
         if args.folds < 2:
             raise ConfigError(f"--folds must be >= 2, got {args.folds}")
         features = args.features.split(",") if args.features else None
-        data = load_data(args.data, features, args.profile)
+        data = load_data(args.data, features, args.profile, name=args.dataset_name)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

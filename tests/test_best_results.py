@@ -16,7 +16,8 @@ if str(REPO) not in sys.path:  # `analysis` is not an installed package; plain `
     sys.path.insert(0, str(REPO))
 
 from analysis import best_results  # noqa: E402
-from analysis.results import JSON_KEYS, parse_name, scan, select_best  # noqa: E402
+from analysis.results import JSON_KEYS, features_key, parse_name, scan, select_best  # noqa: E402
+from prmf.data import dataset_name  # noqa: E402
 from prmf.store import prediction_name, write_trial  # noqa: E402
 
 SCRIPT = REPO / "analysis" / "best_results.py"
@@ -81,7 +82,8 @@ def merbench(tmp_path):
     return root, marker
 
 
-def make_results(trial_id, model, experiment, seed, clean, decoy=0.99):
+def make_results(trial_id, model, experiment, seed, clean, decoy=0.99, dataset="MER2023", features=FEATS,
+                 status="ok"):
     """Result rows of one trial: per-fold rows and a robustness scenario as decoys, plus the
     aggregate clean rows `clean` = {split: (f1, acc, val_mse)}."""
     rows = []
@@ -89,8 +91,8 @@ def make_results(trial_id, model, experiment, seed, clean, decoy=0.99):
     def add(fold, split, scenario, f1, acc, val):
         rows.append(dict(trial_id=trial_id, experiment=experiment, model=model, seed=seed, fold=fold,
                          split=split, scenario=scenario, f1=f1, acc=acc, val_mse=val, emoval=f1 - 0.25 * val,
-                         best_epoch=30, epochs_run=70, wall_time_s=12.5, status="ok",
-                         features=FEATS, dataset="MER2023", lr=3e-4, hidden_dim=128))
+                         best_epoch=30, epochs_run=70, wall_time_s=12.5, status=status,
+                         features=features, dataset=dataset, lr=3e-4, hidden_dim=128))
 
     for fold in range(5):
         add(fold, "cv", "clean", decoy, decoy, 0.5)
@@ -214,7 +216,7 @@ def test_real_renamed_files_are_skipped_with_warning(tmp_path, capsys):
     for name in names:
         assert sum(name in w for w in warnings) == 1
 
-    assert best_results.main(["--result-dir", str(folder)]) == 1
+    assert best_results.main(["--result-dir", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "no results found" in err and err.count("warning:") == len(names)
 
@@ -240,27 +242,181 @@ def test_store_rows_not_its_predictions(store):
 def test_by_experiment(store):
     best = select_best(scan([store]), by="experiment")
     assert list(dict.fromkeys(best["display_name"])) == [
-        "Baseline (v0)", "P-RMF V2 (VAE) [Exp1]", "P-RMF V2 (VAE) [Exp4]"]
+        "Baseline (v0)", "P-RMF: V1 baseline (Exp1)", "P-RMF full (Exp4)"]
     rows = best_map(best)
-    assert rows[("P-RMF V2 (VAE) [Exp4]", "cv")] == (0.7586, 0.7593)
-    assert rows[("P-RMF V2 (VAE) [Exp1]", "test1")] == (0.82, 0.821)
+    assert rows[("P-RMF full (Exp4)", "cv")] == (0.7586, 0.7593)
+    assert rows[("P-RMF: V1 baseline (Exp1)", "test1")] == (0.82, 0.821)
 
 
-def test_corrupt_parquet_warns_and_other_sources_survive(store, merbench, tmp_path):
+def test_corrupt_parquet_skips_only_itself(store, merbench, tmp_path):
     broken = tmp_path / "runs" / "broken"
     write_trial(broken, "ok", make_results("ok", "attention", None, 0, {"cv": (0.9, 0.9, 0.5)}),
                 make_epochs("ok"), predictions={})
     (broken / "results" / "zz.parquet").write_bytes(b"PAR1 this is not parquet")
     root, _ = merbench
     warnings = []
-    best = best_map(select_best(scan([tmp_path / "runs", root], warn=warnings.append)))
+    best = select_best(scan([tmp_path / "runs", root], warn=warnings.append))
     store_warnings = [w for w in warnings if "zz.parquet" in w]
-    assert len(store_warnings) == 1 and str(broken) in store_warnings[0]
-    assert best[("P-RMF V2 (VAE)", "test1")] == (0.8348, 0.8345)  # from the good store
-    assert best[("Baseline (v0)", "cv")] == (0.7366, 0.7376)  # the broken store's rows are skipped
+    assert len(store_warnings) == 1 and str(broken / "results" / "zz.parquet") in store_warnings[0]
+    got = {(r.dataset, r.display_name, r.split): (r.f1, r.acc, r.source) for r in best.itertuples()}
+    assert got[("MER2023", "P-RMF V2 (VAE)", "test1")][:2] == (0.8348, 0.8345)  # from the good store
+    assert got[("MER2023", "Baseline (v0)", "cv")] == (0.9, 0.9, f"{broken}#ok")  # the good trial beside the bad file
+
+
+def test_nonsense_metrics_in_names_are_rejected_and_json_stays_json(tmp_path, capsys):
+    res = tmp_path / "result"
+    res.mkdir()
+    save_args_npz(res / mer_name("cv", "attention", "0.7000", "0.7100"))
+    for acc in ("inf", "12345", "-0.5", "nan"):
+        save_args_npz(res / mer_name("cv", "attention", "0.5000", acc, ts=7))
+    save_args_npz(res / mer_name("test1", "attention", "1.5", "0.8"))  # F1 > 1
+    save_args_npz(res / mer_name("test1", "attention", "0.8", "0.8", val="-1.0"))  # negative MSE
+    save_args_npz(res / mer_name("test2", "attention", "0.6", "0.6", val="inf"))
+    assert best_results.main(["--result-dir", str(res), "--json"]) == 0
+    out = capsys.readouterr()
+    records = json.loads(out.out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert [(r["split"], r["acc"]) for r in records] == [("cv", 0.71)]
+    warnings = out.err.strip().splitlines()
+    warnings = [w for w in warnings if w.startswith("warning:")]
+    assert len(warnings) == 7
+    for acc in ("acc:inf", "acc:12345", "acc:-0.5", "acc:nan", "f1:1.5", "val:-1.0", "val:inf"):
+        assert sum(acc in w for w in warnings) == 1, acc
+
+
+def test_nonsense_metrics_in_a_store_row_are_rejected(tmp_path):
+    s = tmp_path / "store"
+    write_trial(s, "good", make_results("good", "attention", None, 0, {"cv": (0.7, 0.7, 0.5)}), make_epochs("good"), {})
+    write_trial(s, "bad", make_results("bad", "attention", None, 0, {"cv": (0.7, math.inf, 0.5)}), make_epochs("bad"), {})
+    warnings = []
+    best = select_best(scan([s], warn=warnings.append))
+    assert list(best["acc"]) == [0.7] and best["source"][0].endswith("#good")
+    assert len(warnings) == 1 and "bad.parquet" in warnings[0] and "acc inf" in warnings[0]
+
+
+FEATS_B = "bert-base-chinese-4-UTT+eGeMAPS_UTT+manet_UTT"
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """Two data sets x two feature sets, from MERBench-named files and from stores. Each
+    (data set, feature set) has its own winner; the higher numbers of the others must not leak."""
+    root = tmp_path / "results"
+    res = root / "merbench" / "result"
+    res.mkdir(parents=True)
+
+    def npz(split, model, f1, acc, dataset, feats, ts):
+        name = mer_name(split, model, f1, acc, ts=ts, dataset=dataset).replace(FEATS, feats)
+        save_args_npz(res / name)
+
+    npz("cv", "attention", "0.6000", "0.6100", "MER2023", FEATS, 1)
+    npz("test1", "attention", "0.6200", "0.6300", "MER2023", FEATS, 1)
+    npz("cv", "attention", "0.9000", "0.9100", "MER2023", FEATS_B, 2)  # other features
+    npz("cv", "attention", "0.9500", "0.9600", "IEMOCAPFour", FEATS, 3)  # other data set
+    npz("cv", "attention_robust", "0.5000", "0.5100", "iemocapfour", FEATS_B, 4)  # MERBench's spelling
+    s1 = root / "store-mer"
+    write_trial(s1, "e4a", make_results("e4a", "attention_robust_v2", "Exp4", 0,
+                                        {"cv": (0.7000, 0.7100, 0.6), "test1": (0.7200, 0.7300, 0.6)}),
+                make_epochs("e4a"), {})
+    write_trial(s1, "e4b", make_results("e4b", "attention_robust_v2", "Exp4", 0,
+                                        {"cv": (0.8000, 0.8100, 0.6), "test1": (0.8200, 0.8300, 0.6)},
+                                        features="eGeMAPS_UTT,bert-base-chinese-4-UTT,manet_UTT"), make_epochs("e4b"), {})
+    s2 = root / "store-iemocap"
+    write_trial(s2, "e2", make_results("e2", "attention_robust_v2", "Exp2", 0,
+                                       {"cv": (0.4000, 0.4100, 0.6), "test1": (0.4200, 0.4300, 0.6)},
+                                       dataset="IEMOCAPFour"), make_epochs("e2"), {})
+    write_trial(s2, "e5", make_results("e5", "attention_robust_v2", "Exp5", 0,
+                                       {"cv": (0.3000, 0.3100, 0.6)}, dataset="IEMOCAPFour"), make_epochs("e5"), {})
+    return root
+
+
+def test_mixed_tree_gives_one_exact_table_per_dataset_and_features(mixed, capsys):
+    assert best_results.main(["--result-dir", str(mixed)]) == 0
+    tables, _ = parse_tables(capsys.readouterr().out)
+    dash = ["–"] * 4
+    assert tables == {
+        f"IEMOCAPFour · features {FEATS}": {
+            "Baseline (v0)": ["0.9500", "0.9600"] + dash + ["–", "–"],
+            "P-RMF V2 (VAE)": ["0.4000", "0.4100", "0.4200", "0.4300"] + dash},
+        f"IEMOCAPFour · features {FEATS_B}": {"Robust v1 (Dropout)": ["0.5000", "0.5100"] + dash + ["–", "–"]},
+        f"MER2023 · features {FEATS}": {
+            "Baseline (v0)": ["0.6000", "0.6100", "0.6200", "0.6300"] + dash,
+            "P-RMF V2 (VAE)": ["0.7000", "0.7100", "0.7200", "0.7300"] + dash},
+        f"MER2023 · features {FEATS_B}": {
+            "Baseline (v0)": ["0.9000", "0.9100"] + dash + ["–", "–"],
+            "P-RMF V2 (VAE)": ["0.8000", "0.8100", "0.8200", "0.8300"] + dash},
+    }
+
+    assert best_results.main(["--result-dir", str(mixed), "--by", "experiment", "--dataset", "iemocapfour",
+                              "--features", FEATS.replace("+", ",")]) == 0
+    tables, _ = parse_tables(capsys.readouterr().out)
+    assert tables == {f"IEMOCAPFour · features {FEATS}": {
+        "Baseline (v0)": ["0.9500", "0.9600"] + dash + ["–", "–"],
+        "P-RMF: VAE only (Exp2)": ["0.4000", "0.4100", "0.4200", "0.4300"] + dash,
+        "P-RMF: no VAE (Exp5)": ["0.3000", "0.3100"] + dash + ["–", "–"]}}
+
+    assert best_results.main(["--result-dir", str(mixed), "--experiment", "Exp4", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {(r["dataset"], r["features"], r["experiment"], r["split"], r["acc"]) for r in records} == {
+        ("MER2023", FEATS, "Exp4", "cv", 0.71), ("MER2023", FEATS, "Exp4", "test1", 0.73),
+        ("MER2023", FEATS_B, "Exp4", "cv", 0.81), ("MER2023", FEATS_B, "Exp4", "test1", 0.83)}
+
+    assert best_results.main(["--result-dir", str(mixed), "--dataset", "SIMS"]) == 2
+    assert "matching --dataset SIMS" in capsys.readouterr().err
+
+
+def test_select_by_cv_keeps_one_run_per_row(store, capsys):
+    # t1 (Exp1) wins cv, t4 (Exp4) wins test1: the seeds' rule mixes them, --select-by cv does not
+    assert best_results.main(["--result-dir", str(store), "--json"]) == 0
+    seeds = {(r["model"], r["split"]): r for r in json.loads(capsys.readouterr().out)}
+    assert seeds[("attention_robust_v2", "cv")]["source"].endswith("#t1")
+    assert seeds[("attention_robust_v2", "test1")]["source"].endswith("#t4")
+    assert best_results.main(["--result-dir", str(store), "--json", "--select-by", "cv"]) == 0
+    out = capsys.readouterr()
+    cv = {(r["model"], r["split"]): r for r in json.loads(out.out)}
+    assert cv[("attention_robust_v2", "cv")]["source"].endswith("#t1")
+    assert cv[("attention_robust_v2", "test1")]["source"].endswith("#t1")
+    assert (cv[("attention_robust_v2", "test1")]["acc"], cv[("attention_robust_v2", "test1")]["n_runs"]) == (0.821, 2)
+    assert cv[("attention_robust_v2", "test1")]["experiment"] == "Exp1"
+    assert "highest cv ACC" in out.err
+
+
+def test_pruned_failed_and_diverged_trials_are_left_out_unless_asked(store, capsys):
+    for tid, status in (("p", "pruned"), ("f", "failed"), ("d", "diverged")):
+        write_trial(store, tid, make_results(tid, "attention_robust_v2", "Exp4", 0, {"cv": (0.95, 0.95, 0.5)},
+                                             status=status), make_epochs(tid), {})
+    assert best_results.main(["--result-dir", str(store)]) == 0
+    out = capsys.readouterr().out
+    tables, other = parse_tables(out)
+    assert tables[f"MER2023 · features {FEATS}"]["P-RMF V2 (VAE)"][:2] == ["0.7700", "0.7650"]
+    assert "Left out (stopped before the end; --include-pruned counts them): 1 diverged, 1 failed, 1 pruned trials." in other
+    assert best_results.main(["--result-dir", str(store), "--include-pruned"]) == 0
+    out = capsys.readouterr().out
+    tables, other = parse_tables(out)
+    assert tables[f"MER2023 · features {FEATS}"]["P-RMF V2 (VAE)"][:2] == ["0.9500", "0.9500"]
+    assert not any(line.startswith("Left out") for line in other)
 
 
 # ---------------------------------------------------------------- CLI
+
+
+def parse_tables(text):
+    """{table header: {method: [cells]}} of best_results' Markdown, plus the lines outside tables."""
+    tables, other, current = {}, [], None
+    for line in text.strip().splitlines():
+        if line.startswith("## "):
+            current = tables.setdefault(line[3:], {})
+        elif line.startswith("| Method |"):
+            assert line == ("| Method | cv F1 | cv ACC | test1 F1 | test1 ACC | test2 F1 | test2 ACC "
+                            "| test3 F1 | test3 ACC |")
+        elif line.startswith("|") and set(line) <= set("|-:"):
+            continue
+        elif line.startswith("| "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert len(cells) == 9
+            current[cells[0]] = cells[1:]
+        elif line:
+            other.append(line)
+    return tables, other
 
 
 def test_markdown_table_and_output_file(store, merbench, tmp_path, capsys):
@@ -269,18 +425,16 @@ def test_markdown_table_and_output_file(store, merbench, tmp_path, capsys):
     rc = best_results.main(["--result-dir", str(store), "--result-dir", str(root), "--output", str(out)])
     assert rc == 0
     captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    assert lines[0] == ("| Method | cv F1 | cv ACC | test1 F1 | test1 ACC | test2 F1 | test2 ACC "
-                        "| test3 F1 | test3 ACC |")
-    assert set(lines[1]) <= set("|-:")
-    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert all(len(cells) == 9 for cells in body)
-    assert [cells[0] for cells in body] == [
-        "Baseline (v0)", "Robust v1 (Dropout)", "P-RMF V2 (VAE)", "Robust v5", "misa"]
-    baseline = body[0]
-    assert baseline[1:] == ["0.7366", "0.7376", "0.7956", "0.7956", "–", "–", "–", "–"]
-    v2 = body[2]
-    assert v2[1:] == ["0.7700", "0.7650", "0.8348", "0.8345", "–", "–", "0.8995", "0.9029"]
+    tables, other = parse_tables(captured.out)
+    # names without a _dataset: field are not assumed to be MER2023
+    assert list(tables) == [f"MER2023 · features {FEATS}", f"unnamed · features {FEATS}"]
+    mer, unnamed = tables.values()
+    assert list(mer) == ["Baseline (v0)", "P-RMF V2 (VAE)"]
+    assert mer["Baseline (v0)"] == ["0.7366", "0.7376", "–", "–", "–", "–", "–", "–"]
+    assert mer["P-RMF V2 (VAE)"] == ["0.7700", "0.7650", "0.8348", "0.8345", "–", "–", "0.8995", "0.9029"]
+    assert list(unnamed) == ["Baseline (v0)", "Robust v1 (Dropout)", "P-RMF V2 (VAE)", "Robust v5", "misa"]
+    assert unnamed["Baseline (v0)"] == ["0.7366", "0.7376", "0.7956", "0.7956", "–", "–", "–", "–"]
+    assert any(line.startswith("Selection: the seeds' rule") for line in other)
     assert out.read_text(encoding="utf-8") == captured.out
     assert captured.err.count("warning:") == 2
     assert not marker.exists()
@@ -292,11 +446,12 @@ def test_json_keys_and_values(merbench, capsys):
     records = json.loads(capsys.readouterr().out)
     assert len(records) == 8
     assert all(list(r) == JSON_KEYS for r in records)
-    first = records[0]
-    assert (first["model"], first["display_name"], first["split"]) == ("attention", "Baseline (v0)", "cv")
-    assert (first["f1"], first["acc"], first["val"]) == (0.7366, 0.7376, 0.6317)
+    got = {(r["dataset"], r["model"], r["split"]): r for r in records}
+    first = got[("unnamed", "attention", "cv")]
+    assert (first["display_name"], first["experiment"], first["features"]) == ("Baseline (v0)", None, FEATS)
+    assert (first["f1"], first["acc"], first["val"], first["n_runs"]) == (0.7366, 0.7376, 0.6317, 2)
     assert first["source"].endswith(mer_name("cv", "attention", "0.7366", "0.7376"))
-    v2test3 = next(r for r in records if r["model"] == "attention_robust_v2" and r["split"] == "test3")
+    v2test3 = got[("MER2023", "attention_robust_v2", "test3")]
     assert v2test3["val"] is None  # nan in the name -> null
 
 
@@ -308,6 +463,14 @@ def test_default_root_reads_stores_and_npz(store, merbench, tmp_path, monkeypatc
     records = json.loads(capsys.readouterr().out)
     sources = {r["source"].split("#")[0] for r in records}
     assert str(store) in sources and any("/merbench/" in s for s in sources)
+    assert {r["features"] for r in records} == {FEATS}
+
+
+def test_feature_order_and_dataset_spelling_are_normalised():
+    assert features_key("chinese-hubert-large-UTT,CLIP-ViT-large-patch14-UTT,Baichuan-13B-Base-UTT") == FEATS
+    assert features_key(["b", "a"]) == "a+b"
+    assert [dataset_name(n) for n in ("mer2023", "Iemocapfour", "simsv2", "MyData")] == [
+        "MER2023", "IEMOCAPFour", "SIMSv2", "MyData"]
 
 
 def test_missing_dir_and_nothing_found(tmp_path, capsys):
@@ -326,6 +489,6 @@ def test_script_runs_from_any_cwd(merbench, tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--result-dir", str(root)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("| Method |") and "| P-RMF V2 (VAE) |" in proc.stdout
+    assert proc.stdout.startswith("## MER2023 · features") and "| P-RMF V2 (VAE) |" in proc.stdout
     assert proc.stderr.count("warning:") == 2
     assert not marker.exists()

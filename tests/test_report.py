@@ -91,22 +91,26 @@ def test_statistics_match_the_store(sweep):
     a = raw[raw.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
     b = ref[ref.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
     assert diff.loc[("Exp4", "cv"), "acc_diff"] == pytest.approx(np.mean(a - b))
-    assert diff.loc[("Exp4", "cv"), "acc_p"] == pytest.approx(report.permutation_test(a - b))
+    assert diff.loc[("Exp4", "cv"), "acc_p"] == pytest.approx(report.corrected_t_test(a - b, 1 / 4))
     rob = report.robustness_table(results).set_index(["group", "split", "scenario"])
     agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
     clean = agg[(agg.experiment == "Exp4") & (agg.split == "test2")].acc.mean()
     assert rob.loc[("Exp4", "test2", "all"), "acc_mean"] == clean
 
 
-def test_permutation_test():
-    assert report.permutation_test([0.1] * 5) == pytest.approx(2 / 32)  # exact: only all-+ and all-- as extreme
-    assert report.permutation_test([0.0, 0.0, 0.0]) == 1.0
-    assert report.permutation_test([0.1, -0.1, 0.1, -0.1]) == 1.0
-    assert report.permutation_test([0.3, 0.1, -0.05, 0.2]) == pytest.approx(4 / 16)
-    many = np.linspace(0.01, 0.2, 30)  # Monte Carlo branch: seeded, so repeatable
-    p = report.permutation_test(many)
-    assert p == report.permutation_test(many) and p < 0.001
-    assert np.isnan(report.permutation_test([]))
+def test_corrected_t_test():
+    from scipy import stats
+    d = np.array([0.1, 0.2, 0.3, 0.0, 0.1])
+    # by hand: mean 0.14, var (ddof 1) 0.013, se = sqrt((1/5 + 1/4) * 0.013), t = 1.8304, df 4
+    t = 0.14 / np.sqrt((0.2 + 0.25) * 0.013)
+    assert report.corrected_t_test(d, 0.25) == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-9)
+    assert 0.1 < report.corrected_t_test(d, 0.25) < 0.2  # t = 1.83 on 4 df: p = 0.141
+    # the correction only ever widens: larger p than the naive t-test on the same pairs
+    assert report.corrected_t_test(d, 0.25) > stats.ttest_1samp(d, 0).pvalue
+    assert report.corrected_t_test(d, 0.0) == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert report.corrected_t_test([0.0, 0.0, 0.0], 0.25) == 1.0
+    assert report.corrected_t_test([0.1, 0.1], 0.25) == 0.0
+    assert np.isnan(report.corrected_t_test([0.1], 0.25))
 
 
 def test_grid_gets_groups_per_point_and_heat_maps(grid, tmp_path):
@@ -125,22 +129,60 @@ def test_grid_gets_groups_per_point_and_heat_maps(grid, tmp_path):
 def test_missing_or_empty_dir_is_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), "--result-dir",
                            str(tmp_path / "nope")], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: result dir {tmp_path / 'nope'} does not exist or is not a directory"
     (tmp_path / "empty" / "results").mkdir(parents=True)
     proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), "--result-dir",
                            str(tmp_path / "empty")], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: no store results under {tmp_path / 'empty'}"
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: no store results under {tmp_path / 'empty'}"
     assert not (tmp_path / "empty" / "report").exists()
 
 
-def test_pruned_trials_are_left_out_and_named(sweep, tmp_path):
+def test_pruned_trials_are_left_out_and_named_as_in_best_results(sweep, tmp_path, capsys):
+    from analysis import best_results
     d = tmp_path / "store"
     results, epochs = store.read_results(sweep), store.read_epochs(sweep)
     for tid, rows in results.groupby("trial_id"):
-        status = "pruned" if tid.startswith("Exp4-s1") else "finished"
+        status = {"Exp4-s1": "pruned", "Exp1-s1": "diverged"}.get(tid[:7], "finished")
         store.write_trial(d, tid, rows.assign(status=status), epochs[epochs.trial_id == tid], {})
     loaded, _, left_out = report.load(d)
-    assert left_out == {"pruned": 1} and set(loaded.status) == {"finished"}
+    assert left_out == {"pruned": 1, "diverged": 1} and set(loaded.status) == {"finished"}
     assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r")]) == 0
-    assert "Left out (not finished): 1 pruned trials." in (tmp_path / "r" / "report.md").read_text()
+    md = (tmp_path / "r" / "report.md").read_text()
+    note = "Left out (stopped before the end; --include-pruned counts them): 1 diverged, 1 pruned trials."
+    assert note in md and "2 trials," in md
+    assert "Nadeau-Bengio" in md and "only 1 seed(s), too few to conclude" in md
+    capsys.readouterr()
+    assert best_results.main(["--result-dir", str(d), "--by", "experiment", "--json"]) == 0
+    out = capsys.readouterr()
+    assert note in out.err
+    counted_trials = {r["source"].split("#")[1] for r in __import__("json").loads(out.out)}
+    assert counted_trials == set(loaded.trial_id)  # the same trials count in both
+    assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r2"), "--include-pruned"]) == 0
+    assert "4 trials," in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_two_data_sets_are_never_pooled(sweep, tmp_path):
+    d = tmp_path / "mixed"
+    results, epochs = store.read_results(sweep), store.read_epochs(sweep)
+    for tid, rows in results.groupby("trial_id"):
+        name = "MER2023" if tid.startswith("Exp1") else "mer2023-synthetic-tiny"
+        store.write_trial(d / name, tid, rows.assign(dataset=name), epochs[epochs.trial_id == tid], {})
+    with pytest.raises(ValueError, match="2 data set/feature set pairs.*--dataset"):
+        report.load(d)
+    loaded, _, _ = report.load(d, dataset="mer2023")
+    assert set(loaded.experiment) == {"Exp1"} and set(loaded.dataset) == {"MER2023"}
+    assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r")]) == 2
+    assert report.main(["--result-dir", str(d), "--out", str(tmp_path / "r"), "--dataset", "MER2023"]) == 0
+
+
+def test_a_corrupt_parquet_skips_only_itself(sweep, tmp_path):
+    import shutil
+    d = tmp_path / "store"
+    shutil.copytree(sweep, d)
+    (d / "results" / "zz.parquet").write_bytes(b"PAR1 not parquet")
+    (d / "epochs" / "zz.parquet").write_bytes(b"PAR1 not parquet")
+    warnings = []
+    results, epochs, _ = report.load(d, warn=warnings.append)
+    assert results.trial_id.nunique() == 4 and epochs.trial_id.nunique() == 4
+    assert len(warnings) == 2 and all("zz.parquet" in w for w in warnings)

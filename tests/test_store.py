@@ -92,3 +92,41 @@ def test_corrupt_result_file_is_a_clear_error(tmp_path, tiny_data, trial):
     (tmp_path / "results" / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(store.StoreError, match=r"bad\.parquet: unreadable results file"):
         store.read_results(tmp_path)
+
+
+SEEDS_RE = r"f1:(\d+\.\d+)_acc:(\d+\.\d+)_val:(\d+\.\d+)"  # extract_best_results.py of the seeds
+
+
+def test_every_npz_name_parses_with_the_seeds_regex_test3_included(tmp_path, tiny_data, trial):
+    import re
+
+    from prmf.data.merbench import NO_VALENCE
+    cfg, result = trial
+    results = write(tmp_path, tiny_data, cfg, result)
+    files = sorted((tmp_path / "predictions").rglob("*.npz"))
+    assert len(files) == 4
+    for f in files:
+        assert re.search(SEEDS_RE, f.name), f.name
+    test3 = next(f for f in files if f.name.startswith("test3_"))
+    sr = result.splits["test3"]
+    assert np.isnan(sr.vals).all()  # the built-in set, like MER2023, has no test3 valence
+    merbench_val = float(np.mean((sr.vals_pred.astype(np.float64) - NO_VALENCE) ** 2))
+    assert float(re.search(SEEDS_RE, test3.name).group(3)) == pytest.approx(merbench_val, abs=6e-5)
+    agg = results[(results.fold == store.AGGREGATE) & (results.split == "test3") & (results.scenario == "clean")]
+    assert np.isnan(agg.val_mse.iloc[0])  # the Parquet keeps NaN: there is no valence to compare with
+
+
+def test_dataset_names(tmp_path, tiny_root, data_dir):
+    import shutil
+
+    from prmf.data import load_data
+    from prmf.data.synthetic import FEATURES
+    root = tmp_path / "mer2023"
+    shutil.copytree(tiny_root, root)
+    assert load_data(str(root), FEATURES["tiny"]).name == "MER2023"
+    assert load_data(str(root), FEATURES["tiny"], name="MyLab").name == "MyLab"  # also through the cache
+    other = tmp_path / "my-set"
+    shutil.copytree(tiny_root, other)
+    assert load_data(str(other), FEATURES["tiny"]).name == "my-set"
+    ds = load_data("synthetic", profile="tiny")
+    assert (ds.name, ds.profile) == ("MER2023-synthetic-tiny", "tiny")

@@ -49,6 +49,7 @@ class Dataset:
     feat_type: str  # 'utt' or 'frm'
     splits: dict = field(default_factory=dict)
     classes: tuple = CLASSES
+    profile: str = ""  # the built-in set's profile ('' for a MERBench root)
 
     @property
     def dims(self):
