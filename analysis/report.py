@@ -30,7 +30,7 @@ if REPO_ROOT not in sys.path:  # run as a script from any cwd
 from analysis.results import DEFAULT_RESULT_DIR, natural_key, split_key  # noqa: E402
 from prmf.config import TrialConfig  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
-from prmf.store import AGGREGATE, StoreError, is_store, read_epochs, read_results  # noqa: E402
+from prmf.store import AGGREGATE, StoreError, check_writable, is_store, read_epochs, read_results  # noqa: E402
 
 EXACT_MAX_PAIRS = 16
 MC_DRAWS = 20000
@@ -379,6 +379,11 @@ def main(argv=None) -> int:
         print(f"error: result dir {result_dir} does not exist or is not a directory", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else result_dir / "report"
+    try:
+        check_writable(out, "--out")  # before the work, not after it
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         path = build_report(result_dir, out, args.reference)
     except (ValueError, StoreError) as e:
