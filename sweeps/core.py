@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +255,9 @@ class _ResumeHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
+_RESUME_HINT = _ResumeHint()
+
+
 def _check_settings(root: Path, settings: dict, restart: bool):
     """An existing sweep of this name must have been started with the same settings."""
     path = root / "sweep.json"
@@ -451,7 +453,7 @@ def _run(sweep: Sweep) -> int:
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
           f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
     if pending:
-        logging.getLogger("ray.tune.tune").addFilter(_ResumeHint())
+        logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
         _init_ray(args, args.num_gpus)
         _save_settings(root, settings)
         progress = Progress(args.name, specs, epochs, milestones, data, done)

@@ -275,3 +275,8 @@ def test_a_script_entry_point_prints_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: {path}: a grid over model: run one grid per model, with the model "
         f"(attention, attention_robust, attention_robust_v2) or an experiment preset as base:"]
+
+
+def test_an_experiment_named_twice_runs_once():
+    args = ablation.build_parser().parse_args(["--experiments", "Exp1, Exp4,Exp1"])
+    assert [p.label for p in ablation.make_sweep(args).points] == ["Exp1", "Exp4"]
