@@ -20,6 +20,7 @@ if REPO_ROOT not in sys.path:  # run as a script from any cwd
 
 from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, filter_candidates,  # noqa: E402
                               render_json, render_markdown, scan, select_best)
+from prmf.store import StoreError, check_writable  # noqa: E402
 
 
 def parse_args(argv):
@@ -45,6 +46,14 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.output:  # checked before the work, not after it
+        try:
+            if Path(args.output).is_dir():
+                raise StoreError(f"--output {args.output} is a folder, not a file")
+            check_writable(Path(args.output).absolute().parent, "--output folder")
+        except StoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     dirs = [Path(d) for d in args.result_dir] if args.result_dir else [DEFAULT_RESULT_DIR]
     for d in dirs:
         if not d.is_dir():

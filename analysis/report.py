@@ -37,7 +37,7 @@ from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural
 from prmf.config import TrialConfig  # noqa: E402
 from prmf.data import dataset_name  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
-from prmf.store import AGGREGATE, StoreError, is_store  # noqa: E402
+from prmf.store import AGGREGATE, StoreError, check_writable, is_store  # noqa: E402
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
@@ -418,6 +418,11 @@ def main(argv=None) -> int:
         print(f"error: result dir {result_dir} does not exist or is not a directory", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else result_dir / "report"
+    try:
+        check_writable(out, "--out")  # before the work, not after it
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         path = build_report(result_dir, out, args.reference, args.include_pruned, args.dataset, args.features)
     except (ValueError, StoreError) as e:

@@ -120,3 +120,23 @@ def timestamp() -> int:
 
 def config_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
+
+
+def check_writable(folder, what="folder"):
+    """Raise StoreError unless `folder` exists or could be created, and a file can be written in it.
+
+    Checked before any work (hours of training must not end in 'permission denied'); creates nothing.
+    """
+    path = Path(folder).absolute()
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{what} {path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StoreError(f"{what} {path} cannot be created: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise StoreError(f"{what} {path} cannot be written ({e.strerror or e})") from None

@@ -2,30 +2,34 @@
 
     python -m prmf.train --data PATH|synthetic --model NAME [--experiment Exp4]
                          [--set key=value ...] [--epochs N] [--folds 5] [--seed S] [--no-robustness] --out DIR
+
+Experiments (--experiment; presets of attention_robust_v2, the rest at the paper's settings):
 """
 import argparse
 import sys
 import time
 
 from . import records, store
-from .config import EXPERIMENTS, ConfigError, experiment_config, make_config, parse_sets
-from .data import DataError, load_data
+from .config import EXPERIMENTS, ConfigError, experiment_config, experiments_help, make_config, parse_sets
+from .data import DataError, check_folds, load_data
 from .models import MODEL_CLASSES
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m prmf.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m prmf.train", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1] + experiments_help(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="a MERBench dataset root, or 'synthetic' for the built-in set")
     ap.add_argument("--features", help="audio,text,video feature folder names (default: the paper's three)")
     ap.add_argument("--profile", default="small", choices=["tiny", "small", "paper"], help="built-in set's feature sizes")
     ap.add_argument("--dataset-name", help="the data set's name in results (default: the root folder's, "
                     "in MERBench's spelling; MER2023-synthetic-PROFILE)")
-    ap.add_argument("--model", choices=sorted(MODEL_CLASSES), help="MERBench model name (default attention_robust_v2)")
-    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="an ablation preset of attention_robust_v2")
+    ap.add_argument("--model", choices=sorted(MODEL_CLASSES), help="model (default attention_robust_v2, P-RMF)")
+    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="an ablation preset (listed below)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
-    ap.add_argument("--epochs", type=int, help="epochs (default 150)")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, help="epochs per fold (default 150)")
+    ap.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     ap.add_argument("--out", required=True, help="result store directory")
     ap.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True,
@@ -44,11 +48,12 @@ def main(argv=None):
         cfg = experiment_config(args.experiment, **changes) if args.experiment else make_config(**changes)
         if args.experiment and cfg.model != "attention_robust_v2":
             raise ConfigError(f"--experiment {args.experiment} is an ablation of attention_robust_v2, not {cfg.model}")
-        if args.folds < 2:
-            raise ConfigError(f"--folds must be >= 2, got {args.folds}")
+        device = check_device(args.device)
         features = args.features.split(",") if args.features else None
         data = load_data(args.data, features, args.profile, name=args.dataset_name)
-    except (ConfigError, DataError) as e:
+        check_folds(data, args.folds)
+        store.check_writable(args.out, "--out")
+    except (ConfigError, DataError, store.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from . import robustness
@@ -57,12 +62,14 @@ def main(argv=None):
     experiment = args.experiment or cfg.model
     tid = records.trial_id(experiment, cfg, args.seed)
     t0 = time.time()
+    print(f"{tid}: {cfg.model}, {cfg.epochs} epochs, patience {cfg.patience}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
+          f"{args.folds} folds, seed {args.seed}, device {device or 'auto'}", file=sys.stderr)
 
     def progress(epoch, score):
         print(f"\r{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}", end="", file=sys.stderr, flush=True)
 
     scenarios = robustness.scenarios() if args.robustness else None
-    result = train_trial(cfg, data, args.seed, args.folds, args.device, on_epoch=progress, scenarios=scenarios)
+    result = train_trial(cfg, data, args.seed, args.folds, device, on_epoch=progress, scenarios=scenarios)
     print(file=sys.stderr)
     results, epochs, predictions = records.tables(
         result, tid=tid, sweep="single", experiment=experiment, cfg=cfg, seed=args.seed, dataset=data,
@@ -73,6 +80,28 @@ def main(argv=None):
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
     print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
     return 0
+
+
+def check_device(text):
+    """`--device` as torch reads it, refused up front when it names a device this machine lacks."""
+    if text is None:
+        return None
+    import torch
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError(f"--device {text!r}: not a device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= n:
+            raise ConfigError(f"--device {text}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {text}: MPS is not available on this machine (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {text}: not supported here (cpu, cuda, cuda:N, mps)")
+    return str(device)
 
 
 if __name__ == "__main__":

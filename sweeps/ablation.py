@@ -1,10 +1,12 @@
-"""The paper's ablation suite (SPEC §5, Exp1-Exp5) over k-fold CV, on Ray Tune.
+"""The paper's ablation suite (the experiment presets below) over k-fold CV, on Ray Tune.
 
     python sweeps/ablation.py --num-gpus 8                 # every experiment, the paper's settings
     python sweeps/ablation.py --experiments Exp1,Exp4 --quick
 
 Every experiment is a row of the paper's table, so none is pruned against another unless
 --asha is given. Run the same command again to resume an interrupted sweep.
+
+Experiments (presets of attention_robust_v2, the paper's training settings otherwise):
 """
 import argparse
 import sys
@@ -12,12 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prmf.config import EXPERIMENTS, ConfigError, experiment_config  # noqa: E402
+from prmf.config import EXPERIMENTS, ConfigError, experiment_config, experiments_help  # noqa: E402
 from sweeps import core  # noqa: E402
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1] + experiments_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS),
                     help=f"comma-separated subset of {', '.join(EXPERIMENTS)} (default: all)")
@@ -26,7 +29,9 @@ def build_parser():
 
 
 def make_sweep(args) -> core.Sweep:
-    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in args.experiments.split(",") if n.strip()))  # once each
+    if not names:
+        raise ConfigError(f"--experiments {args.experiments!r} names no experiment (known: {', '.join(EXPERIMENTS)})")
     for n in names:
         if n not in EXPERIMENTS:
             raise ConfigError(f"unknown experiment {n!r} (known: {', '.join(EXPERIMENTS)})")

@@ -10,12 +10,12 @@ come back from the sweep's folder (sweeps/asha.py); a replayed trial rewrites it
 """
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from cluster.address import resolve_address  # noqa: E402
 from prmf import records, store  # noqa: E402
 from prmf.config import ConfigError, make_config, parse_sets  # noqa: E402
-from prmf.data import DataError, load_data  # noqa: E402
+from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 from prmf.trainer import make_runner  # noqa: E402
 
@@ -70,10 +70,13 @@ def add_common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--folds", type=int, default=5, help="cross-validation folds per trial (default 5)")
     ap.add_argument("--seeds", type=int, default=1, help="repeat every point with seeds 0..N-1 (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs per fold (default 150, the paper's; --quick: 15)")
-    ap.add_argument("--patience", type=int, help="early-stopping patience per fold; also ASHA's grace period (default 40)")
-    ap.add_argument("--grace-period", type=int, help="ASHA's grace period in epochs (default: the patience)")
+    ap.add_argument("--patience", type=int, help="a fold stops after this many epochs without improvement; "
+                    "also the epochs before ASHA first prunes (default 40)")
+    ap.add_argument("--grace-period", type=int, help="epochs before ASHA first prunes a trial (default: the patience, "
+                    "at most the epochs)")
     ap.add_argument("--quick", action="store_true",
-                    help=f"demo settings: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (printed at start)")
+                    help=f"demo settings: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (printed at start; "
+                    f"--epochs etc. still override them)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every point")
     ap.add_argument("--num-gpus", type=float, default=0, help="GPUs the sweep may use in total (default 0: CPU)")
     ap.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, fractional allowed "
@@ -86,7 +89,8 @@ def add_common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--checkpoint-every", type=int, default=10,
                     help="epochs between a trial's checkpoints (also at ASHA rungs and the end; default 10)")
     ap.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default 3)")
-    ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
+    ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only; "
+                    "needs pip install 'ray[default]')")
     return ap
 
 
@@ -105,11 +109,13 @@ def main(build_parser, make_sweep, argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         sweep = make_sweep(args)
-    except ConfigError as e:
+    except (ConfigError, SweepError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.quick:
-        print(f"quick settings: {QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
+    if args.quick:  # the values in use, --epochs and --set included
+        used = {k: getattr(sweep.points[0].cfg, k) for k in QUICK}
+        print(f"quick settings: {', '.join(f'{k}={v:g}' for k, v in used.items())} "
+              f"(drop --quick for the paper's: epochs=150, batch_size=32, lr=0.0003)", file=sys.stderr)
     return run(sweep)
 
 
@@ -197,11 +203,61 @@ def _default_gpus_per_trial(data):
 
 def _check_storage(root: Path):
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
+        store.check_writable(root, "storage")
+    except store.StoreError as e:
+        raise SweepError(str(e)) from None
+
+
+def _check_ray_start(args):
+    """What ray.init would only find out slowly or with a traceback: a dashboard without its
+    packages, an address where nothing listens (Ray retries it for many minutes)."""
+    address = resolve_address(args.address)
+    if args.dashboard and address in (None, "local"):
+        try:
+            import ray.dashboard.optional_deps  # noqa: F401  Ray's own list of the dashboard's packages
+        except ImportError as e:
+            raise SweepError(f"--dashboard needs Ray's dashboard packages ({e.name} is missing): "
+                             f"pip install 'ray[default]'") from None
+    if address in (None, "local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
-        raise SweepError(f"storage {root} cannot be written ({e.strerror or e})") from None
+        raise SweepError(f"cannot reach Ray at {hostport} ({e.strerror or e}); is a Ray head running there "
+                         f"(ray start --head --port {port})?") from None
+
+
+def _clean_stale_temp(root: Path, started: float):
+    """Temporary files a killed writer left in the sweep folder (a checkpoint's `.NAME.pt.XXX.tmp` is
+    megabytes). A sweep folder has one driver at a time, and this runs before it starts any worker,
+    so every temp file older than this driver (`started`) belongs to a dead writer."""
+    if not root.is_dir():
+        return 0
+    n = 0
+    for path in list(root.rglob(".*.tmp")) + list(root.glob(".pred-*")):
+        try:
+            if path.lstat().st_mtime >= started:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+class _ResumeHint(logging.Filter):
+    """Ray Tune ends an interrupted run with 'Resume experiment with: Tuner.restore(...)'; here resuming
+    is running the same command again, so its hint is dropped (and ours printed)."""
+
+    def filter(self, record):
+        return "Tuner.restore" not in record.getMessage()
+
+
+_RESUME_HINT = _ResumeHint()
 
 
 def _check_settings(root: Path, settings: dict, restart: bool):
@@ -305,6 +361,27 @@ class Progress:
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
 
+def asha_horizon(sweep: Sweep):
+    """(epochs, patience, grace period, note) of the sweep; ASHA has one max_t and one grace period
+    for all trials, so with ASHA on, points may not differ in epochs (or in patience when the grace
+    period comes from it). A grace period longer than the epochs is clamped to them (and said)."""
+    args = sweep.args
+    epochs = {p.cfg.epochs for p in sweep.points}
+    patience = {p.cfg.patience for p in sweep.points}
+    if sweep.asha and (len(epochs) > 1 or (len(patience) > 1 and args.grace_period is None)):
+        key = "epochs" if len(epochs) > 1 else "patience"
+        raise SweepError(f"the points differ in {key} ({', '.join(map(str, sorted(epochs if key == 'epochs' else patience)))}), "
+                         f"but ASHA prunes all trials on one schedule: run one sweep per {key} value, or turn "
+                         f"pruning off{' (--no-asha)' if sweep.kind == 'grid' else ''}"
+                         f"{'' if key == 'epochs' else ', or give --grace-period'}")
+    grace = args.grace_period or min(patience)
+    note = ""
+    if grace > max(epochs):
+        note = f" (the {'--grace-period' if args.grace_period else 'patience'} {grace} clamped to the {max(epochs)} epochs)"
+        grace = max(epochs)
+    return max(epochs), min(patience), grace, note
+
+
 def trial_specs(sweep: Sweep, name: str, root: Path, milestones):
     args = sweep.args
     cpus = args.cpus_per_trial
@@ -338,16 +415,18 @@ def _run(sweep: Sweep) -> int:
     from sweeps.asha import PersistentASHA
 
     args = sweep.args
+    started = time.time()
     if args.folds < 2 or args.seeds < 1 or args.checkpoint_every < 1 or args.cpus_per_trial <= 0 or \
             (args.grace_period is not None and args.grace_period < 1):
         raise SweepError("--folds must be >= 2, --seeds >= 1, --checkpoint-every >= 1, --grace-period >= 1, "
                          "--cpus-per-trial > 0")
     if args.num_gpus < 0 or (args.gpus_per_trial is not None and not 0 < args.gpus_per_trial <= max(1, args.num_gpus)):
         raise SweepError(f"--gpus-per-trial must be in (0, {max(1, args.num_gpus):g}] and --num-gpus >= 0")
+    epochs, patience, grace, grace_note = asha_horizon(sweep)
+    _check_ray_start(args)
     features = args.features.split(",") if args.features else None
     data = load_data(args.data, features, args.profile, name=args.dataset_name)
-    epochs = sweep.points[0].cfg.epochs
-    patience = sweep.points[0].cfg.patience
+    check_folds(data, args.folds)
     data_tag = "synthetic-" + args.profile if args.data == "synthetic" else Path(args.data).name
     args.name = args.name or f"{sweep.kind}-{data_tag}"
     root = (Path(args.storage) if args.storage else DEFAULT_STORAGE).resolve() / args.name
@@ -358,8 +437,10 @@ def _run(sweep: Sweep) -> int:
     _check_settings(root, settings, args.restart)
     if args.restart and root.exists():
         shutil.rmtree(root)
+    cleaned = _clean_stale_temp(root, started)
+    if cleaned:
+        print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
 
-    grace = args.grace_period or patience
     milestones = _asha_milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, args.name, root, milestones)
     done = store.completed_trials(root)
@@ -371,9 +452,10 @@ def _run(sweep: Sweep) -> int:
     gpus_per_trial = (args.gpus_per_trial or _default_gpus_per_trial(data)) if args.num_gpus else 0
     print(f"sweep {args.name}: {len(specs)} trials ({len(sweep.points)} points x {args.seeds} seeds x {args.folds} folds), "
           f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
-          f"{'ASHA grace ' + str(grace) if sweep.asha else 'no pruning'}; "
+          f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
           f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
     if pending:
+        logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
         _init_ray(args, args.num_gpus)
         _save_settings(root, settings)
         progress = Progress(args.name, specs, epochs, milestones, data, done)

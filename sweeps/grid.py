@@ -3,9 +3,12 @@
     python sweeps/grid.py                                   # sweeps/configs/prmf_grid.yaml
     python sweeps/grid.py --grid my_grid.yaml --num-gpus 4
 
-The YAML has `base` (an ablation preset Exp1..Exp5 or a model name), `set` (fixed overrides)
-and `grid` (config key -> list of values); every combination is a point. Run the same
+The YAML has `base` (an experiment preset, listed below, or a model name), `set` (fixed
+overrides) and `grid` (config key -> list of values); every combination is a point. A grid over
+`model` is refused: run one grid per model, with that model (or preset) as `base`. Run the same
 command again to resume an interrupted sweep.
+
+Experiments (presets of attention_robust_v2):
 """
 import argparse
 import itertools
@@ -16,16 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from prmf.config import EXPERIMENTS, MODELS, ConfigError, experiment_config, make_config  # noqa: E402
+from prmf.config import (EXPERIMENTS, MODELS, ConfigError, experiment_config, experiments_help,  # noqa: E402
+                         make_config, parse_sets, parse_value)
 from sweeps import core  # noqa: E402
 
 DEFAULT_GRID = Path(__file__).resolve().parent / "configs" / "prmf_grid.yaml"
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1] + experiments_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", default=str(DEFAULT_GRID), help="grid YAML file (default: the design plan's grid)")
+    ap.add_argument("--grid", default=str(DEFAULT_GRID), help="grid YAML file (default: sweeps/configs/prmf_grid.yaml, "
+                    "kl_weight x recon_weight x fusion_temperature on Exp4, 27 points)")
     ap.add_argument("--no-asha", dest="asha", action="store_false", help="run every point to the end (no pruning)")
     return core.add_common_args(ap)
 
@@ -43,27 +49,56 @@ def load_grid(path):
     if extra:
         raise ConfigError(f"{path}: unknown top-level key {sorted(extra)[0]!r} (known: base, set, grid)")
     base = spec.get("base", "Exp4")
-    if base not in EXPERIMENTS and base not in MODELS:
-        raise ConfigError(f"{path}: base {base!r} is neither an experiment ({', '.join(EXPERIMENTS)}) nor a model")
+    if not isinstance(base, str) or (base not in EXPERIMENTS and base not in MODELS):
+        raise ConfigError(f"{path}: base {base!r} must be one experiment ({', '.join(EXPERIMENTS)}) "
+                          f"or one model ({', '.join(MODELS)})")
+    fixed = spec.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: set must be a mapping of config key -> one value, got {fixed!r}")
+    if "model" in spec["grid"] or "model" in fixed:
+        raise ConfigError(f"{path}: a grid over model: run one grid per model, with the model "
+                          f"({', '.join(MODELS)}) or an experiment preset as base:")
+    fixed = {key: _value(path, "set", key, v) for key, v in fixed.items()}
     grid = {}
     for key, values in spec["grid"].items():
         values = values if isinstance(values, list) else [values]
-        try:
-            make_config(**{key: values[0]})
-        except ConfigError as e:
-            raise ConfigError(f"{path}: grid {e}") from None
-        grid[key] = values
-    return base, dict(spec.get("set") or {}), grid
+        if not values:
+            raise ConfigError(f"{path}: grid {key!r} has no values")
+        unique = []
+        for v in values:
+            v = _value(path, "grid", key, v)
+            if v not in unique:
+                unique.append(v)
+        if len(unique) < len(values):
+            print(f"note: {path}: grid {key!r} lists a value twice; each value runs once", file=sys.stderr)
+        grid[key] = unique
+    return base, fixed, grid
+
+
+def _value(path, where, key, value):
+    """One YAML value as the config field's type: a string goes through the `--set` parser, so
+    `1e-2` (a string to YAML) is the float it means; a list or mapping is refused."""
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"{path}: {where} {key!r}: expected one value, got {value!r}")
+    try:
+        if isinstance(value, str):
+            value = parse_value(key, value)
+        make_config(**{key: value})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {where} {e}") from None
+    return value
 
 
 def make_sweep(args) -> core.Sweep:
     base, fixed, grid = load_grid(args.grid)
+    if "model" in parse_sets(args.set):
+        raise ConfigError("--set model: a grid over model: run one grid per model, with the model as base: in the YAML")
     changes = core.config_changes(args, fixed)
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         merged = {**changes, **values}
-        cfg = experiment_config(base, **merged) if base in EXPERIMENTS else make_config(model=base, **merged)
+        cfg = experiment_config(base, **merged) if base in EXPERIMENTS else make_config({"model": base}, **merged)
         label = ",".join(f"{k}={v}" for k, v in values.items())
         points.append(core.Point(label, cfg, tag="grid"))
     return core.Sweep("grid", points, args, asha=args.asha, settings={"grid_base": base})

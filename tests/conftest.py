@@ -1,5 +1,6 @@
 """Shared fixtures: a generated MERBench root (tiny profile) and its loaded dataset."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,18 @@ def tiny_data(tiny_root):
 def small_data(data_dir):
     from prmf.data import load_data
     return load_data("synthetic", profile="small")
+
+
+@pytest.fixture(scope="session")
+def shared():
+    """find(*parts): a path in the lab's shared folder (beside the repo, or $PRMF_SHARED), which holds
+    the real MER2023 label file and real MERBench result files. The product never needs it; a test
+    that reads it is skipped, naming the missing path, in a clone with nothing beside it."""
+    root = Path(os.environ.get("PRMF_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+
+    def find(*parts):
+        path = root.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"{path} is missing (the shared data folder beside the repo; or set PRMF_SHARED)")
+        return path
+    return find

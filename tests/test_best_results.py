@@ -21,7 +21,6 @@ from prmf.data import dataset_name  # noqa: E402
 from prmf.store import prediction_name, write_trial  # noqa: E402
 
 SCRIPT = REPO / "analysis" / "best_results.py"
-REAL_RESULTS = Path("/work/shared/data/merbench-results")
 FEATS = "Baichuan-13B-Base-UTT+chinese-hubert-large-UTT+CLIP-ViT-large-patch14-UTT"
 
 
@@ -202,12 +201,13 @@ def test_same_dir_twice_counts_once(merbench):
     assert len(twice) == len(once) == 10
 
 
-def test_real_renamed_files_are_skipped_with_warning(tmp_path, capsys):
-    assert list(REAL_RESULTS.glob("*.npz")), f"{REAL_RESULTS}: the shared MERBench result files (beside the repo) are missing"
+def test_real_renamed_files_are_skipped_with_warning(tmp_path, capsys, shared):
+    real = shared("data", "merbench-results")
+    assert list(real.glob("*.npz")), f"{real}: holds no MERBench result files"
     folder = tmp_path / "real"
     folder.mkdir()
     names = []
-    for f in sorted(REAL_RESULTS.glob("*.npz")):
+    for f in sorted(real.glob("*.npz")):
         shutil.copy(f, folder / f.name)
         names.append(f.name)
     warnings = []

@@ -1,5 +1,4 @@
 """The MERBench reader on real-shaped folders, the restricted label unpickler, and every bad input."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +6,6 @@ import pytest
 from prmf.data import DataError, load_merbench, read_label_file
 from prmf.data.synthetic import CLASS_COUNTS, FEATURES, generate
 
-REAL_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mer2023" / "label-6way.npz"
 
 
 def make_root(tmp_path, labels, features, dims=(3, 4, 2)):
@@ -105,8 +103,8 @@ def test_label_unpickler_refuses_arbitrary_classes(tmp_path):
         read_label_file(path)
 
 
-def test_reads_the_real_mer2023_label_file():
-    labels = read_label_file(REAL_LABELS)
+def test_reads_the_real_mer2023_label_file(shared):
+    labels = read_label_file(shared("data", "mer2023", "label-6way.npz"))
     assert sorted(labels) == ["test1_corpus", "test2_corpus", "test3_corpus", "train_corpus"]
     assert sum(len(v) for v in labels.values()) == 5030
     train = labels["train_corpus"]

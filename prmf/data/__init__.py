@@ -27,3 +27,16 @@ def load_data(data, features=None, profile="small", seed=0, name=None) -> Datase
     ds = load_merbench(data, features or PAPER_FEATURES)
     ds.name = name or dataset_name(Path(data).resolve().name)
     return ds
+
+
+def check_folds(ds: Dataset, n_folds: int):
+    """Stratified k-fold CV needs every class in every fold: k <= the smallest class of train."""
+    import numpy as np
+    if n_folds < 2:
+        raise DataError(f"--folds must be >= 2, got {n_folds}")
+    counts = np.bincount(ds.splits["train"].emos, minlength=len(ds.classes))
+    present = [(int(c), name) for c, name in zip(counts, ds.classes) if c > 0]
+    smallest, name = min(present)
+    if n_folds > smallest:
+        raise DataError(f"--folds {n_folds} is more than the {smallest} train samples of class {name!r} in {ds.name} "
+                        f"(every fold needs each class; use --folds {smallest} or fewer)")

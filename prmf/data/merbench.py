@@ -89,7 +89,18 @@ def read_label_file(path) -> dict:
     return out
 
 
+def _valence(val, where: str, name: str) -> float:
+    """A label's valence as a float (NaN where there is none); anything but a number is an error."""
+    if val is None:
+        return np.nan
+    if isinstance(val, (bool, np.bool_)) or not isinstance(val, (int, float, np.integer, np.floating)):
+        raise DataError(f"{where}: sample {name!r} has valence {val!r}, not a number")
+    return np.nan if float(val) == NO_VALENCE else float(val)
+
+
 def _label_arrays(corpus: dict, where: str):
+    if not isinstance(corpus, dict) or not corpus:
+        raise DataError(f"{where}: no samples (expected a non-empty {{name: {{'emo', 'val'}}}} mapping)")
     names = sorted(corpus)
     emos, vals = np.empty(len(names), np.int64), np.empty(len(names), np.float32)
     for i, name in enumerate(map(str, names)):
@@ -98,9 +109,19 @@ def _label_arrays(corpus: dict, where: str):
         if emo not in CLASSES:
             raise DataError(f"{where}: sample {name!r} has emotion {emo!r}, not one of {', '.join(CLASSES)}")
         emos[i] = CLASSES.index(emo)
-        val = entry.get("val", NO_VALENCE)
-        vals[i] = np.nan if val is None or float(val) == NO_VALENCE else float(val)
+        vals[i] = _valence(entry.get("val", NO_VALENCE), where, name)
     return np.array(names), emos, vals
+
+
+def _read_feature(f: Path) -> np.ndarray:
+    """One feature file as a numeric array; an empty, cut or non-numeric file is a DataError."""
+    try:
+        a = np.load(f, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise DataError(f"{f}: unreadable feature file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+        raise DataError(f"{f}: expected a numeric array, got {getattr(a, 'dtype', type(a).__name__)}")
+    return a
 
 
 def _load_feature(folder: Path, names):
@@ -110,10 +131,7 @@ def _load_feature(folder: Path, names):
         f = folder / f"{name}.npy"
         if not f.is_file():
             raise DataError(f"{f}: missing feature file for sample {name!r}")
-        try:
-            a = np.load(f, allow_pickle=False)
-        except ValueError as e:
-            raise DataError(f"{f}: unreadable feature file ({e})") from None
+        a = _read_feature(f)
         if a.ndim not in (1, 2):
             raise DataError(f"{f}: expected shape (D,) or (T, D), got {a.shape}")
         if arrays and (a.ndim != arrays[0].ndim or a.shape[-1] != arrays[0].shape[-1]):
@@ -176,6 +194,8 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
     for f in features:
         if not (root / "features" / f).is_dir():
             raise DataError(f"{root / 'features' / f}: feature folder not found")
+    if not (root / "label-6way.npz").is_file():
+        raise DataError(f"{root / 'label-6way.npz'}: label file not found")
     cache = root / ".prmf-cache" / f"{_cache_key(root, features)}.npz"
     if use_cache and cache.is_file():
         return _load_cache(cache)
