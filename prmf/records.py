@@ -19,8 +19,11 @@ def _row(split, fold, scenario, m, best_epoch, epochs_run):
             "val_mse": m["val_mse"], "emoval": m["emoval"], "best_epoch": best_epoch, "epochs_run": epochs_run}
 
 
-def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None):
-    """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial."""
+def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None, identical=()):
+    """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial.
+
+    `identical`: other preset names whose effective config is this one's (trained once): their
+    rows are stored too, every row naming the others in `identical_to`."""
     best, runs = result.best_epochs, result.epochs_run
     rows = []
     for split, sr in result.splits.items():
@@ -31,8 +34,12 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     config = cfg.to_dict()
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "features": "+".join(dataset.features), "status": status,
-            "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, **(extra or {})}
-    results = pd.DataFrame([{**meta, **r, **config, "config_json": json.dumps(config, sort_keys=True)} for r in rows])
+            "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, "n_params": result.n_params,
+            **(extra or {})}
+    names = [experiment, *identical]
+    results = pd.DataFrame([{**meta, "experiment": name, "identical_to": ",".join(n for n in names if n != name),
+                             **r, **config, "config_json": json.dumps(config, sort_keys=True)}
+                            for name in names for r in rows])
     epochs = pd.DataFrame(result.history)
     epochs.insert(0, "trial_id", tid)
     epochs.insert(1, "seed", seed)

@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import records, store
-from .config import EXPERIMENTS, ConfigError, experiment_config, make_config, parse_sets
+from .config import PRESETS, ConfigError, for_data, make_config, parse_sets, preset_config
 from .data import DataError, load_data
 from .models import MODEL_CLASSES
 
@@ -18,8 +18,10 @@ def build_parser():
     ap.add_argument("--data", required=True, help="a MERBench dataset root, or 'synthetic' for the built-in set")
     ap.add_argument("--features", help="audio,text,video feature folder names (default: the paper's three)")
     ap.add_argument("--profile", default="small", choices=["tiny", "small", "paper"], help="built-in set's feature sizes")
-    ap.add_argument("--model", choices=sorted(MODEL_CLASSES), help="MERBench model name (default attention_robust_v2)")
-    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="an ablation preset of attention_robust_v2")
+    ap.add_argument("--model", choices=sorted(MODEL_CLASSES),
+                    help="MERBench model name (default attention_robust_v2); attention and attention_robust "
+                         "take their presets' settings")
+    ap.add_argument("--experiment", choices=list(PRESETS), help="a row of the paper's table (prmf.config.PRESETS)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     ap.add_argument("--epochs", type=int, help="epochs (default 150)")
     ap.add_argument("--folds", type=int, default=5)
@@ -37,22 +39,23 @@ def main(argv=None):
         changes = parse_sets(args.set)
         if args.epochs is not None:
             changes["epochs"] = args.epochs
-        if args.model is not None:
-            changes["model"] = args.model
-        cfg = experiment_config(args.experiment, **changes) if args.experiment else make_config(**changes)
-        if args.experiment and cfg.model != "attention_robust_v2":
-            raise ConfigError(f"--experiment {args.experiment} is an ablation of attention_robust_v2, not {cfg.model}")
+        preset = args.experiment or (args.model if args.model in PRESETS else None)
+        if args.experiment and args.model and args.model != PRESETS[args.experiment]["model"]:
+            raise ConfigError(f"--experiment {args.experiment} is a preset of {PRESETS[args.experiment]['model']}, "
+                              f"not {args.model}")
+        cfg = preset_config(preset, **changes) if preset else make_config(**changes, model=args.model or "attention_robust_v2")
         if args.folds < 2:
             raise ConfigError(f"--folds must be >= 2, got {args.folds}")
         features = args.features.split(",") if args.features else None
         data = load_data(args.data, features, args.profile)
+        cfg = for_data(cfg, data.feat_type)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from . import robustness
     from .trainer import train_trial
 
-    experiment = args.experiment or cfg.model
+    experiment = preset or cfg.model
     tid = records.trial_id(experiment, cfg, args.seed)
     t0 = time.time()
 
@@ -69,6 +72,8 @@ def main(argv=None):
     agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
     for _, r in agg.iterrows():
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
+    print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "
+          f"hidden {cfg.hidden_dim})")
     print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
     return 0
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from cluster.address import resolve_address  # noqa: E402
 from prmf import records, store  # noqa: E402
-from prmf.config import ConfigError, make_config, parse_sets  # noqa: E402
+from prmf.config import ConfigError, for_data, make_config, parse_sets  # noqa: E402
 from prmf.data import DataError, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 from prmf.trainer import make_runner  # noqa: E402
@@ -49,6 +49,7 @@ class Point:
     label: str
     cfg: object
     tag: str = ""  # trial-id prefix (the experiment name, or 'grid')
+    identical: tuple = ()  # other presets with this effective config: trained once, rows stored for each
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Sweep:
     args: argparse.Namespace
     asha: bool = False
     settings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)  # printed at start (e.g. rows that cannot differ yet)
 
 
 def add_common_args(ap: argparse.ArgumentParser):
@@ -108,6 +110,8 @@ def main(build_parser, make_sweep, argv=None) -> int:
         return 2
     if args.quick:
         print(f"quick settings: {QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
+    for note in sweep.notes:
+        print(f"note: {note}", file=sys.stderr)
     return run(sweep)
 
 
@@ -132,7 +136,7 @@ def _write_result(runner, spec, data, status, wall_time_s, node):
     result = runner.finish(robustness_scenarios() if spec["robustness"] else None)
     results, epochs, predictions = records.tables(
         result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
-        dataset=data, status=status, wall_time_s=wall_time_s, extra=node)
+        dataset=data, status=status, wall_time_s=wall_time_s, extra=node, identical=spec.get("identical", ()))
     store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
 
 
@@ -310,7 +314,8 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones):
     for p in sweep.points:
         for seed in range(args.seeds):
             tid = records.trial_id(p.tag or p.label, p.cfg, seed)
-            specs.append({"trial_id": tid, "experiment": p.label, "seed": seed, "cfg": p.cfg.to_dict(),
+            specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
+                          "cfg": p.cfg.to_dict(),
                           "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
                           "folds": args.folds, "checkpoint_every": args.checkpoint_every,
                           "milestones": milestones, "cpus": cpus, "robustness": True})
@@ -344,6 +349,8 @@ def _run(sweep: Sweep) -> int:
         raise SweepError(f"--gpus-per-trial must be in (0, {max(1, args.num_gpus):g}] and --num-gpus >= 0")
     features = args.features.split(",") if args.features else None
     data = load_data(args.data, features, args.profile)
+    for p in sweep.points:  # -FRA folders: frame-level encoders
+        p.cfg = for_data(p.cfg, data.feat_type)
     epochs = sweep.points[0].cfg.epochs
     patience = sweep.points[0].cfg.patience
     data_tag = "synthetic-" + args.profile if args.data == "synthetic" else Path(args.data).name
