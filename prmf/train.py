@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import records, store
-from .config import PRESETS, ConfigError, for_data, make_config, parse_sets, preset_config
+from .config import PRESETS, ConfigError, effective_config, for_data, make_config, parse_sets, preset_config
 from .data import DataError, load_data
 from .models import MODEL_CLASSES
 
@@ -43,7 +43,7 @@ def main(argv=None):
         if args.experiment and args.model and args.model != PRESETS[args.experiment]["model"]:
             raise ConfigError(f"--experiment {args.experiment} is a preset of {PRESETS[args.experiment]['model']}, "
                               f"not {args.model}")
-        cfg = preset_config(preset, **changes) if preset else make_config(**changes, model=args.model or "attention_robust_v2")
+        cfg = preset_config(preset, **changes) if preset else make_config({"model": args.model or "attention_robust_v2"}, **changes)
         if args.folds < 2:
             raise ConfigError(f"--folds must be >= 2, got {args.folds}")
         features = args.features.split(",") if args.features else None
@@ -56,6 +56,11 @@ def main(argv=None):
     from .trainer import train_trial
 
     experiment = preset or cfg.model
+    same = [n for n in PRESETS if n != preset and preset
+            and effective_config(preset_config(n, **{**changes, "feat_type": cfg.feat_type})) == effective_config(cfg)]
+    if same:
+        print(f"note: {preset} is identical in configuration to {', '.join(same)} (fidelity {cfg.fidelity})",
+              file=sys.stderr)
     tid = records.trial_id(experiment, cfg, args.seed)
     t0 = time.time()
 

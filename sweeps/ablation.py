@@ -56,9 +56,10 @@ def make_sweep(args) -> core.Sweep:
         points.append(core.Point(n, cfg, tag=n))
         by_effective[key] = points[-1]
         if cannot_differ_yet(cfg):
-            notes.append(f"{n}: modality dropout starts after epoch {cfg.modality_dropout_warmup} "
-                         f"(ramp {cfg.ramp}); in {cfg.epochs} epochs it never drops a modality, so this row "
-                         f"cannot differ from its no-dropout counterpart yet")
+            full = 2 * cfg.modality_dropout_warmup if cfg.ramp == "warmup" else cfg.modality_dropout_ramp_end
+            notes.append(f"{n}: modality dropout starts after epoch {cfg.modality_dropout_warmup} (ramp {cfg.ramp}, "
+                         f"p={cfg.modality_dropout:g} from epoch {full}); in {cfg.epochs} epochs it never drops a "
+                         f"modality, so what modality dropout adds to this row cannot show yet")
     return core.Sweep("ablation", points, args, asha=args.asha, notes=notes)
 
 

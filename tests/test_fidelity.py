@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from prmf import records
+from prmf import records, store
 from prmf.config import (PRESETS, ConfigError, effective_config, for_data, make_config, modality_dropout_rate,
                          preset_config)
 from prmf.models import build_model
@@ -236,6 +236,7 @@ def test_rows_are_stored_for_identical_presets_with_n_params(tiny_data):
             for n in ("Exp1", "Exp5")]
     assert rows[0].equals(rows[1])
     assert set(results[results.experiment == "Exp5"].identical_to) == {"Exp1"}
+    assert not results.duplicated(store.RESULT_KEY).any()
     assert set(results.n_params) == {merbench_attention(tiny_data.dims, 8, len(tiny_data.classes))}
     assert "modality_dropout_p" in epochs
 
@@ -262,8 +263,7 @@ def test_fra_folders_train_the_frame_level_encoders(tmp_path, capsys):
     rc = main(["--data", str(root), "--features", "a-FRA,t-FRA,v-FRA", "--experiment", "attention", "--epochs", "1",
                "--folds", "2", "--no-robustness", "--out", str(out), "--device", "cpu", "--set", "hidden_dim=8"])
     assert rc == 0
-    from prmf.store import read_results
-    df = read_results(out)
+    df = store.read_results(out)
     assert set(df.feat_type) == {"frm_unalign"}
     # LSTMEncoder per modality: LSTM (4*8*(d+8) + 2*4*8) + linear_1 (8->8), then the same fusion and heads
     lstm = sum(4 * 8 * (d + 8) + 2 * 4 * 8 + lin(8, 8) for d in (3, 5, 2))
