@@ -73,8 +73,8 @@ class TrialConfig:
         need(self.fidelity in FIDELITY_MODES, "fidelity", " or ".join(FIDELITY_MODES))
         need(self.modality_dropout_ramp in RAMPS, "modality_dropout_ramp", ", ".join(RAMPS))
         need(self.feat_type in FEAT_TYPES, "feat_type", f"one of {', '.join(FEAT_TYPES)} (frm_align is not supported)")
-        need(self.modality_dropout_ramp_end > self.modality_dropout_warmup, "modality_dropout_ramp_end",
-             "> modality_dropout_warmup")
+        need(self.ramp != "last_epoch" or self.modality_dropout_ramp_end > self.modality_dropout_warmup,
+             "modality_dropout_ramp_end", "> modality_dropout_warmup (the paper's ramp ends after the warm-up)")
         need(self.proxy_attention in PROXY_ATTENTION_KINDS, "proxy_attention", " or ".join(PROXY_ATTENTION_KINDS))
         for key in ("hidden_dim", "num_attention_heads", "batch_size", "epochs", "patience"):
             need(getattr(self, key) >= 1, key, ">= 1")

@@ -109,7 +109,7 @@ def main(build_parser, make_sweep, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.quick:
-        print(f"quick settings: {QUICK} (drop --quick for the paper's: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
+        print(f"quick settings: {QUICK} (drop --quick for each preset's own settings, e.g. Exp4: 150 epochs, batch 32, lr 3e-4)", file=sys.stderr)
     for note in sweep.notes:
         print(f"note: {note}", file=sys.stderr)
     return run(sweep)
