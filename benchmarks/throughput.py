@@ -36,10 +36,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from prmf.config import experiment_config  # noqa: E402
+from prmf.config import experiment_config, modality_dropout_rate  # noqa: E402
 from prmf.data import load_data  # noqa: E402
 from prmf.models import build_model  # noqa: E402
-from prmf.models.fusion import DROP_PATTERNS, dropout_probability  # noqa: E402
+from prmf.models.fusion import DROP_PATTERNS  # noqa: E402
 from prmf.trainer import TrialRunner, metrics, stratified_folds  # noqa: E402
 from prmf.vectorized import VectorizedRunner  # noqa: E402
 
@@ -70,7 +70,7 @@ def seeds_modality_dropout(self, batch_size, device):
     cfg = self.cfg
     if not (self.training and self.uses_modality_dropout and cfg.use_modality_dropout):
         return None
-    p = dropout_probability(self.epoch, cfg.modality_dropout, cfg.modality_dropout_warmup, cfg.epochs)
+    p = modality_dropout_rate(cfg, self.epoch)
     if p <= 0:  # the seeds return early during the warm-up
         return None
     masks = torch.ones(batch_size, 3, device=device)

@@ -1,13 +1,18 @@
-"""One typed config for a trial, with the paper's settings as defaults and the ablation presets.
+"""One typed config for a trial, with the paper's settings as defaults and the table's presets.
 
 Defaults are the paper's best configuration (SPEC §5, Exp4 / `train_v2.sh`). A bad key, type or
-value raises ConfigError with one line naming the key, before any training starts.
+value raises ConfigError with one line naming the key, before any training starts. `fidelity`
+chooses between the code that produced the published numbers and the paper's equations
+(docs/FIDELITY.md lists every difference and the key that selects it).
 """
 import dataclasses
 from dataclasses import dataclass, fields
 
 MODELS = ("attention", "attention_robust", "attention_robust_v2")
 PROXY_ATTENTION_KINDS = ("per_modality", "joint")
+FIDELITY_MODES = ("seeds_code", "paper")
+RAMPS = ("auto", "warmup", "last_epoch")  # auto: 'warmup' under seeds_code, 'last_epoch' under paper
+FEAT_TYPES = ("utt", "frm_unalign")  # MERBench's names; 'frm_align' (align-to-text pooling) is not built
 
 
 class ConfigError(ValueError):
@@ -17,7 +22,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrialConfig:
     model: str = "attention_robust_v2"
-    feat_type: str = "utt"  # 'utt' (one vector per sample) or 'frm' (frame sequences, LSTM encoders)
+    fidelity: str = "seeds_code"  # 'seeds_code': as the published runs ran; 'paper': the paper's equations
+    feat_type: str = "utt"  # 'utt' (one vector per sample) or 'frm_unalign' (frame sequences, LSTM encoders)
     # architecture
     hidden_dim: int = 128
     dropout: float = 0.4
@@ -35,6 +41,8 @@ class TrialConfig:
     use_modality_dropout: bool = True
     modality_dropout: float = 0.2
     modality_dropout_warmup: int = 15
+    modality_dropout_ramp: str = "auto"  # 'warmup': 0 to p_max over e_w..2e_w (code); 'last_epoch': to E (paper)
+    modality_dropout_ramp_end: int = 150  # the paper's E; never --epochs, so a short run keeps the schedule
     # optimisation (SPEC §3)
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -62,7 +70,11 @@ class TrialConfig:
                 raise ConfigError(f"config key {key!r}: must be {rule}, got {getattr(self, key)!r}")
 
         need(self.model in MODELS, "model", f"one of {', '.join(MODELS)}")
-        need(self.feat_type in ("utt", "frm"), "feat_type", "'utt' or 'frm'")
+        need(self.fidelity in FIDELITY_MODES, "fidelity", " or ".join(FIDELITY_MODES))
+        need(self.modality_dropout_ramp in RAMPS, "modality_dropout_ramp", ", ".join(RAMPS))
+        need(self.feat_type in FEAT_TYPES, "feat_type", f"one of {', '.join(FEAT_TYPES)} (frm_align is not supported)")
+        need(self.ramp != "last_epoch" or self.modality_dropout_ramp_end > self.modality_dropout_warmup,
+             "modality_dropout_ramp_end", "> modality_dropout_warmup (the paper's ramp ends after the warm-up)")
         need(self.proxy_attention in PROXY_ATTENTION_KINDS, "proxy_attention", " or ".join(PROXY_ATTENTION_KINDS))
         for key in ("hidden_dim", "num_attention_heads", "batch_size", "epochs", "patience"):
             need(getattr(self, key) >= 1, key, ">= 1")
@@ -75,6 +87,12 @@ class TrialConfig:
         need(self.fusion_temperature > 0, "fusion_temperature", "> 0")
         need(self.lr > 0, "lr", "> 0")
         need(self.grad_clip == -1 or self.grad_clip > 0, "grad_clip", "-1 (off) or > 0")
+
+    @property
+    def ramp(self) -> str:
+        if self.modality_dropout_ramp != "auto":
+            return self.modality_dropout_ramp
+        return "warmup" if self.fidelity == "seeds_code" else "last_epoch"
 
     def replace(self, **changes) -> "TrialConfig":
         return make_config(self.to_dict(), **changes)
@@ -119,40 +137,131 @@ def parse_sets(items) -> dict:
     return out
 
 
-# The paper's ablations (SPEC §5; seeds/004 §4.2 and §7.2). All run attention_robust_v2 with the
-# paper's training settings (the defaults); only these keys differ.
-EXPERIMENTS = {
-    "Exp1": dict(use_vae=False, use_proxy_attention=False, modality_dropout=0.2, modality_dropout_warmup=0),
-    "Exp2": dict(use_vae=True, use_proxy_attention=False, kl_weight=0.01, recon_weight=0.1,
-                 cross_kl_weight=0.01, fusion_temperature=1.0, modality_dropout=0.2, modality_dropout_warmup=0),
-    "Exp3": dict(use_vae=True, use_proxy_attention=True, kl_weight=0.01, recon_weight=0.1,
-                 cross_kl_weight=0.01, fusion_temperature=1.0, modality_dropout=0.2, modality_dropout_warmup=0),
-    "Exp4": dict(use_vae=True, use_proxy_attention=True, kl_weight=0.005, recon_weight=0.15,
-                 cross_kl_weight=0.01, fusion_temperature=0.8, modality_dropout=0.2, modality_dropout_warmup=15),
-    "Exp5": dict(use_vae=False, use_proxy_attention=True, fusion_temperature=1.0, modality_dropout=0.2,
-                 modality_dropout_warmup=0),
-}
-EXPERIMENT_NAMES = {"Exp1": "V1 baseline", "Exp2": "VAE only", "Exp3": "VAE + proxy",
-                    "Exp4": "full P-RMF", "Exp5": "no VAE"}
+def modality_dropout_rate(cfg, epoch: int) -> float:
+    """p(e), epochs counted from 1. 'warmup' (the seeds' code): 0 through e_w, then
+    p_max*min(1, (e-e_w)/e_w), p_max from 2*e_w on; no warm-up: p_max throughout. 'last_epoch' (the
+    paper's text): 0 through e_w, then p_max*min(1, (e-e_w)/(E-e_w)) with E = modality_dropout_ramp_end.
+    Neither depends on cfg.epochs."""
+    p_max, warm = cfg.modality_dropout, cfg.modality_dropout_warmup
+    if cfg.ramp == "warmup":
+        return p_max if warm <= 0 else p_max * min(1.0, max(0, epoch - warm) / warm)
+    return p_max * min(1.0, max(0, epoch - warm) / (cfg.modality_dropout_ramp_end - warm))
 
 
-# One line per preset for --help and the README, in the user's words (a preset without a line still runs).
-EXPERIMENT_HELP = {
-    "Exp1": "baseline: no VAE, no proxy attention (modality dropout 0.2 from epoch 1)",
-    "Exp2": "+ VAE (KL 0.01, reconstruction 0.1), no proxy attention",
-    "Exp3": "+ VAE and proxy attention (temperature 1.0)",
-    "Exp4": "full P-RMF, the paper's best: VAE (KL 0.005, recon 0.15), proxy attention (temperature 0.8),\n"
-            "           modality dropout ramped up over the first 15 epochs",
-    "Exp5": "proxy attention without the VAE (temperature 1.0)",
+def for_data(cfg, data_feat_type: str):
+    """The config for a data set: frame-level (-FRA) folders select the frame-level encoders
+    (MERBench's frm_unalign); a frame-level feat_type on utterance-level folders is an error."""
+    if data_feat_type == "utt":
+        if cfg.feat_type != "utt":
+            raise ConfigError(f"config key 'feat_type': {cfg.feat_type!r} needs frame-level (-FRA) feature folders; "
+                              "these are utterance-level (use 'utt')")
+        return cfg
+    return cfg.replace(feat_type="frm_unalign") if cfg.feat_type == "utt" else cfg
+
+
+def effective_config(cfg) -> dict:
+    """The config with every key that cannot change the run set to a canonical value (a switched-
+    off part is off, its settings the defaults): two presets with equal effective configs train the
+    same model the same way (Exp5 == Exp1 under seeds_code)."""
+    d, default = cfg.to_dict(), TrialConfig().to_dict()
+    v2 = cfg.model == "attention_robust_v2"
+    vae = v2 and cfg.use_vae
+    proxy = v2 and cfg.use_proxy_attention and (cfg.use_vae or cfg.fidelity == "paper")  # builds_proxy_attention
+    dropout = cfg.model != "attention" and cfg.use_modality_dropout and cfg.modality_dropout > 0
+    d["modality_dropout_ramp"] = cfg.ramp
+    off = {}
+    if not vae:
+        off |= {"use_vae": False, **{k: default[k] for k in ("kl_weight", "recon_weight", "cross_kl_weight",
+                                                              "fusion_temperature")}}
+    if not proxy:
+        off |= {"use_proxy_attention": False, "proxy_attention": default["proxy_attention"],
+                "num_attention_heads": default["num_attention_heads"]}
+    if not dropout:
+        off |= {"use_modality_dropout": False, "modality_dropout": 0.0, "modality_dropout_warmup": 0,
+                "modality_dropout_ramp": "auto"}
+    if not dropout or cfg.ramp == "warmup":
+        off["modality_dropout_ramp_end"] = default["modality_dropout_ramp_end"]
+    return d | off
+
+
+# The rows of the paper's table (seeds/004 §1, §4, §7; SPEC §5). Each preset writes out every
+# training setting; docs/FIDELITY.md gives the source of each value. `fidelity` is not part of a
+# preset: every preset runs in either mode.
+PRESETS = {
+    "attention": dict(
+        model="attention", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
+        use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
+        use_modality_dropout=False, modality_dropout=0.0, modality_dropout_warmup=0,
+        lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, patience=100, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
+    "attention_robust": dict(
+        model="attention_robust", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
+        use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
+        use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
+        lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, patience=100, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
+    "Exp1": dict(
+        model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
+        use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
+        use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
+    "Exp2": dict(
+        model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=True, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
+        use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
+        use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
+    "Exp3": dict(
+        model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=True, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
+        use_proxy_attention=True, proxy_attention="per_modality", fusion_temperature=1.0,
+        use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
+    "Exp4": dict(
+        model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=True, kl_weight=0.005, recon_weight=0.15, cross_kl_weight=0.01,
+        use_proxy_attention=True, proxy_attention="per_modality", fusion_temperature=0.8,
+        use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=15,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
+    "Exp5": dict(
+        model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
+        use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
+        use_proxy_attention=True, proxy_attention="per_modality", fusion_temperature=1.0,
+        use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        emo_weight=1.0, val_weight=1.0),
 }
+PRESET_DESCRIPTIONS = {  # one line each, for help texts
+    "attention": "Baseline (v0): MERBench's attention fusion, raw fc_att scores, no modality dropout",
+    "attention_robust": "Robust v1 (Dropout): MERBench encoders, softmax attention, modality dropout on the hiddens",
+    "Exp1": "V1 baseline: attention_robust_v2 without VAE or proxy (modality dropout 0.2)",
+    "Exp2": "VAE only: variational encoders + uncertainty-weighted proxy, no proxy attention",
+    "Exp3": "VAE + proxy: Exp2 plus proxy cross-modal attention, default weights",
+    "Exp4": "full P-RMF: the paper's tuned config (kl 0.005, recon 0.15, tau 0.8, warm-up 15)",
+    "Exp5": "no VAE: proxy attention without the VAE (seeds_code: the same run as Exp1)",
+}
+EXPERIMENTS = PRESETS  # every preset is a row of the ablation suite
+EXPERIMENT_NAMES = {"attention": "Baseline (v0)", "attention_robust": "Robust v1 (Dropout)", "Exp1": "V1 baseline",
+                    "Exp2": "VAE only", "Exp3": "VAE + proxy", "Exp4": "full P-RMF", "Exp5": "no VAE"}
+
+
+def preset_config(name: str, **changes) -> TrialConfig:
+    """The config of a table row, with `changes` (--set, --epochs, ...) on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return make_config(PRESETS[name], **changes)
+
+
+experiment_config = preset_config
 
 
 def experiments_help() -> str:
     """The presets, one per line, for an argparse epilog."""
-    return "\n".join(f"  {name:<8} {EXPERIMENT_HELP.get(name, '')}".rstrip() for name in EXPERIMENTS)
-
-
-def experiment_config(name: str, **changes) -> TrialConfig:
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)})")
-    return make_config({"model": "attention_robust_v2", **EXPERIMENTS[name]}, **changes)
+    return "\n".join(f"  {name:<17} {PRESET_DESCRIPTIONS.get(name, '')}".rstrip() for name in PRESETS)

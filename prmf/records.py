@@ -34,8 +34,11 @@ def name_val_mse(val_mse, preds, vals) -> float:
     return float(np.mean((np.asarray(preds, dtype=np.float64) - labels) ** 2))
 
 
-def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None):
-    """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial."""
+def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None, identical=()):
+    """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial.
+
+    `identical`: other preset names whose effective config is this one's (trained once): their
+    rows are stored too, every row naming the others in `identical_to`."""
     best, runs = result.best_epochs, result.epochs_run
     rows = []
     for split, sr in result.splits.items():
@@ -46,8 +49,12 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     config = cfg.to_dict()
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,
-            "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, **(extra or {})}
-    results = pd.DataFrame([{**meta, **r, **config, "config_json": json.dumps(config, sort_keys=True)} for r in rows])
+            "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, "n_params": result.n_params,
+            **(extra or {})}
+    names = [experiment, *identical]
+    results = pd.DataFrame([{**meta, "experiment": name, "identical_to": ",".join(n for n in names if n != name),
+                             **r, **config, "config_json": json.dumps(config, sort_keys=True)}
+                            for name in names for r in rows])
     epochs = pd.DataFrame(result.history)
     epochs.insert(0, "trial_id", tid)
     epochs.insert(1, "seed", seed)

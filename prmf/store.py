@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 AGGREGATE = -1  # `fold` value of the rows that aggregate all folds (cv mean, fold-averaged test)
-RESULT_KEY = ["trial_id", "seed", "fold", "split", "scenario"]
+RESULT_KEY = ["trial_id", "experiment", "seed", "fold", "split", "scenario"]  # identical presets share a trial
 
 
 class StoreError(Exception):

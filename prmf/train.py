@@ -3,14 +3,15 @@
     python -m prmf.train --data PATH|synthetic --model NAME [--experiment Exp4]
                          [--set key=value ...] [--epochs N] [--folds 5] [--seed S] [--no-robustness] --out DIR
 
-Experiments (--experiment; presets of attention_robust_v2, the rest at the paper's settings):
+Presets (--experiment; the rows of the paper's table, each with its own training settings):
 """
 import argparse
 import sys
 import time
 
 from . import records, store
-from .config import EXPERIMENTS, ConfigError, experiment_config, experiments_help, make_config, parse_sets
+from .config import (PRESETS, ConfigError, effective_config, experiments_help, for_data, make_config, parse_sets,
+                     preset_config)
 from .data import DataError, check_folds, load_data
 from .models import MODEL_CLASSES
 
@@ -24,8 +25,10 @@ def build_parser():
     ap.add_argument("--profile", default="small", choices=["tiny", "small", "paper"], help="built-in set's feature sizes")
     ap.add_argument("--dataset-name", help="the data set's name in results (default: the root folder's, "
                     "in MERBench's spelling; MER2023-synthetic-PROFILE)")
-    ap.add_argument("--model", choices=sorted(MODEL_CLASSES), help="model (default attention_robust_v2, P-RMF)")
-    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="an ablation preset (listed below)")
+    ap.add_argument("--model", choices=sorted(MODEL_CLASSES),
+                    help="MERBench model name (default attention_robust_v2); attention and attention_robust "
+                         "take their presets' settings")
+    ap.add_argument("--experiment", choices=list(PRESETS), help="a row of the paper's table (listed below)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     ap.add_argument("--epochs", type=int, help="epochs per fold (default 150)")
     ap.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
@@ -43,23 +46,29 @@ def main(argv=None):
         changes = parse_sets(args.set)
         if args.epochs is not None:
             changes["epochs"] = args.epochs
-        if args.model is not None:
-            changes["model"] = args.model
-        cfg = experiment_config(args.experiment, **changes) if args.experiment else make_config(**changes)
-        if args.experiment and cfg.model != "attention_robust_v2":
-            raise ConfigError(f"--experiment {args.experiment} is an ablation of attention_robust_v2, not {cfg.model}")
+        preset = args.experiment or (args.model if args.model in PRESETS else None)
+        if args.experiment and args.model and args.model != PRESETS[args.experiment]["model"]:
+            raise ConfigError(f"--experiment {args.experiment} is a preset of {PRESETS[args.experiment]['model']}, "
+                              f"not {args.model}")
+        cfg = preset_config(preset, **changes) if preset else make_config({"model": args.model or "attention_robust_v2"}, **changes)
         device = check_device(args.device)
         features = args.features.split(",") if args.features else None
         data = load_data(args.data, features, args.profile, name=args.dataset_name)
         check_folds(data, args.folds)
         store.check_writable(args.out, "--out")
+        cfg = for_data(cfg, data.feat_type)
     except (ConfigError, DataError, store.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from . import robustness
     from .trainer import train_trial
 
-    experiment = args.experiment or cfg.model
+    experiment = preset or cfg.model
+    same = [n for n in PRESETS if n != preset and preset
+            and effective_config(preset_config(n, **{**changes, "feat_type": cfg.feat_type})) == effective_config(cfg)]
+    if same:
+        print(f"note: {preset} is identical in configuration to {', '.join(same)} (fidelity {cfg.fidelity})",
+              file=sys.stderr)
     tid = records.trial_id(experiment, cfg, args.seed)
     t0 = time.time()
     print(f"{tid}: {cfg.model}, {cfg.epochs} epochs, patience {cfg.patience}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
@@ -78,6 +87,8 @@ def main(argv=None):
     agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
     for _, r in agg.iterrows():
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
+    print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "
+          f"hidden {cfg.hidden_dim})")
     print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
     return 0
 

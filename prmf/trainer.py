@@ -21,6 +21,11 @@ from .models import build_model
 EVAL_CHUNK = 4096
 
 
+def n_params(model) -> int:
+    """All trainable parameters, including any that receive no gradient (MERBench counts the same)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -201,7 +206,8 @@ class TrialRunner:
         update_fold(fold, m, epoch, self.cfg, logits, vals_pred, save_best)
         self.history.append({"fold": fold.index, "epoch": epoch, "train_loss": train_loss,
                              **{f"val_{k}": v for k, v in m.items()},
-                             "lr": fold.optimizer.param_groups[0]["lr"], "stopped": fold.stopped})
+                             "lr": fold.optimizer.param_groups[0]["lr"], "stopped": fold.stopped,
+                             "modality_dropout_p": fold.model.dropout_rate()})
         return m["emoval"]
 
     def step(self) -> float:
@@ -265,6 +271,7 @@ class TrialResult:
     epochs_run: list = field(default_factory=list)
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
+    n_params: int = 0  # trainable parameters of one fold's model (also those that get no gradient)
 
     @classmethod
     def build(cls, runner: TrialRunner, scenarios: dict):
@@ -294,7 +301,7 @@ class TrialResult:
                 scen_out[(name, scen)] = metrics(np.mean([p[0] for p in preds], axis=0),
                                                  np.mean([p[1] for p in preds], axis=0), sp.emos, sp.vals)
         return cls(out, scen_out, [f.best_epoch for f in runner.folds], [f.epochs_run for f in runner.folds],
-                   list(runner.history), runner.train_seconds)
+                   list(runner.history), runner.train_seconds, n_params(models[0]))
 
 
 def make_runner(cfg, data, seed=0, n_folds=5, device=None, vectorize="auto"):

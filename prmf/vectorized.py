@@ -25,8 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import modality_dropout_rate
 from .models import build_model
-from .models.fusion import MISSING_STD, dropout_probability, modality_dropout_keep, present_mask
+from .models.fusion import MISSING_STD, modality_dropout_keep, present_mask
+from .models.robust_v2 import builds_proxy_attention
 from .trainer import (EVAL_CHUNK, SplitTensors, TrialResult, default_device, load_stopping_state,
                       load_run_state, metrics, run_state, stopping_state, stratified_folds, update_fold)
 
@@ -101,13 +103,20 @@ def layer_norm(x, p, name):
     return torch.addcmul(p[name + ".bias"].unsqueeze(1), normed, p[name + ".weight"].unsqueeze(1))
 
 
-def mlp_encoder(x, p, name, rate, train):
-    """MLPEncoder: Dropout -> Linear -> ReLU -> Linear -> ReLU (dropout's 1/(1-p) applied after the matmul)."""
+def mlp_trunk(x, p, names, rate, train):
+    """Dropout -> (Linear -> ReLU) per name (dropout's 1/(1-p) applied after the first matmul)."""
     if train and rate > 0:
-        h = torch.relu(linear(x * keep_mask(x, rate), p, name + ".net.1", 1.0 / (1.0 - rate)))
+        h = torch.relu(linear(x * keep_mask(x, rate), p, names[0], 1.0 / (1.0 - rate)))
     else:
-        h = torch.relu(linear(x, p, name + ".net.1"))
-    return torch.relu(linear(h, p, name + ".net.3"))
+        h = torch.relu(linear(x, p, names[0]))
+    for name in names[1:]:
+        h = torch.relu(linear(h, p, name))
+    return h
+
+
+def mlp_encoder(x, p, name, rate, train):
+    """MLPEncoder (MERBench's): Dropout -> three Linear+ReLU layers linear_1..3."""
+    return mlp_trunk(x, p, [f"{name}.linear_{i}" for i in (1, 2, 3)], rate, train)
 
 
 def gaussian_heads(h, p, name, train):
@@ -126,19 +135,24 @@ def recon_mse(z, x, p, name, rate, train):
     return ReconMSE.apply(h, p[name + ".decoder.5.weight"], p[name + ".decoder.5.bias"], x)
 
 
-def attention_fusion(hiddens, p, rate, train):
-    """AttentionFusion: softmax weights from an MLP over the concatenated hiddens."""
+def attention_fusion(hiddens, p, rate, train, softmax):
+    """AttentionFusion: weights from an MLP over the concatenated hiddens (raw scores in MERBench)."""
     a = mlp_encoder(torch.cat(hiddens, dim=-1), p, "fusion.attention_mlp", rate, train)
-    weights = F.softmax(linear(a, p, "fusion.fc_att"), dim=-1)
+    weights = linear(a, p, "fusion.fc_att")
+    if softmax:
+        weights = F.softmax(weights, dim=-1)
     return (torch.stack(hiddens, dim=2) * weights.unsqueeze(-1)).sum(dim=2), weights
 
 
 def uncertainty_fusion(mus, stds, present, temperature):
-    """UncertaintyWeightedFusion with the missing-modality mask."""
+    """UncertaintyWeightedFusion, with the missing-modality mask when `present` is given."""
     u = torch.stack([s.mean(dim=-1) for s in stds], dim=-1)  # [F, B, 3]
     logits = (1.0 / (u + 1e-6)) / temperature
-    any_present = present.any(dim=-1, keepdim=True)
-    weights = F.softmax(logits.masked_fill(~present & any_present, float("-inf")), dim=-1) * any_present
+    if present is None:
+        weights = F.softmax(logits, dim=-1)
+    else:
+        any_present = present.any(dim=-1, keepdim=True)
+        weights = F.softmax(logits.masked_fill(~present & any_present, float("-inf")), dim=-1) * any_present
     return (torch.stack(mus, dim=2) * weights.unsqueeze(-1)).sum(dim=2), weights
 
 
@@ -167,8 +181,10 @@ def proxy_attention(proxy, mus, weights, present, p, cfg, train):
         v = torch.baddbmm(b[:, None, 2 * h:], tokens, w[:, 2 * h:].transpose(1, 2)).unflatten(1, (-1, 3))
         k, v = k.unflatten(-1, (heads, h // heads)), v.unflatten(-1, (heads, h // heads))  # [F, B, 3, heads, hd]
         scores = torch.einsum("fbnd,fbtnd->fbnt", q, k) / math.sqrt(h // heads)
-        pad = ~present & present.any(dim=-1, keepdim=True)  # all absent: attend to all
-        attn = dropout(F.softmax(scores.masked_fill(pad[:, :, None, :], float("-inf")), dim=-1), rate, train)
+        if present is not None:
+            pad = ~present & present.any(dim=-1, keepdim=True)  # all absent: attend to all
+            scores = scores.masked_fill(pad[:, :, None, :], float("-inf"))
+        attn = dropout(F.softmax(scores, dim=-1), rate, train)
         attended = linear(torch.einsum("fbnt,fbtnd->fbnd", attn, v).flatten(-2), p, "proxy_attention.attn.0.out_proj")
     fused = layer_norm(proxy + attended, p, "proxy_attention.norm")
     ffn = dropout(F.gelu(linear(fused, p, "proxy_attention.ffn.0")), rate, train)
@@ -188,11 +204,15 @@ def vae_interloss(mus, logvars, recon_mses, cfg):
     return cfg.kl_weight * kl + cfg.recon_weight * recon + cfg.cross_kl_weight * cross
 
 
+def mask(hiddens, keep):
+    return hiddens if keep is None else [hd * keep[..., m:m + 1] for m, hd in enumerate(hiddens)]
+
+
 def forward(p, cfg, xs, present, train, p_modality=0.0):
     """(emos_out [F, B, C], vals_out [F, B], interloss [F]) of every fold at once.
 
-    xs: the three inputs [F, B, D]; present: [F, B, 3] bool (all-zero inputs absent) or None for
-    models that do not use it; p_modality: this epoch's modality-dropout rate (0 = off).
+    xs: the three inputs [F, B, D]; present: [F, B, 3] bool (all-zero inputs absent), used under
+    fidelity 'paper' only; p_modality: this epoch's modality-dropout rate (0 = off).
     """
     rate = cfg.dropout
     fb = xs[0].shape[:2]
@@ -200,36 +220,38 @@ def forward(p, cfg, xs, present, train, p_modality=0.0):
     if train and p_modality > 0:
         keep = modality_dropout_keep(fb.numel(), p_modality, xs[0].device).view(*fb, 3)
     zero = xs[0].new_zeros(fb[0])
+    if cfg.fidelity != "paper":
+        present = None  # the seeds' code and MERBench never mask all-zero inputs
+    elif keep is not None:
+        present = present & keep
 
     def heads(fused):
-        features = dropout(fused, rate, train)
+        features = dropout(fused, rate if cfg.model != "attention" else 0.0, train)  # MERBench: no feat_dropout
         return linear(features, p, "fc_out_1"), linear(features, p, "fc_out_2").squeeze(-1)
 
-    if cfg.model != "attention_robust_v2":  # attention, attention_robust
-        hiddens = [mlp_encoder(x, p, f"encoders.{m}", rate, train) for m, x in enumerate(xs)]
-        if keep is not None:
-            hiddens = [hd * keep[..., m:m + 1] for m, hd in enumerate(hiddens)]
-        return (*heads(attention_fusion(hiddens, p, rate, train)[0]), zero)
-    if keep is not None:
-        present = present & keep
-    cols = [present[..., m:m + 1] for m in range(3)]
-    if not cfg.use_vae:  # forward_original
-        hiddens = [mlp_encoder(x, p, f"encoders.{m}", rate, train) * cols[m] for m, x in enumerate(xs)]
-        fused, weights = attention_fusion(hiddens, p, rate, train)
-        if cfg.use_proxy_attention:
+    if cfg.model != "attention_robust_v2" or not cfg.use_vae:  # attention, attention_robust, forward_original
+        hiddens = mask([mlp_encoder(x, p, f"encoders.{m}", rate, train) for m, x in enumerate(xs)],
+                       keep if present is None else present)
+        fused, weights = attention_fusion(hiddens, p, rate, train, softmax=cfg.model != "attention")
+        if cfg.model == "attention_robust_v2" and builds_proxy_attention(cfg):
             fused = proxy_attention(fused, hiddens, weights, present, p, cfg, train)
         return (*heads(fused), zero)
-    encoded = [gaussian_heads(mlp_encoder(x, p, f"encoders.{m}.shared", rate, train), p, f"encoders.{m}.heads", train)
-               for m, x in enumerate(xs)]
+    encoded = [gaussian_heads(mlp_trunk(x, p, [f"encoders.{m}.shared.0", f"encoders.{m}.shared.2"], rate, train),
+                              p, f"encoders.{m}.heads", train) for m, x in enumerate(xs)]
     zs, mus, logvars, stds = map(list, zip(*encoded))
-    mus_d = [mu * c for mu, c in zip(mus, cols)]
-    stds_d = [torch.where(c, s, MISSING_STD) for s, c in zip(stds, cols)]
+    if present is None:  # seeds_code: modality dropout reaches z (the decoders) only
+        zs_d, mus_d, stds_d = mask(zs, keep), mus, stds
+    else:
+        cols = [present[..., m:m + 1] for m in range(3)]
+        zs_d = [z * c for z, c in zip(zs, cols)]
+        mus_d = [mu * c for mu, c in zip(mus, cols)]
+        stds_d = [torch.where(c, s, MISSING_STD) for s, c in zip(stds, cols)]
     proxy, weights = uncertainty_fusion(mus_d, stds_d, present, cfg.fusion_temperature)
     fused = proxy_attention(proxy, mus_d, weights, present, p, cfg, train) if cfg.use_proxy_attention else proxy
     emos_out, vals_out = heads(fused)
     if not train:
         return emos_out, vals_out, zero
-    recons = [recon_mse(z * c, x, p, f"decoders.{m}", rate, train) for m, (z, c, x) in enumerate(zip(zs, cols, xs))]
+    recons = [recon_mse(z, x, p, f"decoders.{m}", rate, train) for m, (z, x) in enumerate(zip(zs_d, xs))]
     return emos_out, vals_out, vae_interloss(mus, logvars, recons, cfg)
 
 
@@ -336,8 +358,8 @@ class VectorizedRunner:
     def _train_epoch(self, run, work):
         """One epoch of the running folds `run`; work[n] holds their parameters [len(run), ...]."""
         cfg, bs = self.cfg, self.cfg.batch_size
-        p_mod = (dropout_probability(self.epoch + 1, cfg.modality_dropout, cfg.modality_dropout_warmup, cfg.epochs)
-                 if self.uses_modality_dropout else 0.0)
+        p_mod = modality_dropout_rate(cfg, self.epoch + 1) if self.uses_modality_dropout else 0.0
+        self.p_modality = p_mod
         orders = [f.train_idx[torch.randperm(len(f.train_idx), generator=f.generator).to(self.device)] for f in run]
         totals = torch.zeros(len(run), dtype=torch.float64, device=self.device)
         tensors = [work[n] for n in self.names]
@@ -397,7 +419,8 @@ class VectorizedRunner:
 
             update_fold(f, m, epoch, self.cfg, logits, vals_pred, save_best)
             self.history.append({"fold": f.index, "epoch": epoch, "train_loss": train_loss,
-                                 **{f"val_{k}": v for k, v in m.items()}, "lr": f.lr, "stopped": f.stopped})
+                                 **{f"val_{k}": v for k, v in m.items()}, "lr": f.lr, "stopped": f.stopped,
+                                 "modality_dropout_p": self.p_modality})
             scores.append(m["emoval"])
         return scores
 

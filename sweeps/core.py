@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from cluster.address import resolve_address  # noqa: E402
 from prmf import records, store  # noqa: E402
-from prmf.config import ConfigError, make_config, parse_sets  # noqa: E402
+from prmf.config import ConfigError, for_data, make_config, parse_sets  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 from prmf.trainer import make_runner  # noqa: E402
@@ -49,6 +49,7 @@ class Point:
     label: str
     cfg: object
     tag: str = ""  # trial-id prefix (the experiment name, or 'grid')
+    identical: tuple = ()  # other presets with this effective config: trained once, rows stored for each
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Sweep:
     args: argparse.Namespace
     asha: bool = False
     settings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)  # printed at start (e.g. rows that cannot differ yet)
 
 
 def add_common_args(ap: argparse.ArgumentParser):
@@ -115,7 +117,7 @@ def main(build_parser, make_sweep, argv=None) -> int:
     if args.quick:  # the values in use, --epochs and --set included
         used = {k: getattr(sweep.points[0].cfg, k) for k in QUICK}
         print(f"quick settings: {', '.join(f'{k}={v:g}' for k, v in used.items())} "
-              f"(drop --quick for the paper's: epochs=150, batch_size=32, lr=0.0003)", file=sys.stderr)
+              f"(drop --quick for each preset's own settings, e.g. Exp4: epochs=150, batch_size=32, lr=0.0003)", file=sys.stderr)
     return run(sweep)
 
 
@@ -140,7 +142,7 @@ def _write_result(runner, spec, data, status, wall_time_s, node):
     result = runner.finish(robustness_scenarios() if spec["robustness"] else None)
     results, epochs, predictions = records.tables(
         result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
-        dataset=data, status=status, wall_time_s=wall_time_s, extra=node)
+        dataset=data, status=status, wall_time_s=wall_time_s, extra=node, identical=spec.get("identical", ()))
     store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
 
 
@@ -389,7 +391,8 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones):
     for p in sweep.points:
         for seed in range(args.seeds):
             tid = records.trial_id(p.tag or p.label, p.cfg, seed)
-            specs.append({"trial_id": tid, "experiment": p.label, "seed": seed, "cfg": p.cfg.to_dict(),
+            specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
+                          "cfg": p.cfg.to_dict(),
                           "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
                           "folds": args.folds, "checkpoint_every": args.checkpoint_every,
                           "milestones": milestones, "cpus": cpus, "robustness": True})
@@ -427,6 +430,8 @@ def _run(sweep: Sweep) -> int:
     features = args.features.split(",") if args.features else None
     data = load_data(args.data, features, args.profile, name=args.dataset_name)
     check_folds(data, args.folds)
+    for p in sweep.points:  # -FRA folders: frame-level encoders
+        p.cfg = for_data(p.cfg, data.feat_type)
     data_tag = "synthetic-" + args.profile if args.data == "synthetic" else Path(args.data).name
     args.name = args.name or f"{sweep.kind}-{data_tag}"
     root = (Path(args.storage) if args.storage else DEFAULT_STORAGE).resolve() / args.name
@@ -450,6 +455,8 @@ def _run(sweep: Sweep) -> int:
     done = store.completed_trials(root)
     pending = [s for s in specs if s["trial_id"] not in done]
     gpus_per_trial = (args.gpus_per_trial or _default_gpus_per_trial(data)) if args.num_gpus else 0
+    for note in sweep.notes:  # after the up-front checks: a refused sweep prints its error alone
+        print(f"note: {note}", file=sys.stderr)
     print(f"sweep {args.name}: {len(specs)} trials ({len(sweep.points)} points x {args.seeds} seeds x {args.folds} folds), "
           f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "

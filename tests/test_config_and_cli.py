@@ -21,7 +21,7 @@ def test_ablation_presets_match_the_spec_table():
         "Exp1": (False, False, None, None, None, 0), "Exp2": (True, False, 0.01, 0.1, 1.0, 0),
         "Exp3": (True, True, 0.01, 0.1, 1.0, 0), "Exp4": (True, True, 0.005, 0.15, 0.8, 15),
         "Exp5": (False, True, None, None, 1.0, 0)}
-    assert set(table) == set(EXPERIMENTS)
+    assert set(table) | {"attention", "attention_robust"} == set(EXPERIMENTS)
     for name, (vae, proxy, kl, recon, tau, warm) in table.items():
         c = experiment_config(name)
         assert (c.use_vae, c.use_proxy_attention, c.modality_dropout, c.modality_dropout_warmup) == (vae, proxy, 0.2, warm)

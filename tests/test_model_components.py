@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from prmf.config import EXPERIMENTS, experiment_config, make_config
+from prmf.config import EXPERIMENTS, experiment_config, make_config, modality_dropout_rate
 from prmf.models import build_model
 from prmf.models.encoders import VariationalMLPEncoder
-from prmf.models.fusion import (DROP_PATTERNS, UncertaintyWeightedFusion, VAELossComputer, dropout_probability,
+from prmf.models.fusion import (DROP_PATTERNS, UncertaintyWeightedFusion, VAELossComputer,
                                 kl_gaussians, kl_to_standard_normal, modality_dropout_keep, present_mask)
 
 DIMS = [10, 20, 8]
@@ -69,7 +69,7 @@ def test_missing_modality_gets_negligible_weight():
 
 def test_all_zero_input_is_treated_as_missing_by_the_model():
     torch.manual_seed(0)
-    model = build_model(experiment_config("Exp4"), DIMS, 6).eval()
+    model = build_model(experiment_config("Exp4", fidelity="paper"), DIMS, 6).eval()  # masking: paper mode
     x = batch(4)
     x[2][1] = 0
     assert present_mask(x)[1].tolist() == [True, True, False]
@@ -126,16 +126,18 @@ def test_modality_dropout_is_vectorised_and_uses_the_six_patterns():
 
 
 def test_progressive_dropout_schedule():
-    assert dropout_probability(10, 0.2, 15, 150) == 0.0
-    assert dropout_probability(15, 0.2, 15, 150) == 0.0
-    assert math.isclose(dropout_probability(15 + 135 // 2, 0.2, 15, 150), 0.2 * (67 / 135))
-    assert dropout_probability(150, 0.2, 15, 150) == pytest.approx(0.2)
-    assert dropout_probability(1, 0.2, 0, 150) == 0.2  # no warm-up: the full rate from the start
+    paper = make_config(fidelity="paper")  # the paper's ramp to E = 150 (tests/test_fidelity.py: both modes)
+    assert modality_dropout_rate(paper, 10) == 0.0
+    assert modality_dropout_rate(paper, 15) == 0.0
+    assert math.isclose(modality_dropout_rate(paper, 15 + 135 // 2), 0.2 * (67 / 135))
+    assert modality_dropout_rate(paper, 150) == pytest.approx(0.2)
+    code = make_config(modality_dropout_warmup=0)
+    assert modality_dropout_rate(code, 1) == 0.2  # the seeds' code without warm-up: the full rate from the start
 
 
 def test_dropped_modality_has_zero_mu_in_the_proxy():
     torch.manual_seed(0)
-    model = build_model(experiment_config("Exp2", modality_dropout=0.0), DIMS, 6).eval()
+    model = build_model(experiment_config("Exp2", modality_dropout=0.0, fidelity="paper"), DIMS, 6).eval()
     x = batch(4)
     x_no_text = [x[0], torch.zeros_like(x[1]), x[2]]
     # Exp2's fused feature is the proxy: with text absent, it is a weighted sum of audio and video mu only

@@ -231,7 +231,7 @@ def test_make_runner_picks_the_vectorised_runner_where_it_covers_the_config(tiny
     cfg = make_config(model="attention", epochs=1, hidden_dim=16)
     assert isinstance(make_runner(cfg, tiny_data, 0, 5, "cpu"), VectorizedRunner)
     assert isinstance(make_runner(cfg, tiny_data, 0, 5, "cpu", vectorize=False), TrialRunner)
-    frm = cfg.replace(feat_type="frm")
+    frm = cfg.replace(feat_type="frm_unalign")
     assert not supports(frm) and isinstance(make_runner(frm, tiny_data, 0, 5, "cpu"), TrialRunner)
     with pytest.raises(ValueError):
         VectorizedRunner(frm, tiny_data)

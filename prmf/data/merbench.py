@@ -200,7 +200,11 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
     if use_cache and cache.is_file():
         return _load_cache(cache)
     labels = read_label_file(root / "label-6way.npz")
-    feat_type = "frm" if any(f.upper().endswith("FRA") or f.upper().endswith("FRM") for f in features) else "utt"
+    frame = [f.upper().endswith(("FRA", "FRM")) for f in features]
+    if any(frame) and not all(frame):
+        raise DataError(f"features {','.join(features)}: mixes utterance-level and frame-level (-FRA) folders; "
+                        "frame-level models need all three -FRA (MERBench's frm_unalign)")
+    feat_type = "frm" if any(frame) else "utt"
     ds = Dataset(dataset_name, features, feat_type)
     for s in SPLITS:
         key = f"{s}_corpus"

@@ -5,30 +5,36 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 
 class MLPEncoder(nn.Module):
-    """MERBench's utterance encoder: Dropout -> Linear -> ReLU -> Linear -> ReLU."""
+    """MERBench's utterance encoder (toolkit/models/modules/encoder.py): Dropout -> three
+    Linear+ReLU layers, named as there (linear_1..3)."""
 
     def __init__(self, in_size, hidden_size, dropout):
         super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_size, hidden_size), nn.ReLU(),
-                                 nn.Linear(hidden_size, hidden_size), nn.ReLU())
+        self.drop = nn.Dropout(dropout)
+        self.linear_1 = nn.Linear(in_size, hidden_size)
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        self.linear_3 = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x, lengths=None):
-        return self.net(x)
+        h = torch.relu(self.linear_1(self.drop(x)))
+        return torch.relu(self.linear_3(torch.relu(self.linear_2(h))))
 
 
 class LSTMEncoder(nn.Module):
-    """Frame-sequence encoder: LSTM over the valid frames, last hidden state -> Dropout -> Linear."""
+    """MERBench's frame encoder: LSTM, last hidden state -> Dropout -> Linear (no activation).
+    MERBench runs the LSTM over zero pre-padding; here it stops at each sample's last real frame
+    (packed sequence), so padding never reaches the state (docs/FIDELITY.md)."""
 
     def __init__(self, in_size, hidden_size, dropout):
         super().__init__()
         self.rnn = nn.LSTM(in_size, hidden_size, batch_first=True)
-        self.drop = nn.Dropout(dropout)
-        self.linear = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.linear_1 = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x, lengths):
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.rnn(packed)
-        return torch.relu(self.linear(self.drop(h[-1])))
+        return self.linear_1(self.dropout(h[-1]))
 
 
 class _GaussianHeads(nn.Module):
@@ -50,15 +56,18 @@ class _GaussianHeads(nn.Module):
 
 
 class VariationalMLPEncoder(nn.Module):
-    """x -> (z, mu, logvar, std): a Gaussian per sample instead of a point (P-RMF §3.2)."""
+    """x -> (z, mu, logvar, std): a Gaussian per sample instead of a point (P-RMF §3.2). The
+    seeds' trunk: Dropout -> Linear -> ReLU -> Linear -> ReLU (two layers, not MERBench's three)."""
 
     def __init__(self, in_size, hidden_size, dropout):
         super().__init__()
-        self.shared = MLPEncoder(in_size, hidden_size, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.shared = nn.Sequential(nn.Linear(in_size, hidden_size), nn.ReLU(),
+                                    nn.Linear(hidden_size, hidden_size), nn.ReLU())
         self.heads = _GaussianHeads(hidden_size)
 
     def forward(self, x, lengths=None):
-        return self.heads(self.shared(x))
+        return self.heads(self.shared(self.drop(x)))
 
 
 class VariationalLSTMEncoder(nn.Module):

@@ -15,19 +15,6 @@ def present_mask(inputs) -> torch.Tensor:
     return torch.stack([x.flatten(1).abs().sum(1) > 0 for x in inputs], dim=1)
 
 
-def dropout_probability(epoch, p_max, warmup, total_epochs):
-    """Progressive schedule: 0 up to the warm-up epoch, then linear to p_max at the last epoch.
-
-    Without a warm-up (warmup == 0) the rate is p_max from the start, as in the seeds' code.
-    Epochs count from 1.
-    """
-    if warmup <= 0:
-        return p_max
-    if epoch <= warmup:
-        return 0.0
-    return p_max * min(1.0, (epoch - warmup) / max(1, total_epochs - warmup))
-
-
 def modality_dropout_keep(batch_size, p, device) -> torch.Tensor:
     """[B, 3] bool keep-mask: each sample, with probability p, loses one of the 6 patterns."""
     drop = torch.rand(batch_size, device=device) < p
