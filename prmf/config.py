@@ -248,8 +248,6 @@ PRESET_DESCRIPTIONS = {  # one line each, for help texts
     "Exp5": "no VAE: proxy attention without the VAE (seeds_code: the same run as Exp1)",
 }
 EXPERIMENTS = PRESETS  # every preset is a row of the ablation suite
-EXPERIMENT_NAMES = {"attention": "Baseline (v0)", "attention_robust": "Robust v1 (Dropout)", "Exp1": "V1 baseline",
-                    "Exp2": "VAE only", "Exp3": "VAE + proxy", "Exp4": "full P-RMF", "Exp5": "no VAE"}
 
 
 def preset_config(name: str, **changes) -> TrialConfig:
