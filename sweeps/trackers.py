@@ -60,6 +60,9 @@ def prepare(args, sweep_name, data, root) -> dict:
             local = not args.mlflow.startswith(("http://", "https://", "databricks"))
             exp_id = exp.experiment_id if exp else client.create_experiment(
                 sweep_name, artifact_location=(root / "mlflow-artifacts").as_uri() if local else None)
+            if exp and args.restart:  # the sweep starts over: its old runs must not be continued
+                for run in client.search_runs([exp_id], max_results=50000):
+                    client.delete_run(run.info.run_id)
         except Exception as e:
             raise TrackerError(f"--mlflow {args.mlflow}: cannot reach the tracking server "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
