@@ -65,7 +65,7 @@ def mlflow_server(tmp_path_factory):
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker, by our own PID
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
