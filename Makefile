@@ -1,9 +1,16 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch: the normal dependency where a GPU is present; elsewhere the pinned CPU-friendly release
-# (on this project's CI machines a local CPU build). Override: make TORCH_SPEC='torch==2.6.0'.
-TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,torch==2.13.0)
+# torch: pick the build for the machines that will *train*, not the one you build on (a venv
+# made on a GPU-less login node is used on GPU nodes):
+#   make venv CUDA=12.4      a CUDA 12.4 build (download.pytorch.org/whl/cu124); CUDA=cpu: CPU only
+#   make venv TORCH_SPEC='torch==2.6.0'   any requirement
+# Unset: a CUDA build where nvidia-smi runs, else the pinned torch==2.13.0 (a CPU build on CI).
+# Optional extras: make venv EXTRAS=test,dashboard (Ray's dashboard for --dashboard).
+CUDA ?=
+EXTRAS ?= test
+TORCH_SPEC ?= $(if $(CUDA),torch,$(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,torch==2.13.0))
+TORCH_INDEX := $(if $(CUDA),--index-url https://download.pytorch.org/whl/$(if $(filter cpu,$(CUDA)),cpu,cu$(subst .,,$(CUDA))))
 DEMO_ARGS ?= --quick
 
 .PHONY: venv demo test bench clean
@@ -12,8 +19,8 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 # The demo reads only the sweep it has just run (its own store folder, started afresh).

@@ -2,10 +2,12 @@
 # shellcheck disable=SC2317  # functions called from traps
 # slurm/launch_ray.sh -- start a Ray cluster on a Slurm allocation and run a sweep on it.
 #
-#   sbatch slurm/launch_ray.sh                                   # the defaults below
+#   sbatch slurm/launch_ray.sh                                   # 1 node, 1 GPU: a first job
+#   PRMF_DATA=/shared/MERBench/dataset/mer2023 sbatch slurm/launch_ray.sh
 #   sbatch --nodes=4 --gpus-per-node=8 --time=2-00:00:00 slurm/launch_ray.sh
 #   PRMF_SWEEP_ARGS="--experiments Exp1,Exp4 --seeds 3" sbatch slurm/launch_ray.sh
 #   sbatch --gpus-per-node=0 --cpus-per-task=8 slurm/launch_ray.sh  # a CPU-only partition
+#   PRMF_DRY_RUN=1 sbatch slurm/launch_ray.sh                    # print what it would do, start nothing
 #
 # Every #SBATCH line below is a default: the same option on the sbatch command line wins.
 # Submit from the repository root (or set PRMF_WORKDIR); the job log is slurm-<name>-<jobid>.out
@@ -25,6 +27,11 @@
 # Environment (read at submit time: sbatch passes the submitting shell's environment on):
 #   PRMF_WORKDIR       repository root to run in                    (default: $SLURM_SUBMIT_DIR)
 #   PRMF_STORAGE       sweep storage, on a filesystem all nodes share (default: $PRMF_WORKDIR/runs)
+#   PRMF_DATA          the MERBench dataset root the default sweep trains on (required unless
+#                      PRMF_SWEEP_ARGS or PRMF_SWEEP_CMD names --data; 'synthetic' = built-in set)
+#   PRMF_DRY_RUN       1 (or the script argument --dry-run): resolve the allocation, nodes,
+#                      ports, storage and sweep command, print them and exit; Ray is not started
+#   PRMF_SKIP_CUDA_CHECK  1: start even when GPUs are allocated but torch sees no CUDA
 #   PRMF_SWEEP_ARGS    extra arguments for the default sweep command  (default: none)
 #   PRMF_SWEEP_CMD     the whole driver command, replacing the default
 #                      "$PRMF_PYTHON sweeps/ablation.py --num-gpus <GPUs of the allocation>
@@ -49,13 +56,19 @@
 #   RAY_AUTH_MODE      default "token", with a random token per job in RAY_AUTH_TOKEN (kept in
 #                      the environment of the job's processes only); "disabled" turns it off
 #
+# Site lines: most clusters want some of these; remove one '#' and fill in (or pass -p/-A/--qos).
+##SBATCH --partition=YOUR_GPU_PARTITION
+##SBATCH --account=YOUR_ACCOUNT
+##SBATCH --qos=YOUR_QOS
+##SBATCH --mem=64G
+#
+# Defaults a first job can get: one node, one GPU, a few CPUs, four hours.
 #SBATCH --job-name=prmf-sweep
-#SBATCH --nodes=2
+#SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=16
-#SBATCH --gpus-per-node=4
-#SBATCH --mem=0
-#SBATCH --time=24:00:00
+#SBATCH --cpus-per-task=8
+#SBATCH --gpus-per-node=1
+#SBATCH --time=04:00:00
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
 #SBATCH --open-mode=append
@@ -64,6 +77,7 @@
 set -uo pipefail
 
 T0=$(date +%s)
+[[ "${1:-}" == --dry-run ]] && PRMF_DRY_RUN=1
 log() { printf '[launch_ray %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T0 ))" "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -128,6 +142,15 @@ _gpus_on_node() {
     echo 0
 }
 
+# GPUs allocated but a torch without CUDA (a venv built on a GPU-less login node) would train
+# on the CPUs for the whole job: refuse.  $1: GPUs on this node.
+_check_cuda() {
+    (( ${1:-0} > 0 )) && [[ "${PRMF_SKIP_CUDA_CHECK:-0}" != 1 ]] || return 0
+    "$PRMF_PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && return 0
+    echo "ERROR: $(hostname): Slurm gave this node $1 GPU(s) but torch.cuda.is_available() is False in $PRMF_PYTHON ($("$PRMF_PYTHON" -c 'import torch; print("torch", torch.__version__)' 2>&1 | tail -n1)); build the venv with a CUDA torch (make venv CUDA=12.4) or set PRMF_SKIP_CUDA_CHECK=1" >&2
+    return 1
+}
+
 # N distinct free TCP ports, chosen by the kernel on this node.
 _free_ports() { "$PRMF_PYTHON" -m cluster.free_ports "$1"; }
 
@@ -140,6 +163,7 @@ _ray_node() {
     cpus=${SLURM_CPUS_ON_NODE:-$(nproc)}
     gpus=$(_gpus_on_node)
     trap '_RAY_NODE_STOP=1; [[ -n "${pid:-}" ]] && kill -TERM "$pid" 2>/dev/null' TERM INT
+    _check_cuda "$gpus" || return 1
     for attempt in 1 2 3; do
         rm -rf "$tmp"; mkdir -p "$tmp" || return 1
         read -r agent_port client_port < <(_free_ports 2)
@@ -252,8 +276,27 @@ if [[ -n "${PRMF_SWEEP_CMD:-}" ]]; then
 else
     SWEEP_CMD="$(printf '%q' "$PRMF_PYTHON") sweeps/ablation.py --num-gpus $PRMF_NUM_GPUS"
     SWEEP_CMD+=" --address $(printf '%q' "$RAY_ADDRESS") --storage $(printf '%q' "$PRMF_STORAGE")"
+    [[ -n "${PRMF_DATA:-}" ]] && SWEEP_CMD+=" --data $(printf '%q' "$PRMF_DATA")"
     SWEEP_CMD+="${PRMF_SWEEP_ARGS:+ $PRMF_SWEEP_ARGS}"
 fi
+# No data named: the sweep would train the built-in generated set for hours of GPU time.
+if [[ "$SWEEP_CMD" == *sweeps/* && "$SWEEP_CMD" != *--data* ]]; then
+    die "no data given: set PRMF_DATA=/path/to/MERBench/dataset/mer2023 (a MERBench dataset root), or PRMF_DATA=synthetic for the built-in generated set"
+fi
+
+if [[ "${PRMF_DRY_RUN:-0}" == 1 ]]; then
+    limit=$(scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | grep -o 'TimeLimit=[^ ]*' | cut -d= -f2)
+    torch_info=$("$PRMF_PYTHON" -c 'import torch; print(torch.__version__, "with CUDA" if torch.cuda.is_available() else "without CUDA")' 2>&1 | tail -n1)
+    log "dry run: job $SLURM_JOB_ID (${SLURM_JOB_NAME:-}), partition ${SLURM_JOB_PARTITION:-default}, account ${SLURM_JOB_ACCOUNT:-default}, time limit ${limit:-?}"
+    log "dry run: $NNODES node(s) ${NODES[*]}; CPUs per node ${NODE_CPUS[*]:-?}; GPUs per node $(_gpus_on_node); sweep --num-gpus $PRMF_NUM_GPUS"
+    log "dry run: Ray head $HEAD_IP:$GCS_PORT (other ports chosen free per node at start), auth $RAY_AUTH_MODE, temp dirs $PRMF_RAY_TMP/ray-$SLURM_JOB_ID.<i>"
+    log "dry run: python $PRMF_PYTHON (torch $torch_info), venv ${PRMF_VENV:-none}, setup ${PRMF_SETUP:-none}, workdir $PRMF_WORKDIR"
+    log "dry run: storage $PRMF_STORAGE (every node must see it at this path)"
+    log "dry run: sweep command: $SWEEP_CMD"
+    log "dry run: nothing started"
+    exit 0
+fi
+_check_cuda "$(_gpus_on_node)" || die "GPUs allocated but torch has no CUDA (see the line above)"
 
 # ---------------------------------------------------------------- stopping, by PID only
 RAY_PIDS=()        # the head's _ray_node subshell and the workers' srun, all on this host
@@ -351,7 +394,7 @@ log "Ray head $RAY_ADDRESS (auth: $RAY_AUTH_MODE), temp dirs $PRMF_RAY_TMP/ray-$
 _ray_node head 0 > >(sed -u 's/^/[ray head] /') 2>&1 &
 RAY_PIDS+=("$!")
 
-NODE_FUNCS="$(declare -f _prmf_env _gpus_on_node _free_ports _ray_node)"
+NODE_FUNCS="$(declare -f _prmf_env _gpus_on_node _check_cuda _free_ports _ray_node)"
 for (( i = 1; i < NNODES; i++ )); do
     # shellcheck disable=SC2016  # "$1" belongs to the remote shell
     # One task with all the job's CPUs on that node (a step would get 1 CPU, and be bound to it)

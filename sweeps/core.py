@@ -32,6 +32,7 @@ from prmf.config import ConfigError, for_data, make_config, parse_sets  # noqa: 
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 from prmf.trainer import make_runner  # noqa: E402
+from sweeps import trackers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
@@ -60,6 +61,7 @@ class Sweep:
     asha: bool = False
     settings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)  # printed at start (e.g. rows that cannot differ yet)
+    search: object = None  # sweeps/search.OptunaSearch: points proposed while the sweep runs
 
 
 def add_common_args(ap: argparse.ArgumentParser):
@@ -93,6 +95,7 @@ def add_common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--max-failures", type=int, default=3, help="retries of a trial whose worker died (default 3)")
     ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only; "
                     "needs pip install 'ray[default]')")
+    trackers.add_args(ap)  # --mlflow, --wandb
     return ap
 
 
@@ -144,6 +147,7 @@ def _write_result(runner, spec, data, status, wall_time_s, node):
         result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
         dataset=data, status=status, wall_time_s=wall_time_s, extra=node, identical=spec.get("identical", ()))
     store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
+    trackers.log_result(spec, status)  # MLflow: final metrics, NPZ artifacts, run closed
 
 
 def _save_checkpoint(path, runner, wall_time_s):
@@ -173,6 +177,7 @@ def run_trial(config, data=None):
     ckpt = Path(spec["checkpoint"])
     wall0 = _load_checkpoint(ckpt, runner) if ckpt.exists() else 0.0
     node = _node_info()
+    tracker = trackers.start(spec)  # MLflow run of this trial (a resumed trial reopens its own)
     t0 = time.time()
     milestones = set(spec["milestones"])
     while not runner.done:
@@ -180,6 +185,7 @@ def run_trial(config, data=None):
         wall = wall0 + time.time() - t0
         metrics = {"epoch": runner.epoch, "val_emoval": score,
                    "folds_running": sum(not f.stopped for f in runner.folds), **node}
+        tracker.epoch(metrics)
         if runner.done:
             _write_result(runner, spec, data, "finished", wall, node)
             ckpt.unlink(missing_ok=True)
@@ -329,6 +335,7 @@ class Progress:
         self.name, self.specs, self.total_epochs = name, specs, epochs
         self.milestones, self.data = set(asha_milestones), data
         self.epochs = {tid: epochs for tid in already_done}
+        self.done_before = set(already_done)
         self.best = ("", -math.inf)
         self.errors, self.pruned = [], []
         self.t0, self.last = time.time(), 0.0
@@ -353,7 +360,7 @@ class Progress:
         self.last = now
         states = [t.status for t in trials]
         n = len(self.specs)
-        done = n - len(trials) + states.count("TERMINATED")
+        done = len(self.done_before) + states.count("TERMINATED")
         frac = sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, n * self.total_epochs)
         eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
         best = f"best {self.best[0]} {self.best[1]:.4f}" if self.best[0] else "best -"
@@ -368,8 +375,9 @@ def asha_horizon(sweep: Sweep):
     for all trials, so with ASHA on, points may not differ in epochs (or in patience when the grace
     period comes from it). A grace period longer than the epochs is clamped to them (and said)."""
     args = sweep.args
-    epochs = {p.cfg.epochs for p in sweep.points}
-    patience = {p.cfg.patience for p in sweep.points}
+    cfgs = [p.cfg for p in sweep.points] or [sweep.search.base_cfg]  # Optuna: no points up front
+    epochs = {c.epochs for c in cfgs}
+    patience = {c.patience for c in cfgs}
     if sweep.asha and (len(epochs) > 1 or (len(patience) > 1 and args.grace_period is None)):
         key = "epochs" if len(epochs) > 1 else "patience"
         raise SweepError(f"the points differ in {key} ({', '.join(map(str, sorted(epochs if key == 'epochs' else patience)))}), "
@@ -404,7 +412,7 @@ def run(sweep: Sweep) -> int:
     args = sweep.args
     try:
         return _run(sweep)
-    except (SweepError, ConfigError, DataError) as e:
+    except (SweepError, ConfigError, DataError, trackers.TrackerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -448,6 +456,12 @@ def _run(sweep: Sweep) -> int:
 
     milestones = _asha_milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, args.name, root, milestones)
+    tracking = trackers.prepare(args, args.name, data, root)  # {'mlflow': {...}} or {}
+    search_ctx = dict(sweep=sweep, name=args.name, root=root, milestones=milestones, tracking=tracking)
+    if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
+        specs = sweep.search.recorded(search_ctx)
+    for s in specs:
+        s.update(tracking)
     done = store.completed_trials(root)
     for s in specs:  # ASHA stopped it, but the driver died before storing it
         if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in done:
@@ -461,11 +475,11 @@ def _run(sweep: Sweep) -> int:
           f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
           f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
-    if pending:
+    if sweep.search.todo(done) if sweep.search else pending:
         logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
         _init_ray(args, args.num_gpus)
         _save_settings(root, settings)
-        progress = Progress(args.name, specs, epochs, milestones, data, done)
+        progress = Progress(args.name, [None] * sweep.search.n if sweep.search else specs, epochs, milestones, data, done)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
         scheduler = (PersistentASHA(root / "asha_rungs.json", time_attr="epoch", max_t=epochs, grace_period=grace,
@@ -474,11 +488,12 @@ def _run(sweep: Sweep) -> int:
         run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(pending)},
+            param_space={} if sweep.search else {"trial": tune.grid_search(pending)},
             tune_config=tune.TuneConfig(metric="val_emoval", mode="max", scheduler=scheduler, reuse_actors=True,
-                                        max_concurrent_trials=max_concurrent or None),
+                                        **{"max_concurrent_trials": max_concurrent or None,
+                                           **(sweep.search.tune_config(search_ctx, done, pending) if sweep.search else {})}),
             run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
-                                      callbacks=[progress.callback],
+                                      callbacks=[progress.callback, *trackers.callbacks(args, args.name)],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         tuner.fit()
@@ -486,7 +501,9 @@ def _run(sweep: Sweep) -> int:
             print(file=sys.stderr)
     results = store.read_results(root)
     done = store.completed_trials(root)
-    missing = [s["trial_id"] for s in specs if s["trial_id"] not in done]
+    specs = sweep.search.recorded(search_ctx) if sweep.search else specs
+    trackers.sync(specs, done)  # MLflow: stored trials whose run was never closed (or never made)
+    missing = sweep.search.missing(search_ctx, done) if sweep.search else [s["trial_id"] for s in specs if s["trial_id"] not in done]
     summary(results)
     if missing:
         print(f"error: {len(missing)} trial(s) did not finish ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "

@@ -8,7 +8,7 @@ overrides) and `grid` (config key -> list of values); every combination is a poi
 `model` is refused: run one grid per model, with that model (or preset) as `base`. Run the same
 command again to resume an interrupted sweep.
 
-Experiments (presets of attention_robust_v2):
+Presets (the rows of the paper's table):
 """
 import argparse
 import itertools
@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 
 from prmf.config import (EXPERIMENTS, MODELS, ConfigError, experiment_config, experiments_help,  # noqa: E402
                          make_config, parse_sets, parse_value)
-from sweeps import core  # noqa: E402
+from sweeps import core, search  # noqa: E402
 
 DEFAULT_GRID = Path(__file__).resolve().parent / "configs" / "prmf_grid.yaml"
 
@@ -33,6 +33,7 @@ def build_parser():
     ap.add_argument("--grid", default=str(DEFAULT_GRID), help="grid YAML file (default: sweeps/configs/prmf_grid.yaml, "
                     "kl_weight x recon_weight x fusion_temperature on Exp4, 27 points)")
     ap.add_argument("--no-asha", dest="asha", action="store_false", help="run every point to the end (no pruning)")
+    search.add_args(ap)  # --search grid|random|optuna, --num-samples, --search-seed
     return core.add_common_args(ap)
 
 
@@ -43,11 +44,13 @@ def load_grid(path):
         spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read grid ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+    if isinstance(spec, dict) and spec.get("search") and spec.get("grid") is None:
+        spec["grid"] = {}  # a space of distributions only (sweeps/search.py)
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not (spec["grid"] or spec.get("search")):
         raise ConfigError(f"{path}: expected a mapping with a non-empty 'grid:' of key -> list of values")
-    extra = set(spec) - {"base", "set", "grid"}
+    extra = set(spec) - {"base", "set", "grid", "search"}
     if extra:
-        raise ConfigError(f"{path}: unknown top-level key {sorted(extra)[0]!r} (known: base, set, grid)")
+        raise ConfigError(f"{path}: unknown top-level key {sorted(extra)[0]!r} (known: base, set, grid, search)")
     base = spec.get("base", "Exp4")
     if not isinstance(base, str) or (base not in EXPERIMENTS and base not in MODELS):
         raise ConfigError(f"{path}: base {base!r} must be one experiment ({', '.join(EXPERIMENTS)}) "
@@ -89,16 +92,21 @@ def _value(path, where, key, value):
     return value
 
 
+def point_config(base, changes):
+    return experiment_config(base, **changes) if base in EXPERIMENTS else make_config({"model": base}, **changes)
+
+
 def make_sweep(args) -> core.Sweep:
     base, fixed, grid = load_grid(args.grid)
     if "model" in parse_sets(args.set):
         raise ConfigError("--set model: a grid over model: run one grid per model, with the model as base: in the YAML")
     changes = core.config_changes(args, fixed)
+    if args.search != "grid" or search.has_distributions(args.grid):  # random / optuna: sweeps/search.py
+        return search.make_sweep(args, base, grid, lambda values: point_config(base, {**changes, **values}))
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        merged = {**changes, **values}
-        cfg = experiment_config(base, **merged) if base in EXPERIMENTS else make_config({"model": base}, **merged)
+        cfg = point_config(base, {**changes, **values})
         label = ",".join(f"{k}={v}" for k, v in values.items())
         points.append(core.Point(label, cfg, tag="grid"))
     return core.Sweep("grid", points, args, asha=args.asha, settings={"grid_base": base})

@@ -1,5 +1,10 @@
 """Shared fixtures: a generated MERBench root (tiny profile) and its loaded dataset."""
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,3 +53,36 @@ def shared():
             pytest.skip(f"{path} is missing (the shared data folder beside the repo; or set PRMF_SHARED)")
         return path
     return find
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts; stopped by PID."""
+    d = tmp_path_factory.mktemp("mlflow")
+    from cluster.free_ports import free_ports
+    pytest.importorskip("mlflow")
+    port = free_ports(1)[0]
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start: {(d / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker, by our own PID
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()

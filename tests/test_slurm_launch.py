@@ -217,7 +217,7 @@ def test_allocation_gpus_reach_ray_and_the_sweep(slurm, storage, gpu_options):
     """Each test node has one (fake) GPU: however they are requested, both Ray nodes advertise
     theirs and the sweep command gets --num-gpus 2. (A stand-in command: no CUDA here.)"""
     log = storage / f"gpus-{gpu_options[-1].strip('-').replace('=', '-').replace(':', '-')}.log"
-    env = slurm.env(PRMF_PYTHON=sys.executable, PRMF_VENV="",
+    env = slurm.env(PRMF_PYTHON=sys.executable, PRMF_VENV="", PRMF_SKIP_CUDA_CHECK="1",
                     PRMF_SWEEP_CMD='echo "sweep gets --num-gpus $PRMF_NUM_GPUS"')
     job = slurm.sbatch(LAUNCHER, ["--nodes=2", "--cpus-per-task=1", "--time=10", f"--output={log}", *gpu_options],
                        env=env)
@@ -226,6 +226,43 @@ def test_allocation_gpus_reach_ray_and_the_sweep(slurm, storage, gpu_options):
     assert re.search(r"cluster up: 2 node\(s\) .*, 2 GPUs", text), text[-3000:]
     assert "sweep gets --num-gpus 2" in text
     assert not ray_leftovers(job)
+
+
+def first_job(slurm, storage, name, opts=(), **env):
+    """sbatch the launcher with its own #SBATCH defaults (only CPUs lowered to the test nodes' 2),
+    as a first job would; returns (final state, log text)."""
+    log = storage / f"{name}.log"
+    env = slurm.env(PRMF_STORAGE=storage, PRMF_PYTHON=sys.executable, PRMF_VENV="", **env)
+    job = slurm.sbatch(LAUNCHER, ["--cpus-per-task=1", f"--output={log}", *opts], env=env)
+    state = slurm.wait_state(job, {"COMPLETED", "FAILED"}, 120, log)
+    return state, log.read_text()
+
+
+def test_dry_run_shows_the_first_job_defaults_and_starts_nothing(slurm, storage):
+    state, text = first_job(slurm, storage, "dry", PRMF_DRY_RUN="1", PRMF_DATA="/data/mer2023")
+    assert state == "COMPLETED", text
+    assert "dry run: 1 node(s)" in text and "GPUs per node 1" in text, text
+    assert "time limit 04:00:00" in text, text
+    assert re.search(r"sweep command: .*sweeps/ablation\.py --num-gpus 1 .*--data /data/mer2023", text), text
+    assert "nothing started" in text and "Ray head" in text and "ray start" not in text, text
+
+
+def test_no_data_is_refused_before_anything_starts(slurm, storage):
+    state, text = first_job(slurm, storage, "nodata", ["--gpus-per-node=0"])
+    assert state == "FAILED", text
+    assert "no data given: set PRMF_DATA=" in text and "ray start" not in text, text
+
+
+def test_gpus_without_cuda_in_torch_are_refused(slurm, storage):
+    """A GPU allocation whose torch is a CPU build (the venv made on a login node) fails at once,
+    in one line, instead of training on CPUs for the whole job."""
+    import torch
+    state, text = first_job(slurm, storage, "nocuda", PRMF_DATA="synthetic", PRMF_RAY_START_TIMEOUT="30")
+    if torch.cuda.is_available():  # a real GPU behind the fake GRES: the check passes
+        assert "torch.cuda.is_available() is False" not in text, text
+    else:
+        assert state == "FAILED", text
+        assert "torch.cuda.is_available() is False" in text and "ray start" not in text, text
 
 
 @pytest.mark.parametrize("env, want", [
