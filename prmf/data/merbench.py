@@ -197,9 +197,9 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
         if not (root / "features" / f).is_dir():
             raise DataError(f"{root / 'features' / f}: feature folder not found")
     cache = root / ".prmf-cache" / f"{_cache_name(root, features)}.npz"
-    key = _cache_key(root, features) if use_cache else None
+    files_key = _cache_key(root, features) if use_cache else None
     if use_cache and cache.is_file():
-        ds = _load_cache(cache, key)
+        ds = _load_cache(cache, files_key)
         if ds is not None:
             return ds
         print(f"{root}: feature files changed since {cache} was written; reading them again", file=sys.stderr)
@@ -220,5 +220,5 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
         if len(set(dims.values())) > 1:
             raise DataError(f"{root / 'features' / f}: feature dimension differs between splits {dims}")
     if use_cache:
-        _save_cache(cache, ds, key)
+        _save_cache(cache, ds, files_key)
     return ds
