@@ -53,7 +53,7 @@ def main(argv=None):
     from .trainer import train_trial
 
     experiment = args.experiment or cfg.model
-    tid = records.trial_id(experiment, cfg, args.seed)
+    tid = records.trial_id(experiment, cfg, args.seed, data)
     t0 = time.time()
 
     def progress(epoch, score):

@@ -355,6 +355,7 @@ def _run(sweep: Sweep) -> int:
         lock.acquire(root)  # one driver per sweep, held until this process exits
     except lock.LockedError as e:
         raise SweepError(str(e)) from None
+    ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
     settings = {"kind": sweep.kind, "data": args.data, "features": list(data.features), "profile": args.profile,
                 "folds": args.folds, "seeds": args.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
                 **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings}
@@ -367,7 +368,6 @@ def _run(sweep: Sweep) -> int:
     grace = args.grace_period or patience
     milestones = _asha_milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, args.name, root, milestones, data)
-    ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
     done = store.completed_trials(root)
     for s in specs:  # ASHA stopped it, but the driver died before storing it
         if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in done:

@@ -18,8 +18,13 @@ class LockedError(Exception):
     """Another live driver holds the sweep."""
 
 
+_held = {}  # sweep folder -> fd of its lock, held by this process
+
+
 def acquire(root: Path):
     """Lock `root` for this process (until it exits); raises LockedError naming the holder."""
+    if root in _held:  # a second sweep run in this process (flock would refuse our own second fd)
+        return _held[root]
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -31,4 +36,5 @@ def acquire(root: Path):
                           f"wait for it to end, or use --name NEW") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"host {socket.gethostname()} PID {os.getpid()}\n".encode(), 0)
+    _held[root] = fd
     return fd  # kept open (not inherited by children: Python's fds are close-on-exec) until exit
