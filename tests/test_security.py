@@ -1,4 +1,4 @@
-"""Nobody else gets in: a sweep's local Ray and cluster/start_local_cluster.sh listen on loopback only
+"""Nobody else gets in: a sweep's local Ray listens on loopback only, it and cluster/start_local_cluster.sh
 and refuse a client without the token; a killed driver's leftover Ray processes are ended by the
 next run; one driver per sweep (issue 15, points 1, 2 and 4)."""
 import json
@@ -120,7 +120,7 @@ def test_local_sweep_ray_is_loopback_only_token_guarded_and_its_leftovers_are_en
 
 
 @pytest.mark.timeout(300)
-def test_start_local_cluster_is_loopback_only_and_token_guarded(tmp_path):
+def test_start_local_cluster_makes_a_fresh_token_and_refuses_clients_without_it(tmp_path):
     env = python_env()
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         env.pop(k, None)  # the script's defaults
