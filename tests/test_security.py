@@ -1,5 +1,5 @@
 """Nobody else gets in: a sweep's local Ray listens on loopback only, it and cluster/start_local_cluster.sh
-and refuse a client without the token; a killed driver's leftover Ray processes are ended by the
+refuse a client without the token; a killed driver's leftover Ray processes are ended by the
 next run; one driver per sweep (issue 15, points 1, 2 and 4)."""
 import json
 import os
