@@ -4,7 +4,8 @@
 #   cluster/start_local_cluster.sh                       # head + 1 worker, CPUs split between them
 #   cluster/start_local_cluster.sh --workers 3 --num-gpus 1   # 4 nodes, one GPU each (GPU i -> node i)
 #   # in another shell, while it runs:
-#   python sweeps/ablation.py --address "$(cat /tmp/prmf-ray-$USER/address)" --num-gpus 4
+#   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/tmp/prmf-ray-$USER/address.token \
+#     python sweeps/ablation.py --address "$(cat /tmp/prmf-ray-$USER/address)" --num-gpus 4
 #
 # Each node is its own `ray start --block` process, a child of this script; the script waits
 # until every node has joined (polling), prints and writes the head's address, and then stays
@@ -20,12 +21,16 @@
 #   --num-cpus C       CPUs each node advertises           (default: this machine's CPUs / nodes)
 #   --num-gpus G       GPUs per node; node i gets CUDA_VISIBLE_DEVICES=[i*G, (i+1)*G) (default 0)
 #   --port P           the head's GCS port                                  (default: a free one)
-#   --host IP          address the nodes use                       (default: 127.0.0.1, this host only)
+#   --host IP          address the nodes use                                    (default: 127.0.0.1)
+#                      Ray 2.x swaps 127.0.0.1 for this host's network address and its servers listen
+#                      on all interfaces (a multi-node Ray cannot be held to loopback): the token
+#                      keeps others out (docs/SECURITY.md)
 #   --tmp DIR          parent of the nodes' temp dirs, keep it short (default /tmp/prmf-ray-$USER)
-#   --address-file F   where to write the head's address     (default: <tmp>/address)
+#   --address-file F   where to write the head's address     (default: <tmp>/address); the auth
+#                      token goes to F.token (mode 0600), both removed when the cluster stops
 #   --timeout S        seconds to wait for all nodes                                   (default 180)
-# Environment: RAY_AUTH_MODE (default "disabled": the cluster listens on --host only; set
-# RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=... for a cluster reachable from other machines).
+# Environment: RAY_AUTH_MODE (default "token": a fresh random token per cluster, in F.token;
+# RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH given: that one; "disabled": no auth, with a warning).
 set -uo pipefail
 
 WORKERS=1 CPUS="" GPUS=0 PORT="" HOST=127.0.0.1 TMPBASE="/tmp/prmf-ray-${USER:-$(id -un)}" ADDR_FILE="" TIMEOUT=180
@@ -54,7 +59,7 @@ command -v ray >/dev/null || die "no 'ray' on PATH (activate the project's virtu
 NODES=$(( WORKERS + 1 ))
 if [[ -z "$CPUS" ]]; then CPUS=$(( $(nproc) / NODES )); (( CPUS > 0 )) || CPUS=1; fi
 export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -66,7 +71,23 @@ RUN_DIR=$(mktemp -d "$TMPBASE/c.XXXX")            # short: Ray's socket paths mu
 [[ -n "$PORT" ]] || read -r PORT < <(free_ports 1)
 ADDRESS="$HOST:$PORT"
 ADDR_FILE=${ADDR_FILE:-$TMPBASE/address}
+TOKEN_FILE="$ADDR_FILE.token"
 rm -f "$ADDR_FILE"
+if [[ "$RAY_AUTH_MODE" == token ]]; then
+    if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        TOKEN=$RAY_AUTH_TOKEN
+    elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+        TOKEN=$(<"$RAY_AUTH_TOKEN_PATH") || die "cannot read RAY_AUTH_TOKEN_PATH $RAY_AUTH_TOKEN_PATH"
+    else
+        TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')   # 256 bits, as Ray's own generator
+    fi
+    ( umask 077 && printf '%s' "$TOKEN" > "$TOKEN_FILE.tmp" ) && mv "$TOKEN_FILE.tmp" "$TOKEN_FILE" \
+        || die "cannot write $TOKEN_FILE"
+    unset RAY_AUTH_TOKEN TOKEN
+    export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE
+else
+    log "warning: RAY_AUTH_MODE=$RAY_AUTH_MODE: anyone who can reach $HOST can run code on this cluster"
+fi
 
 PIDS=()
 STOPPING=""
@@ -74,7 +95,7 @@ stop_all() {
     local pid t alive
     [[ -n "$STOPPING" ]] && return
     STOPPING=1
-    rm -f "$ADDR_FILE"
+    rm -f "$ADDR_FILE" "$TOKEN_FILE"
     (( ${#PIDS[@]} )) || return 0
     log "stopping Ray nodes (PIDs ${PIDS[*]})"
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
@@ -96,14 +117,14 @@ trap stop_all EXIT
 
 # node index, then `ray start` arguments for it
 start_node() {
-    local idx=$1 agent gpu_env=()
+    local idx=$1 agent node_env=(env)
     shift
     read -r agent < <(free_ports 1)
     if (( GPUS > 0 )); then
-        gpu_env=(env "CUDA_VISIBLE_DEVICES=$(seq -s, $(( idx * GPUS )) $(( (idx + 1) * GPUS - 1 )))")
+        node_env+=("CUDA_VISIBLE_DEVICES=$(seq -s, $(( idx * GPUS )) $(( (idx + 1) * GPUS - 1 )))")
     fi
     mkdir -p "$RUN_DIR/$idx"
-    "${gpu_env[@]}" ray start --block --temp-dir "$RUN_DIR/$idx" --num-cpus "$CPUS" --num-gpus "$GPUS" \
+    "${node_env[@]}" ray start --block --temp-dir "$RUN_DIR/$idx" --num-cpus "$CPUS" --num-gpus "$GPUS" \
         --node-ip-address "$HOST" --dashboard-agent-listen-port "$agent" \
         --min-worker-port 0 --max-worker-port 0 --disable-usage-stats "$@" \
         > >(sed -u "s/^/[node $idx] /") 2>&1 &
@@ -122,7 +143,11 @@ for pid in "${PIDS[@]}"; do WAIT_ARGS+=(--pid "$pid"); done
 "$PY" -m cluster.wait_for_nodes "${WAIT_ARGS[@]}" || die "the cluster did not come up"
 echo "$ADDRESS" > "$ADDR_FILE.tmp" && mv "$ADDR_FILE.tmp" "$ADDR_FILE"
 log "up in $(( $(date +%s) - T0 ))s. RAY_ADDRESS=$ADDRESS (written to $ADDR_FILE); Ctrl-C stops it"
-log "  python sweeps/ablation.py --address $ADDRESS ..."
+if [[ "$RAY_AUTH_MODE" == token ]]; then
+    log "  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN_FILE python sweeps/ablation.py --address $ADDRESS ..."
+else
+    log "  python sweeps/ablation.py --address $ADDRESS ..."
+fi
 
 # Stay up until a signal, or until a node dies.
 while :; do

@@ -13,15 +13,21 @@ from .data.merbench import NO_VALENCE
 NOT_COUNTED = ("pruned", "failed", "diverged")
 
 
-def trial_id(experiment: str, cfg, seed: int) -> str:
-    """Stable id of (config, seed): the same trial gets the same id in every run of a sweep."""
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+def trial_id(experiment: str, cfg, seed: int, dataset=None) -> str:
+    """Stable id of (config, seed, data set, features): the same trial gets the same id in every run
+    of a sweep, and one config on two data sets two ids. Without `dataset`: the id of sweeps started
+    before the data set was part of it (config and seed only), which resume under their old ids."""
+    key = cfg.to_dict()
+    if dataset is not None:
+        key = {"config": key, "dataset": dataset.name, "features": list(dataset.features), "dims": list(dataset.dims)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return f"{experiment}-s{seed}-{digest}"
 
 
-def _row(split, fold, scenario, m, best_epoch, epochs_run):
+def _row(split, fold, scenario, m, best_epoch, epochs_run, diverged_epoch):
     return {"fold": fold, "split": split, "scenario": scenario, "f1": m["f1"], "acc": m["acc"],
-            "val_mse": m["val_mse"], "emoval": m["emoval"], "best_epoch": best_epoch, "epochs_run": epochs_run}
+            "val_mse": m["val_mse"], "emoval": m["emoval"], "best_epoch": best_epoch, "epochs_run": epochs_run,
+            "diverged_epoch": diverged_epoch}
 
 
 def name_val_mse(val_mse, preds, vals) -> float:
@@ -40,12 +46,15 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     `identical`: other preset names whose effective config is this one's (trained once): their
     rows are stored too, every row naming the others in `identical_to`."""
     best, runs = result.best_epochs, result.epochs_run
+    div = result.diverged_epochs or [0] * len(best)  # 0: did not diverge; else the epoch its loss went non-finite
+    first_div = min((d for d in div if d), default=0)
+    status = "diverged" if first_div else status
     rows = []
     for split, sr in result.splits.items():
-        rows += [_row(split, k, "clean", m, best[k], runs[k]) for k, m in enumerate(sr.fold_metrics)]
-        rows.append(_row(split, store.AGGREGATE, "clean", sr.metrics, int(round(np.mean(best))), max(runs)))
+        rows += [_row(split, k, "clean", m, best[k], runs[k], div[k]) for k, m in enumerate(sr.fold_metrics)]
+        rows.append(_row(split, store.AGGREGATE, "clean", sr.metrics, int(round(np.mean(best))), max(runs), first_div))
     for (split, scenario), m in result.scenarios.items():
-        rows.append(_row(split, store.AGGREGATE, scenario, m, int(round(np.mean(best))), max(runs)))
+        rows.append(_row(split, store.AGGREGATE, scenario, m, int(round(np.mean(best))), max(runs), first_div))
     config = cfg.to_dict()
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,

@@ -32,13 +32,29 @@ class StoreError(Exception):
     """A store file that cannot be read or written."""
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (Linux's /proc; elsewhere set and restore)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write):
-    """Write through `write(tmp_path)` to a temporary file, then rename it over `path`."""
+    """Write through `write(tmp_path)` to a temporary file, then rename it over `path`.
+
+    The file gets the umask's mode (mkstemp makes 0600), so teammates on a shared store can read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -72,6 +88,7 @@ def write_trial(store_dir, trial_id, results: pd.DataFrame, epochs: pd.DataFrame
                 if np.asarray(arr).dtype == object:
                     raise StoreError(f"prediction array {key!r} of {name} has dtype object (would need pickle)")
             np.savez(tmp_dir / name, **arrays)
+        os.chmod(tmp_dir, 0o777 & ~umask())  # mkdtemp makes 0700
         if pred_dir.exists():
             shutil.rmtree(pred_dir)
         pred_dir.parent.mkdir(parents=True, exist_ok=True)

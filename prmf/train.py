@@ -69,7 +69,7 @@ def main(argv=None):
     if same:
         print(f"note: {preset} is identical in configuration to {', '.join(same)} (fidelity {cfg.fidelity})",
               file=sys.stderr)
-    tid = records.trial_id(experiment, cfg, args.seed)
+    tid = records.trial_id(experiment, cfg, args.seed, data)
     t0 = time.time()
     print(f"{tid}: {cfg.model}, {cfg.epochs} epochs, patience {cfg.patience}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
           f"{args.folds} folds, seed {args.seed}, device {device or 'auto'}", file=sys.stderr)

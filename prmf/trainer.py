@@ -31,7 +31,10 @@ def default_device():
 
 
 def metrics(logits: np.ndarray, vals_pred: np.ndarray, emos: np.ndarray, vals: np.ndarray) -> dict:
-    """acc, weighted F1, valence MSE (over samples that have a valence) and MERBench's emoval."""
+    """acc, weighted F1, valence MSE (over samples that have a valence) and MERBench's emoval;
+    all NaN for non-finite logits (a diverged model), whose argmax would be a meaningless class 0."""
+    if not np.isfinite(logits).all():
+        return dict.fromkeys(("f1", "acc", "val_mse", "emoval"), math.nan)
     pred = logits.argmax(1)
     f1 = f1_score(emos, pred, average="weighted")
     has_val = ~np.isnan(vals)
@@ -93,6 +96,7 @@ class Fold:
     bad_epochs: int = 0
     stopped: bool = False
     epochs_run: int = 0
+    diverged_epoch: int = 0  # the epoch its loss or validation went non-finite (0: never)
 
 
 def stratified_folds(emos: np.ndarray, n_folds: int, seed: int):
@@ -101,7 +105,8 @@ def stratified_folds(emos: np.ndarray, n_folds: int, seed: int):
     return [(tr, va) for tr, va in splitter.split(np.zeros(len(emos)), emos)]
 
 
-STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run")
+STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run",
+                   "diverged_epoch")
 
 
 def stopping_state(fold) -> dict:
@@ -111,7 +116,8 @@ def stopping_state(fold) -> dict:
 
 def load_stopping_state(fold, state):
     for k in STOPPING_FIELDS:
-        setattr(fold, k, state[k])
+        if k in state:  # diverged_epoch is missing from checkpoints written before it existed
+            setattr(fold, k, state[k])
 
 
 def run_state(runner) -> dict:
@@ -128,9 +134,20 @@ def load_run_state(runner, state):
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
+def running_score(scores) -> float:
+    """The mean validation emoval of the folds that ran this epoch, diverged ones (NaN) left out."""
+    finite = [s for s in scores if math.isfinite(s)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def update_fold(fold, m, epoch, cfg, logits, vals_pred, save_best):
     """After a fold's validation: LR schedule, best epoch (argmax of emoval; `save_best()` keeps the
-    weights) and patience, which counts only gains above min_delta. Shared by both runners."""
+    weights) and patience, which counts only gains above min_delta. A fold whose outputs or metrics
+    are not finite (its loss blew up: NaN weights) stops at once, marked diverged. Shared by both runners."""
+    if not (all(math.isfinite(v) for k, v in m.items() if k != "val_mse") and np.isfinite(logits).all()
+            and np.isfinite(vals_pred).all()):
+        fold.diverged_epoch, fold.stopped, fold.epochs_run = epoch, True, epoch
+        return
     fold.scheduler.step(m["emoval"])
     if m["emoval"] > fold.best_metric:
         fold.best_metric, fold.best_epoch = m["emoval"], epoch
@@ -217,7 +234,7 @@ class TrialRunner:
         scores = [self._validate(f, self._train_epoch(f)) for f in running]
         self.epoch += 1
         self.train_seconds += time.perf_counter() - t0
-        return float(np.mean(scores))
+        return running_score(scores)
 
     def state_dict(self):
         """Everything needed to continue this trial bit-for-bit after a restart."""
@@ -242,7 +259,8 @@ class TrialRunner:
         out = []
         for f in self.folds:
             m = copy.deepcopy(f.model)
-            m.load_state_dict(f.best_state)
+            if f.best_state is not None:  # None: diverged before a best epoch (TrialResult leaves it out)
+                m.load_state_dict(f.best_state)
             out.append(m.eval())
         return out
 
@@ -272,6 +290,7 @@ class TrialResult:
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
     n_params: int = 0  # trainable parameters of one fold's model (also those that get no gradient)
+    diverged_epochs: list = field(default_factory=list)  # per fold, 0 = did not diverge
 
     @classmethod
     def build(cls, runner: TrialRunner, scenarios: dict):
@@ -280,28 +299,38 @@ class TrialResult:
         out = {}
         order = np.concatenate([f.val_idx.cpu().numpy() for f in runner.folds])
         fold_ids = np.concatenate([np.full(len(f.val_idx), f.index) for f in runner.folds])
-        fold_metrics = [f.best_val["metrics"] for f in runner.folds]
+        # a fold that diverged before its first best epoch has no model: NaN rows, left out of the tests
+        n_cls = len(runner.data.classes)
+        best_val = [f.best_val or {"metrics": metrics(np.full((1, n_cls), np.nan), None, None, None),
+                                   "logits": torch.full((len(f.val_idx), n_cls), math.nan),
+                                   "vals": torch.full((len(f.val_idx),), math.nan)} for f in runner.folds]
+        fold_metrics = [b["metrics"] for b in best_val]
         out["cv"] = SplitResult(
             fold_metrics, {k: float(np.mean([m[k] for m in fold_metrics])) for k in fold_metrics[0]},
-            train.names[order], torch.cat([f.best_val["logits"] for f in runner.folds]).numpy(),
-            torch.cat([f.best_val["vals"] for f in runner.folds]).numpy(), train.emos[order], train.vals[order], fold_ids)
+            train.names[order], torch.cat([b["logits"] for b in best_val]).numpy(),
+            torch.cat([b["vals"] for b in best_val]).numpy(), train.emos[order], train.vals[order], fold_ids)
+        has_model = [f.best_val is not None for f in runner.folds]
         models = runner.best_models()
         scen_out = {}
         for name, sp in data.items():
             if name == "train":
                 continue
-            preds = [predict(m, runner.splits[name]) for m in models]
+            nan_pred = (np.full((len(sp.names), n_cls), np.nan, np.float32), np.full(len(sp.names), np.nan, np.float32))
+            per_fold = [predict(m, runner.splits[name]) if ok else nan_pred for m, ok in zip(models, has_model)]
+            preds = [p for p, ok in zip(per_fold, has_model) if ok] or [nan_pred]
             logits = np.mean([p[0] for p in preds], axis=0)
             vals_pred = np.mean([p[1] for p in preds], axis=0)
-            out[name] = SplitResult([metrics(*p, sp.emos, sp.vals) for p in preds],
+            out[name] = SplitResult([metrics(*p, sp.emos, sp.vals) for p in per_fold],
                                     metrics(logits, vals_pred, sp.emos, sp.vals), sp.names, logits, vals_pred,
                                     sp.emos, sp.vals, np.full(len(sp.names), -1))
             for scen, transform in scenarios.items():
-                preds = [predict(m, runner.splits[name], transform=transform) for m in models]
+                preds = [predict(m, runner.splits[name], transform=transform)
+                         for m, ok in zip(models, has_model) if ok] or [nan_pred]
                 scen_out[(name, scen)] = metrics(np.mean([p[0] for p in preds], axis=0),
                                                  np.mean([p[1] for p in preds], axis=0), sp.emos, sp.vals)
         return cls(out, scen_out, [f.best_epoch for f in runner.folds], [f.epochs_run for f in runner.folds],
-                   list(runner.history), runner.train_seconds, n_params(models[0]))
+                   list(runner.history), runner.train_seconds, n_params(models[0]),
+                   [f.diverged_epoch for f in runner.folds])
 
 
 def make_runner(cfg, data, seed=0, n_folds=5, device=None, vectorize="auto"):

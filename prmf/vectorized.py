@@ -30,7 +30,8 @@ from .models import build_model
 from .models.fusion import MISSING_STD, modality_dropout_keep, present_mask
 from .models.robust_v2 import builds_proxy_attention
 from .trainer import (EVAL_CHUNK, SplitTensors, TrialResult, default_device, load_stopping_state,
-                      load_run_state, metrics, run_state, stopping_state, stratified_folds, update_fold)
+                      load_run_state, metrics, run_state, running_score, stopping_state, stratified_folds,
+                      update_fold)
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW defaults, as TrialRunner uses them
 
@@ -273,6 +274,7 @@ class VFold:
     bad_epochs: int = 0
     stopped: bool = False
     epochs_run: int = 0
+    diverged_epoch: int = 0
 
     @property
     def lr(self):
@@ -440,7 +442,7 @@ class VectorizedRunner:
                     t.index_copy_(0, sel, work[n])
         self.epoch += 1
         self.train_seconds += time.perf_counter() - t0
-        return float(np.mean(scores))
+        return running_score(scores)
 
     # --- TrialRunner's interface for results and checkpoints
 

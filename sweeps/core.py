@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import torch  # noqa: E402
@@ -32,7 +31,7 @@ from prmf.config import ConfigError, for_data, make_config, parse_sets  # noqa: 
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
 from prmf.trainer import make_runner  # noqa: E402
-from sweeps import trackers  # noqa: E402
+from sweeps import lock, ray_local, trackers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
@@ -286,18 +285,16 @@ def _save_settings(root: Path, settings: dict):
     store.atomic_write(root / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True)))
 
 
-def _init_ray(args, num_gpus):
+def _init_ray(args, num_gpus, root):
     import logging
     import ray
     address = resolve_address(args.address) or "local"
-    kwargs = dict(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    if address == "local":
-        kwargs.update(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=args.dashboard,
-                      dashboard_host="127.0.0.1")
-        if num_gpus:
-            kwargs["num_gpus"] = torch.cuda.device_count()
     try:
-        ray.init(**kwargs)
+        if address == "local":  # loopback only, token auth, PIDs kept (sweeps/ray_local.py)
+            ray_local.start(root, max(1, os.cpu_count() or 1), torch.cuda.device_count() if num_gpus else 0,
+                            args.dashboard)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SweepError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from None
     have = ray.cluster_resources().get("GPU", 0)
@@ -392,13 +389,16 @@ def asha_horizon(sweep: Sweep):
     return max(epochs), min(patience), grace, note
 
 
-def trial_specs(sweep: Sweep, name: str, root: Path, milestones):
+def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None):
     args = sweep.args
     cpus = args.cpus_per_trial
     specs = []
     for p in sweep.points:
         for seed in range(args.seeds):
-            tid = records.trial_id(p.tag or p.label, p.cfg, seed)
+            tid = records.trial_id(p.tag or p.label, p.cfg, seed, data)
+            old = records.trial_id(p.tag or p.label, p.cfg, seed)  # before the data set was in the id
+            if (root / "results" / f"{old}.parquet").exists() or (root / "checkpoints" / f"{old}.pt").exists():
+                tid = old  # a sweep started before: its trials keep their ids, nothing is trained twice
             specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
                           "cfg": p.cfg.to_dict(),
                           "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
@@ -444,20 +444,27 @@ def _run(sweep: Sweep) -> int:
     args.name = args.name or f"{sweep.kind}-{data_tag}"
     root = (Path(args.storage) if args.storage else DEFAULT_STORAGE).resolve() / args.name
     _check_storage(root.parent)
+    try:
+        lock.acquire(root)  # one driver per sweep, held until this process exits
+    except lock.LockedError as e:
+        raise SweepError(str(e)) from None
+    ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
     settings = {"kind": sweep.kind, "data": args.data, "features": list(data.features), "profile": args.profile,
                 "folds": args.folds, "seeds": args.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
                 **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings}
     _check_settings(root, settings, args.restart)
-    if args.restart and root.exists():
-        shutil.rmtree(root)
+    if args.restart:
+        for p in root.iterdir():  # all but the lock this driver holds
+            if p.name != lock.LOCK_FILE:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     cleaned = _clean_stale_temp(root, started)
     if cleaned:
         print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
 
     milestones = _asha_milestones(grace, epochs) if sweep.asha else []
-    specs = trial_specs(sweep, args.name, root, milestones)
+    specs = trial_specs(sweep, args.name, root, milestones, data)
     tracking = trackers.prepare(args, args.name, data, root)  # {'mlflow': {...}} or {}
-    search_ctx = dict(sweep=sweep, name=args.name, root=root, milestones=milestones, tracking=tracking)
+    search_ctx = dict(sweep=sweep, name=args.name, root=root, milestones=milestones, tracking=tracking, data=data)
     if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
         specs = sweep.search.recorded(search_ctx)
     for s in specs:
@@ -477,8 +484,8 @@ def _run(sweep: Sweep) -> int:
           f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
     if sweep.search.todo(done) if sweep.search else pending:
         logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
-        _init_ray(args, args.num_gpus)
-        _save_settings(root, settings)
+        _save_settings(root, settings)  # before Ray starts: a second driver checks against it
+        _init_ray(args, args.num_gpus, root)
         progress = Progress(args.name, [None] * sweep.search.n if sweep.search else specs, epochs, milestones, data, done)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})

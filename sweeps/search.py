@@ -127,7 +127,7 @@ class OptunaSearch:
     def _spec(self, ctx, values):
         p = self.make_point(values)
         sweep = dataclasses.replace(ctx["sweep"], points=[p])
-        spec = core.trial_specs(sweep, ctx["name"], ctx["root"], ctx["milestones"])[0]
+        spec = core.trial_specs(sweep, ctx["name"], ctx["root"], ctx["milestones"], ctx.get("data"))[0]
         spec.update(ctx["tracking"], search_values=values)
         return spec
 

@@ -36,15 +36,20 @@ def test_round_trip_through_a_merbench_folder(tmp_path):
     assert (root / ".prmf-cache").is_dir()
 
 
-def test_second_load_uses_the_cache_not_the_small_files(tmp_path):
+def test_second_load_uses_the_cache_not_the_small_files(tmp_path, monkeypatch):
+    from prmf.data import merbench
     root = make_root(tmp_path, LABELS, FEATS)
     first = load_merbench(root, FEATS)
-    for f in (root / "features" / "t-UTT").glob("*.npy"):  # rewritten in place: the folder is unchanged
-        np.save(f, np.zeros(4, np.float32))
+
+    def no_small_files(folder, names):
+        raise AssertionError(f"read {folder} again")
+
+    monkeypatch.setattr(merbench, "_load_feature", no_small_files)
     cached = load_merbench(root, FEATS)
-    fresh = load_merbench(root, FEATS, use_cache=False)
     assert np.array_equal(cached.splits["train"].inputs[1], first.splits["train"].inputs[1])
-    assert not fresh.splits["train"].inputs[1].any()
+    with pytest.raises(AssertionError, match="read"):  # one file rewritten: the cache is not used
+        np.save(root / "features" / "t-UTT" / "s1.npy", np.zeros(4, np.float32))
+        load_merbench(root, FEATS)
 
 
 def test_frame_level_features_are_padded_with_lengths(tmp_path):

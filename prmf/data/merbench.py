@@ -5,12 +5,15 @@
 
 The label pickle is read with a restricted unpickler (plain containers, numbers and the numpy
 array wrapper only). The first load writes a consolidated cache next to the data
-(ROOT/.prmf-cache/*.npz, no pickle) so later loads do not reopen thousands of small files.
+(ROOT/.prmf-cache/*.npz, no pickle) so later loads do not reopen thousands of small files. It is
+keyed on the name, size and mtime of every file it read, and rebuilt, with a line on stderr, when one changed.
 """
 import hashlib
 import io
 import json
+import os
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,16 +151,28 @@ def _load_feature(folder: Path, names):
     return out, lengths
 
 
+def _cache_name(root: Path, features):
+    """The cache file of (root, features): one per pair, replaced when its files change."""
+    return hashlib.sha1("|".join([str(root.resolve()), *features]).encode()).hexdigest()[:16]
+
+
 def _cache_key(root: Path, features):
-    parts = [str(root.resolve()), *features]
-    for p in [root / "label-6way.npz", *(root / "features" / f for f in features)]:
-        st = p.stat()
-        parts.append(f"{p.name}:{st.st_mtime_ns}:{st.st_size}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+    """Name, size and mtime of the label file and of every feature file (one scandir per folder):
+    a file re-extracted in place changes the key even where its folder's mtime does not."""
+    h = hashlib.sha1()
+    st = (root / "label-6way.npz").stat()
+    h.update(f"label-6way.npz:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for f in features:
+        with os.scandir(root / "features" / f) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                st = e.stat()
+                h.update(f"{f}/{e.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
-def _save_cache(path: Path, ds: Dataset):
-    arrays = {"meta": np.array(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type}))}
+def _save_cache(path: Path, ds: Dataset, key: str):
+    arrays = {"meta": np.array(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type,
+                                           "key": key}))}
     for s, sp in ds.splits.items():
         arrays.update({f"{s}/names": sp.names, f"{s}/emos": sp.emos, f"{s}/vals": sp.vals})
         for m, x, n in zip(MODALITIES, sp.inputs, sp.lengths):
@@ -172,14 +187,20 @@ def _save_cache(path: Path, ds: Dataset):
         pass  # a read-only data folder: no cache, the next load reads the files again
 
 
-def _load_cache(path: Path):
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
-        for s in SPLITS:
-            if f"{s}/names" in z:
-                ds.splits[s] = Split(z[f"{s}/names"], [z[f"{s}/{m}"] for m in MODALITIES],
-                                     [z[f"{s}/{m}_len"] for m in MODALITIES], z[f"{s}/emos"], z[f"{s}/vals"])
+def _load_cache(path: Path, key: str):
+    """The cached Dataset, or None when the files changed since it was written (or it is unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") != key:
+                return None
+            ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
+            for s in SPLITS:
+                if f"{s}/names" in z:
+                    ds.splits[s] = Split(z[f"{s}/names"], [z[f"{s}/{m}"] for m in MODALITIES],
+                                         [z[f"{s}/{m}_len"] for m in MODALITIES], z[f"{s}/emos"], z[f"{s}/vals"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
     return ds
 
 
@@ -196,9 +217,13 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
             raise DataError(f"{root / 'features' / f}: feature folder not found")
     if not (root / "label-6way.npz").is_file():
         raise DataError(f"{root / 'label-6way.npz'}: label file not found")
-    cache = root / ".prmf-cache" / f"{_cache_key(root, features)}.npz"
+    cache = root / ".prmf-cache" / f"{_cache_name(root, features)}.npz"
+    files_key = _cache_key(root, features) if use_cache else None
     if use_cache and cache.is_file():
-        return _load_cache(cache)
+        ds = _load_cache(cache, files_key)
+        if ds is not None:
+            return ds
+        print(f"{root}: feature files changed since {cache} was written; reading them again", file=sys.stderr)
     labels = read_label_file(root / "label-6way.npz")
     frame = [f.upper().endswith(("FRA", "FRM")) for f in features]
     if any(frame) and not all(frame):
@@ -220,5 +245,5 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
         if len(set(dims.values())) > 1:
             raise DataError(f"{root / 'features' / f}: feature dimension differs between splits {dims}")
     if use_cache:
-        _save_cache(cache, ds)
+        _save_cache(cache, ds, files_key)
     return ds
