@@ -32,6 +32,7 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
+from analysis import export  # noqa: E402
 from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key,  # noqa: E402
                               read_store_table, split_key, stderr_warn)
 from prmf.config import TrialConfig  # noqa: E402
@@ -263,8 +264,9 @@ def _lookup(df, keys: dict, col):
 # ---------------------------------------------------------------- the report
 
 def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=False, dataset=None,
-                 features=None) -> Path:
-    """Write OUT/report.md and its PNGs; returns the Markdown path. Raises ValueError without rows."""
+                 features=None, fmt="md") -> Path:
+    """Write OUT/report.md and its PNGs (and, for fmt csv|latex|json, its tables as files of that
+    format); returns the Markdown path. Raises ValueError without rows."""
     from analysis import plots
 
     results, epochs, left_out = load(result_dir, include_pruned, dataset, features)
@@ -395,6 +397,8 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
 
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")
+    export.write_tables(out, fmt, {"per_fold_summary": summary, "ensemble_summary": ensemble,
+                                   "comparison": diffs, "robustness": rob})
     return path
 
 
@@ -408,6 +412,9 @@ def parse_args(argv):
     p.add_argument("--features", help="only this feature set (names joined by + or ,; any order)")
     p.add_argument("--include-pruned", action="store_true",
                    help="also count pruned, failed and diverged trials (left out by default)")
+    p.add_argument("--format", choices=export.FORMATS, default="md",
+                   help="besides report.md, write its tables (per_fold_summary, ensemble_summary, comparison, "
+                        "robustness) as csv, latex (booktabs, best mean in bold) or json files")
     return p.parse_args(argv)
 
 
@@ -424,7 +431,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        path = build_report(result_dir, out, args.reference, args.include_pruned, args.dataset, args.features)
+        path = build_report(result_dir, out, args.reference, args.include_pruned, args.dataset, args.features,
+                            args.format)
     except (ValueError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

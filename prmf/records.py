@@ -40,11 +40,13 @@ def name_val_mse(val_mse, preds, vals) -> float:
     return float(np.mean((np.asarray(preds, dtype=np.float64) - labels) ** 2))
 
 
-def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None, identical=()):
+def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None, identical=(),
+           commit="unknown"):
     """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial.
 
     `identical`: other preset names whose effective config is this one's (trained once): their
-    rows are stored too, every row naming the others in `identical_to`."""
+    rows are stored too, every row naming the others in `identical_to`. `commit`: the code's git
+    commit (prmf.provenance), so every row can be traced to the code that produced it."""
     best, runs = result.best_epochs, result.epochs_run
     div = result.diverged_epochs or [0] * len(best)  # 0: did not diverge; else the epoch its loss went non-finite
     first_div = min((d for d in div if d), default=0)
@@ -59,7 +61,7 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,
             "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, "n_params": result.n_params,
-            **(extra or {})}
+            "commit": commit, **(extra or {})}
     names = [experiment, *identical]
     results = pd.DataFrame([{**meta, "experiment": name, "identical_to": ",".join(n for n in names if n != name),
                              **r, **config, "config_json": json.dumps(config, sort_keys=True)}

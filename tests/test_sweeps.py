@@ -42,6 +42,10 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
         np.load(npz[0], allow_pickle=False)["logits"]
     assert len(store.read_epochs(root)) == 2 * 5 * 3
     assert not list((root / "checkpoints").glob("*.pt"))  # finished trials leave no checkpoint behind
+    run, = (root / "provenance").glob("run-*.json")  # where the rows came from: command, commit, versions
+    record = json.loads(run.read_text())
+    assert "ablation.py" in record["command"] and set(record["trials"]) == set(df.trial_id)
+    assert set(df.commit) == {record["commit"] + ("+dirty" if record["dirty"] else "")}
 
 
 def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
