@@ -38,7 +38,7 @@ from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural
 from prmf.config import TrialConfig  # noqa: E402
 from prmf.data import dataset_name  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
-from prmf.store import AGGREGATE, StoreError, check_writable, is_store  # noqa: E402
+from prmf.store import StoreError, check_writable, is_store  # noqa: E402
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
@@ -155,13 +155,13 @@ def corrected_t_test(diffs, test_train_ratio) -> float:
 
 def test_train_ratio(folds: pd.DataFrame) -> float:
     """n_test / n_train of one CV fold: k folds of N samples hold N/k each, trained on the rest."""
-    k = folds.loc[folds["fold"] >= 0, "fold"].nunique()
+    k = folds["fold"].nunique()  # per-fold rows only (fold_rows)
     return 1 / (k - 1) if k > 1 else float("nan")
 
 
 def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
     """Per-fold clean rows, one per (group, split, seed, fold) (duplicates across stores averaged)."""
-    rows = results[(results["fold"] != AGGREGATE) & (results["scenario"] == "clean")]
+    rows = results[~results["is_aggregate"] & (results["scenario"] == "clean")]
     return rows.groupby(["group", "split", "seed", "fold"], as_index=False)[["f1", "acc"]].mean()
 
 
@@ -183,7 +183,7 @@ def summarize(folds: pd.DataFrame) -> pd.DataFrame:
 
 def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Fold-averaged (aggregate) clean metrics: mean and std over seeds per group and split."""
-    rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] == "clean")]
+    rows = results[results["is_aggregate"] & (results["scenario"] == "clean")]
     rows = rows.groupby(["group", "split", "seed"], as_index=False)[["f1", "acc"]].mean()
     return _mean_std(rows.groupby(["group", "split"]), ["f1", "acc"]).reset_index()
 
@@ -217,8 +217,14 @@ def pick_reference(groups, wanted: str):
 
 
 def robustness_table(results: pd.DataFrame) -> pd.DataFrame:
-    """group, split, scenario, acc/f1 mean and std over seeds of the fold-averaged scenario rows."""
-    rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] != "clean")]
+    """group, split, scenario, acc/f1 mean and std over seeds of the fold-averaged scenario rows;
+    'all' (every modality present) is the clean test rows, which the store holds once."""
+    scen = results[results["is_aggregate"] & (results["scenario"] != "clean")]
+    if scen.empty:
+        rows = scen
+    else:
+        clean = results[results["is_aggregate"] & (results["scenario"] == "clean") & results["split"].isin(scen["split"])]
+        rows = pd.concat([scen, clean.assign(scenario="all")], ignore_index=True)
     if rows.empty:
         return pd.DataFrame(columns=["group", "split", "scenario", "acc_mean", "acc_std", "f1_mean", "f1_std"])
     rows = rows.groupby(["group", "split", "scenario", "seed"], as_index=False)[["f1", "acc"]].mean()

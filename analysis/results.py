@@ -13,12 +13,11 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from analysis.export import wide_tables
 from prmf.data import dataset_name
 from prmf.records import NOT_COUNTED
-from prmf.store import AGGREGATE, is_store
+from prmf.store import StoreError, is_store, read_part
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULT_DIR = REPO_ROOT / "runs"
@@ -155,9 +154,9 @@ def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataF
     frames = []
     for part in sorted((Path(store) / table).glob("*.parquet")):
         try:
-            df = pq.read_table(part).to_pandas()
-        except Exception as e:
-            warn(f"skipped {part}: unreadable {table} file ({type(e).__name__}: {e})")
+            df = read_part(part, table)  # at this schema version, whatever version wrote it
+        except StoreError as e:
+            warn(f"skipped {e}")
             continue
         if table == "results" and {"f1", "acc"} <= set(df.columns):
             val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
@@ -189,7 +188,7 @@ def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
     if missing:
         warn(f"skipped store {store}: results lack columns {', '.join(sorted(missing))}")
         return empty
-    df = df[(df["fold"] == AGGREGATE) & (df["scenario"] == "clean")]
+    df = df[df["is_aggregate"] & (df["scenario"] == "clean")]
 
     def col(name, default):
         return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)

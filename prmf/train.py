@@ -86,7 +86,7 @@ def main(argv=None):
     store.write_trial(args.out, tid, results, epochs, predictions)
     provenance.write_run(args.out, provenance.collect(), {tid: {"experiment": experiment, "seed": args.seed,
                                                                 "cfg": cfg.to_dict()}})
-    agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
+    agg = results[results.is_aggregate & (results.scenario == "clean")]
     for _, r in agg.iterrows():
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
     print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "

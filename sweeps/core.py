@@ -510,7 +510,7 @@ def _run(sweep: Sweep) -> int:
         tuner.fit()
         if progress.tty:
             print(file=sys.stderr)
-    results = store.read_results(root)
+    results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
     done = store.completed_trials(root)
     specs = sweep.search.recorded(search_ctx) if sweep.search else specs
     trackers.sync(specs, done)  # MLflow: stored trials whose run was never closed (or never made)
@@ -527,10 +527,10 @@ def _run(sweep: Sweep) -> int:
 def summary(results):
     """ACC per experiment and split, mean ± std over folds (and seeds) of the per-fold clean rows of
     the trials that ran to their end; a line says so when the data are generated."""
-    if results.empty:
+    if results is None or results.empty:
         return
     stopped = results["status"].isin(records.NOT_COUNTED)
-    folds = results[~stopped & (results.fold != store.AGGREGATE) & (results.scenario == "clean")]
+    folds = results[~stopped & ~results.is_aggregate & (results.scenario == "clean")]
     if not folds.empty:
         stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"]).fillna(0.0)
         table = stats.apply(lambda r: f"{r['mean']:.4f} ± {r['std']:.4f}", axis=1).unstack("split")
