@@ -1,6 +1,6 @@
 """Best result per model and split over stores and MERBench result folders, as the seeds' table.
 
-    python analysis/best_results.py [--result-dir DIR ...] [--output FILE.md] [--json]
+    python analysis/best_results.py [--result-dir DIR ...] [--output FILE] [--format md|csv|latex|json]
                                     [--metric acc|f1] [--by model|experiment] [--select-by split|cv]
                                     [--dataset NAME] [--features A+B+C] [--experiment ExpN]
                                     [--include-pruned]
@@ -18,7 +18,8 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
-from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, filter_candidates,  # noqa: E402
+from analysis.export import FORMATS, to_csv, to_latex  # noqa: E402
+from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, SPLITS, filter_candidates,  # noqa: E402
                               render_json, render_markdown, scan, select_best)
 from prmf.store import StoreError, check_writable  # noqa: E402
 
@@ -29,7 +30,10 @@ def parse_args(argv):
                    help=f"a store or MERBench result folder, searched recursively (repeatable; "
                         f"default {DEFAULT_RESULT_DIR})")
     p.add_argument("--output", metavar="FILE", help="also write what is printed to FILE")
-    p.add_argument("--json", action="store_true", help="print a JSON array of the table's cells instead")
+    p.add_argument("--format", choices=FORMATS, default="md",
+                   help="md: Markdown tables (default); csv: one CSV of every table; latex: booktabs tables, the "
+                        "best of each column in bold; json: the table's cells with their source and commit")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
     p.add_argument("--metric", choices=("acc", "f1"), default="acc", help="what 'best' maximises")
     p.add_argument("--by", choices=("model", "experiment"), default="model",
                    help="one row per model (the paper's table, default), or one per ablation preset")
@@ -72,12 +76,12 @@ def main(argv=None) -> int:
     if left_out:
         notes.append("Left out (stopped before the end; --include-pruned counts them): "
                      + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.")
-    if args.json:  # notes on stderr: stdout stays one JSON document
-        text = render_json(best)
+    if args.format == "md":
+        text = render_markdown(best) + "\n\n" + "\n".join(notes)
+    else:  # notes on stderr: stdout stays one CSV, LaTeX or JSON document
+        text = {"csv": to_csv, "latex": to_latex}[args.format](best, SPLITS) if args.format != "json" else render_json(best)
         for n in notes:
             print(n, file=sys.stderr)
-    else:
-        text = render_markdown(best) + "\n\n" + "\n".join(notes)
     print(text)
     if args.output:
         out = Path(args.output)

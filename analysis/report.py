@@ -32,12 +32,13 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:  # run as a script from any cwd
     sys.path.insert(0, REPO_ROOT)
 
+from analysis import export  # noqa: E402
 from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key,  # noqa: E402
                               read_store_table, split_key, stderr_warn)
 from prmf.config import TrialConfig  # noqa: E402
 from prmf.data import dataset_name  # noqa: E402
 from prmf.robustness import missing_patterns, noise_level  # noqa: E402
-from prmf.store import AGGREGATE, StoreError, check_writable, is_store  # noqa: E402
+from prmf.store import StoreError, check_writable, is_store  # noqa: E402
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
@@ -154,13 +155,13 @@ def corrected_t_test(diffs, test_train_ratio) -> float:
 
 def test_train_ratio(folds: pd.DataFrame) -> float:
     """n_test / n_train of one CV fold: k folds of N samples hold N/k each, trained on the rest."""
-    k = folds.loc[folds["fold"] >= 0, "fold"].nunique()
+    k = folds["fold"].nunique()  # per-fold rows only (fold_rows)
     return 1 / (k - 1) if k > 1 else float("nan")
 
 
 def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
     """Per-fold clean rows, one per (group, split, seed, fold) (duplicates across stores averaged)."""
-    rows = results[(results["fold"] != AGGREGATE) & (results["scenario"] == "clean")]
+    rows = results[~results["is_aggregate"] & (results["scenario"] == "clean")]
     return rows.groupby(["group", "split", "seed", "fold"], as_index=False)[["f1", "acc"]].mean()
 
 
@@ -182,7 +183,7 @@ def summarize(folds: pd.DataFrame) -> pd.DataFrame:
 
 def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Fold-averaged (aggregate) clean metrics: mean and std over seeds per group and split."""
-    rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] == "clean")]
+    rows = results[results["is_aggregate"] & (results["scenario"] == "clean")]
     rows = rows.groupby(["group", "split", "seed"], as_index=False)[["f1", "acc"]].mean()
     return _mean_std(rows.groupby(["group", "split"]), ["f1", "acc"]).reset_index()
 
@@ -216,8 +217,14 @@ def pick_reference(groups, wanted: str):
 
 
 def robustness_table(results: pd.DataFrame) -> pd.DataFrame:
-    """group, split, scenario, acc/f1 mean and std over seeds of the fold-averaged scenario rows."""
-    rows = results[(results["fold"] == AGGREGATE) & (results["scenario"] != "clean")]
+    """group, split, scenario, acc/f1 mean and std over seeds of the fold-averaged scenario rows;
+    'all' (every modality present) is the clean test rows, which the store holds once."""
+    scen = results[results["is_aggregate"] & (results["scenario"] != "clean")]
+    if scen.empty:
+        rows = scen
+    else:
+        clean = results[results["is_aggregate"] & (results["scenario"] == "clean") & results["split"].isin(scen["split"])]
+        rows = pd.concat([scen, clean.assign(scenario="all")], ignore_index=True)
     if rows.empty:
         return pd.DataFrame(columns=["group", "split", "scenario", "acc_mean", "acc_std", "f1_mean", "f1_std"])
     rows = rows.groupby(["group", "split", "scenario", "seed"], as_index=False)[["f1", "acc"]].mean()
@@ -263,8 +270,9 @@ def _lookup(df, keys: dict, col):
 # ---------------------------------------------------------------- the report
 
 def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=False, dataset=None,
-                 features=None) -> Path:
-    """Write OUT/report.md and its PNGs; returns the Markdown path. Raises ValueError without rows."""
+                 features=None, fmt="md") -> Path:
+    """Write OUT/report.md and its PNGs (and, for fmt csv|latex|json, its tables as files of that
+    format); returns the Markdown path. Raises ValueError without rows."""
     from analysis import plots
 
     results, epochs, left_out = load(result_dir, include_pruned, dataset, features)
@@ -395,6 +403,8 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
 
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")
+    export.write_tables(out, fmt, {"per_fold_summary": summary, "ensemble_summary": ensemble,
+                                   "comparison": diffs, "robustness": rob})
     return path
 
 
@@ -408,6 +418,9 @@ def parse_args(argv):
     p.add_argument("--features", help="only this feature set (names joined by + or ,; any order)")
     p.add_argument("--include-pruned", action="store_true",
                    help="also count pruned, failed and diverged trials (left out by default)")
+    p.add_argument("--format", choices=export.FORMATS, default="md",
+                   help="besides report.md, write its tables (per_fold_summary, ensemble_summary, comparison, "
+                        "robustness) as csv, latex (booktabs, best mean in bold) or json files")
     return p.parse_args(argv)
 
 
@@ -424,7 +437,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        path = build_report(result_dir, out, args.reference, args.include_pruned, args.dataset, args.features)
+        path = build_report(result_dir, out, args.reference, args.include_pruned, args.dataset, args.features,
+                            args.format)
     except (ValueError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

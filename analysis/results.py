@@ -13,19 +13,19 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
+from analysis.export import wide_tables
 from prmf.data import dataset_name
 from prmf.records import NOT_COUNTED
-from prmf.store import AGGREGATE, is_store
+from prmf.store import StoreError, is_store, read_part
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULT_DIR = REPO_ROOT / "runs"
 SPLITS = ("cv", "test1", "test2", "test3")
 CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "split", "f1", "acc", "val",
-                     "source", "run", "status"]
+                     "source", "run", "status", "commit"]
 JSON_KEYS = ["dataset", "features", "model", "experiment", "split", "f1", "acc", "val", "display_name",
-             "source", "n_runs"]
+             "source", "n_runs", "commit"]
 UNNAMED = "unnamed"  # data set of a MERBench file name without a `_dataset:` field
 
 # The seeds' names (extract_best_results.py); attention_robust_vN -> "Robust vN" otherwise.
@@ -144,7 +144,7 @@ def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
     return {"dataset": dataset_name(info["dataset"] or UNNAMED), "features": features_key(info["features"]),
             "profile": "", "model": model, "experiment": None, "split": info["split"],
             "f1": info["f1"], "acc": info["acc"], "val": info["val"], "source": str(path),
-            "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished"}
+            "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished", "commit": None}
 
 
 def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataFrame:
@@ -154,9 +154,9 @@ def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataF
     frames = []
     for part in sorted((Path(store) / table).glob("*.parquet")):
         try:
-            df = pq.read_table(part).to_pandas()
-        except Exception as e:
-            warn(f"skipped {part}: unreadable {table} file ({type(e).__name__}: {e})")
+            df = read_part(part, table)  # at this schema version, whatever version wrote it
+        except StoreError as e:
+            warn(f"skipped {e}")
             continue
         if table == "results" and {"f1", "acc"} <= set(df.columns):
             val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
@@ -188,7 +188,7 @@ def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
     if missing:
         warn(f"skipped store {store}: results lack columns {', '.join(sorted(missing))}")
         return empty
-    df = df[(df["fold"] == AGGREGATE) & (df["scenario"] == "clean")]
+    df = df[df["is_aggregate"] & (df["scenario"] == "clean")]
 
     def col(name, default):
         return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
@@ -208,6 +208,7 @@ def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
         "source": source,
         "run": source + "@" + col("seed", "").astype(str),
         "status": col("status", "finished").fillna("finished").astype(str),
+        "commit": col("commit", None),  # None: a store written before rows carried it
     }, columns=CANDIDATE_COLUMNS)
 
 
@@ -328,9 +329,9 @@ def generated(dataset: str) -> bool:
 
 def render_markdown(best: pd.DataFrame) -> str:
     """One seeds' comparison table per (dataset, features), a header naming both."""
-    header = ["Method"] + [f"{s} {m}" for s in SPLITS for m in ("F1", "ACC")]
     out = []
-    for (dataset, features), table in best.groupby(["dataset", "features"], sort=False):
+    for (dataset, features), table in wide_tables(best, SPLITS):
+        header = list(table.columns)
         if out:
             out.append("")
         out.append(f"## {dataset} · features {features or '(not recorded)'}")
@@ -338,13 +339,8 @@ def render_markdown(best: pd.DataFrame) -> str:
             out.append("Generated data: these numbers show the pipeline works, not the paper's claims.")
         out += ["", "| " + " | ".join(header) + " |",
                 "|" + "|".join(["------"] + ["-----:"] * (len(header) - 1)) + "|"]
-        for name, rows in table.groupby("display_name", sort=False):
-            by_split = rows.drop_duplicates("split").set_index("split")
-            cells = [name]
-            for split in SPLITS:
-                for metric in ("f1", "acc"):
-                    cells.append(_cell(by_split[metric].get(split)))
-            out.append("| " + " | ".join(cells) + " |")
+        for row in table.itertuples(index=False):
+            out.append("| " + " | ".join([row[0], *map(_cell, row[1:])]) + " |")
     return "\n".join(out)
 
 
@@ -357,6 +353,7 @@ def to_records(best: pd.DataFrame) -> list[dict]:
             rec[key] = None if pd.isna(rec[key]) or not math.isfinite(rec[key]) else float(rec[key])
         rec["experiment"] = None if rec["experiment"] is None or pd.isna(rec["experiment"]) else str(rec["experiment"])
         rec["n_runs"] = int(rec["n_runs"])
+        rec["commit"] = None if rec["commit"] is None or pd.isna(rec["commit"]) else str(rec["commit"])
         records.append(rec)
     return records
 

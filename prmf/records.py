@@ -25,7 +25,9 @@ def trial_id(experiment: str, cfg, seed: int, dataset=None) -> str:
 
 
 def _row(split, fold, scenario, m, best_epoch, epochs_run, diverged_epoch):
-    return {"fold": fold, "split": split, "scenario": scenario, "f1": m["f1"], "acc": m["acc"],
+    """fold None: the row aggregates all folds (cv: mean of the folds' best epochs; tests: the
+    fold-averaged logits), marked by `is_aggregate` (docs/SCHEMA.md)."""
+    return {"is_aggregate": fold is None, "fold": fold, "split": split, "scenario": scenario, "f1": m["f1"], "acc": m["acc"],
             "val_mse": m["val_mse"], "emoval": m["emoval"], "best_epoch": best_epoch, "epochs_run": epochs_run,
             "diverged_epoch": diverged_epoch}
 
@@ -40,11 +42,13 @@ def name_val_mse(val_mse, preds, vals) -> float:
     return float(np.mean((np.asarray(preds, dtype=np.float64) - labels) ** 2))
 
 
-def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None, identical=()):
+def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_time_s, extra=None, identical=(),
+           commit="unknown"):
     """(results DataFrame, epochs DataFrame, {npz name: arrays}) for prmf.store.write_trial.
 
     `identical`: other preset names whose effective config is this one's (trained once): their
-    rows are stored too, every row naming the others in `identical_to`."""
+    rows are stored too, every row naming the others in `identical_to`. `commit`: the code's git
+    commit (prmf.provenance), so every row can be traced to the code that produced it."""
     best, runs = result.best_epochs, result.epochs_run
     div = result.diverged_epochs or [0] * len(best)  # 0: did not diverge; else the epoch its loss went non-finite
     first_div = min((d for d in div if d), default=0)
@@ -52,21 +56,22 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     rows = []
     for split, sr in result.splits.items():
         rows += [_row(split, k, "clean", m, best[k], runs[k], div[k]) for k, m in enumerate(sr.fold_metrics)]
-        rows.append(_row(split, store.AGGREGATE, "clean", sr.metrics, int(round(np.mean(best))), max(runs), first_div))
+        rows.append(_row(split, None, "clean", sr.metrics, int(round(np.mean(best))), max(runs), first_div))
     for (split, scenario), m in result.scenarios.items():
-        rows.append(_row(split, store.AGGREGATE, scenario, m, int(round(np.mean(best))), max(runs), first_div))
+        rows.append(_row(split, None, scenario, m, int(round(np.mean(best))), max(runs), first_div))
     config = cfg.to_dict()
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,
             "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, "n_params": result.n_params,
-            **(extra or {})}
+            "commit": commit, **(extra or {})}
     names = [experiment, *identical]
     results = pd.DataFrame([{**meta, "experiment": name, "identical_to": ",".join(n for n in names if n != name),
                              **r, **config, "config_json": json.dumps(config, sort_keys=True)}
                             for name in names for r in rows])
-    epochs = pd.DataFrame(result.history)
-    epochs.insert(0, "trial_id", tid)
-    epochs.insert(1, "seed", seed)
+    results["fold"] = results["fold"].astype("Int64")
+    epochs = pd.DataFrame(result.history).rename(columns={"val_val_mse": "val_mse"})  # the fold's validation MSE
+    for i, (col, value) in enumerate((("sweep", sweep), ("experiment", experiment), ("trial_id", tid), ("seed", seed))):
+        epochs.insert(i, col, value)
 
     ts = store.timestamp()
     predictions = {}

@@ -24,8 +24,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-AGGREGATE = -1  # `fold` value of the rows that aggregate all folds (cv mean, fold-averaged test)
-RESULT_KEY = ["trial_id", "experiment", "seed", "fold", "split", "scenario"]  # identical presets share a trial
+# The store's schema (docs/SCHEMA.md); its version is in every Parquet file's metadata, and the
+# readers bring files of every earlier version to this one (upgrade_results / upgrade_epochs).
+#   1: aggregate rows had fold = -1; a robustness scenario 'all' repeated the clean rows; the epoch
+#      history's validation MSE was `val_val_mse` and it had no sweep or experiment.
+#   2: an `is_aggregate` column (fold is null there); no 'all' rows; `val_mse`; sweep and experiment.
+SCHEMA_VERSION = 2
+SCHEMA_KEY = b"prmf_schema_version"
+RESULT_KEY = ["trial_id", "experiment", "seed", "is_aggregate", "fold", "split", "scenario"]  # identical presets share a trial
 
 
 class StoreError(Exception):
@@ -63,7 +69,9 @@ def atomic_write(path: Path, write):
 
 
 def write_table(path, df: pd.DataFrame):
-    atomic_write(Path(path), lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION).encode()})
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def prediction_name(split, features, dataset, model, feat_type, f1, acc, val, timestamp):
@@ -106,25 +114,55 @@ def completed_trials(store_dir):
     return {p.stem for p in d.glob("*.parquet")} if d.is_dir() else set()
 
 
-def _read_parts(folder: Path, what: str) -> pd.DataFrame:
-    parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    frames = []
-    for p in parts:
-        try:
-            frames.append(pq.read_table(p).to_pandas())
-        except Exception as e:  # a corrupt part names itself; the caller decides to stop or skip
-            raise StoreError(f"{p}: unreadable {what} file ({type(e).__name__}: {e})") from None
+def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
+    """Result rows of schema `version` as this version's."""
+    if version < 2 and "fold" in df:
+        df = df[df.get("scenario", pd.Series("", index=df.index)) != "all"].copy()  # 'all' repeated clean
+        df.insert(df.columns.get_loc("fold"), "is_aggregate", df["fold"] == -1)
+        df["fold"] = df["fold"].astype("Int64").mask(df["is_aggregate"])
+    return df
+
+
+def upgrade_epochs(df: pd.DataFrame, version: int) -> pd.DataFrame:
+    """Epoch rows of schema `version` as this version's."""
+    if version < 2:
+        df = df.rename(columns={"val_val_mse": "val_mse"})
+        for i, col in enumerate(("sweep", "experiment")):
+            if col not in df:
+                df.insert(i, col, None)
+    return df
+
+
+def read_part(path: Path, table="results") -> pd.DataFrame:
+    """One Parquet file of a store (`results` or `epochs`), brought to this schema version."""
+    try:
+        t = pq.read_table(path)
+    except Exception as e:  # a corrupt part names itself; the caller decides to stop or skip
+        raise StoreError(f"{path}: unreadable {table} file ({type(e).__name__}: {e})") from None
+    version = int((t.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: written by a newer prmf-sweep (schema {version} > {SCHEMA_VERSION}); update it")
+    return (upgrade_results if table == "results" else upgrade_epochs)(t.to_pandas(), version)
+
+
+def _read_parts(store_dir, table: str) -> pd.DataFrame:
+    store = Path(store_dir)
+    if not is_store(store):
+        raise StoreError(f"{store}: no result store here (no results/ folder)")
+    frames = [read_part(p, table) for p in sorted((store / table).glob("*.parquet"))]
+    frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def read_results(store_dir) -> pd.DataFrame:
-    """All result rows of a store as one DataFrame (empty if there are none)."""
-    return _read_parts(Path(store_dir) / "results", "results")
+    """All result rows of a store as one DataFrame, at this schema version (StoreError if DIR holds
+    no store; an empty frame if it holds no finished trial yet)."""
+    return _read_parts(store_dir, "results")
 
 
 def read_epochs(store_dir) -> pd.DataFrame:
-    """The per-epoch history of every trial of a store."""
-    return _read_parts(Path(store_dir) / "epochs", "epoch history")
+    """The per-epoch history of every trial of a store, at this schema version."""
+    return _read_parts(store_dir, "epochs")
 
 
 def is_store(path) -> bool:

@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from . import records, store
+from . import provenance, records, store
 from .config import (PRESETS, ConfigError, effective_config, experiments_help, for_data, make_config, parse_sets,
                      preset_config)
 from .data import DataError, check_folds, load_data
@@ -82,9 +82,11 @@ def main(argv=None):
     print(file=sys.stderr)
     results, epochs, predictions = records.tables(
         result, tid=tid, sweep="single", experiment=experiment, cfg=cfg, seed=args.seed, dataset=data,
-        status="finished", wall_time_s=time.time() - t0)
+        status="finished", wall_time_s=time.time() - t0, commit=provenance.git_commit())
     store.write_trial(args.out, tid, results, epochs, predictions)
-    agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
+    provenance.write_run(args.out, provenance.collect(), {tid: {"experiment": experiment, "seed": args.seed,
+                                                                "cfg": cfg.to_dict()}})
+    agg = results[results.is_aggregate & (results.scenario == "clean")]
     for _, r in agg.iterrows():
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
     print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "

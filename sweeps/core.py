@@ -26,7 +26,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import torch  # noqa: E402
 
 from cluster.address import resolve_address  # noqa: E402
-from prmf import records, store  # noqa: E402
+from prmf import provenance, records, store  # noqa: E402
 from prmf.config import ConfigError, for_data, make_config, parse_sets  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
@@ -144,7 +144,8 @@ def _write_result(runner, spec, data, status, wall_time_s, node):
     result = runner.finish(robustness_scenarios() if spec["robustness"] else None)
     results, epochs, predictions = records.tables(
         result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
-        dataset=data, status=status, wall_time_s=wall_time_s, extra=node, identical=spec.get("identical", ()))
+        dataset=data, status=status, wall_time_s=wall_time_s, extra=node, identical=spec.get("identical", ()),
+        commit=spec.get("commit", "unknown"))
     store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
     trackers.log_result(spec, status)  # MLflow: final metrics, NPZ artifacts, run closed
 
@@ -403,7 +404,8 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None):
                           "cfg": p.cfg.to_dict(),
                           "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
                           "folds": args.folds, "checkpoint_every": args.checkpoint_every,
-                          "milestones": milestones, "cpus": cpus, "robustness": True})
+                          "milestones": milestones, "cpus": cpus, "robustness": True,
+                          "commit": provenance.git_commit()})
     return specs
 
 
@@ -485,6 +487,8 @@ def _run(sweep: Sweep) -> int:
     if sweep.search.todo(done) if sweep.search else pending:
         logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
         _save_settings(root, settings)  # before Ray starts: a second driver checks against it
+        provenance.write_run(root, provenance.collect(), {s["trial_id"]: {k: s[k] for k in ("experiment", "seed", "cfg")}
+                                                         for s in specs})
         _init_ray(args, args.num_gpus, root)
         progress = Progress(args.name, [None] * sweep.search.n if sweep.search else specs, epochs, milestones, data, done)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
@@ -506,7 +510,7 @@ def _run(sweep: Sweep) -> int:
         tuner.fit()
         if progress.tty:
             print(file=sys.stderr)
-    results = store.read_results(root)
+    results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
     done = store.completed_trials(root)
     specs = sweep.search.recorded(search_ctx) if sweep.search else specs
     trackers.sync(specs, done)  # MLflow: stored trials whose run was never closed (or never made)
@@ -523,10 +527,10 @@ def _run(sweep: Sweep) -> int:
 def summary(results):
     """ACC per experiment and split, mean ± std over folds (and seeds) of the per-fold clean rows of
     the trials that ran to their end; a line says so when the data are generated."""
-    if results.empty:
+    if results is None or results.empty:
         return
     stopped = results["status"].isin(records.NOT_COUNTED)
-    folds = results[~stopped & (results.fold != store.AGGREGATE) & (results.scenario == "clean")]
+    folds = results[~stopped & ~results.is_aggregate & (results.scenario == "clean")]
     if not folds.empty:
         stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"]).fillna(0.0)
         table = stats.apply(lambda r: f"{r['mean']:.4f} ± {r['std']:.4f}", axis=1).unstack("split")

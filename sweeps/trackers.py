@@ -145,7 +145,7 @@ def log_result(spec, status):
 def _log_final(client, run_id, root, trial_id, status):
     from mlflow.entities import Metric
     df = pq.read_table(root / "results" / f"{trial_id}.parquet").to_pandas()
-    agg = df[(df.fold == store.AGGREGATE) & (df.scenario == "clean")]
+    agg = df[df.is_aggregate & (df.scenario == "clean")]
     now = store.timestamp() * 1000
     metrics = [Metric(f"{r.split}_{m}", float(getattr(r, m)), now, 0) for r in agg.itertuples() for m in METRICS
                if pd.notna(getattr(r, m))]  # no labels (MER2023 test3: no valence) -> no metric

@@ -88,7 +88,8 @@ def make_results(trial_id, model, experiment, seed, clean, decoy=0.99, dataset="
     rows = []
 
     def add(fold, split, scenario, f1, acc, val):
-        rows.append(dict(trial_id=trial_id, experiment=experiment, model=model, seed=seed, fold=fold,
+        rows.append(dict(trial_id=trial_id, experiment=experiment, model=model, seed=seed,
+                         is_aggregate=fold is None, fold=fold,
                          split=split, scenario=scenario, f1=f1, acc=acc, val_mse=val, emoval=f1 - 0.25 * val,
                          best_epoch=30, epochs_run=70, wall_time_s=12.5, status=status,
                          features=features, dataset=dataset, lr=3e-4, hidden_dim=128))
@@ -96,8 +97,8 @@ def make_results(trial_id, model, experiment, seed, clean, decoy=0.99, dataset="
     for fold in range(5):
         add(fold, "cv", "clean", decoy, decoy, 0.5)
     for split, (f1, acc, val) in clean.items():
-        add(-1, split, "clean", f1, acc, val)
-        add(-1, split, "missing_audio", decoy, decoy, 0.5)
+        add(None, split, "clean", f1, acc, val)
+        add(None, split, "missing_audio", decoy, decoy, 0.5)
     return pd.DataFrame(rows)
 
 

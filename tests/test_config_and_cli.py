@@ -69,4 +69,4 @@ def test_cli_runs_one_trial_into_a_store(tmp_path, data_dir):
     df = store.read_results(out)
     clean = df[df.scenario == "clean"]
     assert len(clean) == 24 and set(clean.split) == {"cv", "test1", "test2", "test3"} and (df.experiment == "Exp1").all()
-    assert set(df.scenario) >= {"all", "-t", "-a-v", "noise:1"}  # robustness rows are on by default
+    assert set(df.scenario) >= {"-t", "-a-v", "noise:1"}  # robustness rows are on by default

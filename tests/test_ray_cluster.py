@@ -59,7 +59,7 @@ def test_two_node_ray_cluster_runs_sweep_on_both_nodes(tmp_path, data_dir):
     df = read_results(storage / "two-node")
     assert set(df.experiment) == {"Exp1", "Exp4"}
     assert set(df.status) == {"finished"}
-    assert set(df.fold) == {0, 1, 2, 3, 4, -1}
+    assert set(df.fold.dropna()) == {0, 1, 2, 3, 4} and df.fold.isna().equals(df.is_aggregate)
     assert set(df.split) == {"cv", "test1", "test2", "test3"}
     assert not df.duplicated(["trial_id", "seed", "fold", "split", "scenario"]).any()
     # one CPU per node and one CPU per trial: the two trials ran at once, one on each node

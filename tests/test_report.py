@@ -80,20 +80,20 @@ def test_statistics_match_the_store(sweep):
     assert groups == ["Exp1", "Exp4"] and varying == {"Exp1": [], "Exp4": []}
     folds = report.fold_rows(results)
     summary = report.summarize(folds).set_index(["group", "split"])
-    raw = results[(results.fold >= 0) & (results.scenario == "clean") & (results.experiment == "Exp4")]
+    raw = results[~results.is_aggregate & (results.scenario == "clean") & (results.experiment == "Exp4")]
     for split in ("cv", "test1"):
         acc = raw[raw.split == split].acc
         assert summary.loc[("Exp4", split), "acc_mean"] == pytest.approx(acc.mean())
         assert summary.loc[("Exp4", split), "acc_std"] == pytest.approx(acc.std())
         assert summary.loc[("Exp4", split), "runs"] == 10 and summary.loc[("Exp4", split), "seeds"] == 2
     diff = report.compare(folds, "Exp1").set_index(["group", "split"])
-    ref = results[(results.fold >= 0) & (results.scenario == "clean") & (results.experiment == "Exp1")]
+    ref = results[~results.is_aggregate & (results.scenario == "clean") & (results.experiment == "Exp1")]
     a = raw[raw.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
     b = ref[ref.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
     assert diff.loc[("Exp4", "cv"), "acc_diff"] == pytest.approx(np.mean(a - b))
     assert diff.loc[("Exp4", "cv"), "acc_p"] == pytest.approx(report.corrected_t_test(a - b, 1 / 4))
     rob = report.robustness_table(results).set_index(["group", "split", "scenario"])
-    agg = results[(results.fold == store.AGGREGATE) & (results.scenario == "clean")]
+    agg = results[results.is_aggregate & (results.scenario == "clean")]
     clean = agg[(agg.experiment == "Exp4") & (agg.split == "test2")].acc.mean()
     assert rob.loc[("Exp4", "test2", "all"), "acc_mean"] == clean
 

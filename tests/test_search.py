@@ -111,7 +111,7 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
     client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("opt").experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(df.trial_id.unique())
-    agg = df[(df.fold == store.AGGREGATE) & (df.scenario == "clean") & (df.split == "cv")].set_index("trial_id")
+    agg = df[df.is_aggregate & (df.scenario == "clean") & (df.split == "cv")].set_index("trial_id")
     for run in runs:
         tid = run.info.run_name
         assert run.info.status == "FINISHED" and run.data.tags["status"] == agg.loc[tid, "status"]

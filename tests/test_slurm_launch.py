@@ -99,7 +99,7 @@ def check_store(df):
     assert df.trial_id.nunique() == len(EXPERIMENTS)
     assert set(df.status) == {"finished"}
     assert set(df.split) == SPLITS
-    assert set(df.fold) == set(range(FOLDS)) | {-1}
+    assert set(df.fold.dropna()) == set(range(FOLDS)) and df.fold.isna().equals(df.is_aggregate)
     assert not df.duplicated(["trial_id", "seed", "fold", "split", "scenario"]).any()
 
 

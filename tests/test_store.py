@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from prmf import records, store
@@ -33,12 +34,13 @@ def test_store_round_trip_has_one_row_per_fold_or_aggregate_and_split(tmp_path, 
     df = store.read_results(tmp_path)
     assert len(df) == 4 * 6
     assert not df.duplicated(store.RESULT_KEY).any()
-    agg = df[(df.fold == store.AGGREGATE) & (df.split == "test1")].iloc[0]
+    agg = df[df.is_aggregate & (df.split == "test1")].iloc[0]
     assert agg.acc == pytest.approx(result.splits["test1"].metrics["acc"])
     assert agg.kl_weight == cfg.kl_weight and json.loads(agg.config_json)["use_vae"] is True
     assert agg.model == "attention_robust_v2" and agg.experiment == "Exp2"
     ep = store.read_epochs(tmp_path)
-    assert len(ep) == 5 * 2 and set(ep.columns) >= {"trial_id", "fold", "epoch", "val_emoval", "train_loss"}
+    assert len(ep) == 5 * 2 and set(ep.columns) >= {"trial_id", "fold", "epoch", "val_emoval", "train_loss", "val_mse"}
+    assert (set(ep.sweep), set(ep.experiment)) == ({"t"}, {"Exp2"}) and not any(c.startswith("val_val") for c in ep)
 
 
 def test_npz_predictions_are_merbench_named_and_load_without_pickle(tmp_path, tiny_data, trial):
@@ -112,7 +114,7 @@ def test_every_npz_name_parses_with_the_seeds_regex_test3_included(tmp_path, tin
     assert np.isnan(sr.vals).all()  # the built-in set, like MER2023, has no test3 valence
     merbench_val = float(np.mean((sr.vals_pred.astype(np.float64) - NO_VALENCE) ** 2))
     assert float(re.search(SEEDS_RE, test3.name).group(3)) == pytest.approx(merbench_val, abs=6e-5)
-    agg = results[(results.fold == store.AGGREGATE) & (results.split == "test3") & (results.scenario == "clean")]
+    agg = results[results.is_aggregate & (results.split == "test3") & (results.scenario == "clean")]
     assert np.isnan(agg.val_mse.iloc[0])  # the Parquet keeps NaN: there is no valence to compare with
 
 
@@ -130,3 +132,43 @@ def test_dataset_names(tmp_path, tiny_root, data_dir):
     assert load_data(str(other), FEATURES["tiny"]).name == "my-set"
     ds = load_data("synthetic", profile="tiny")
     assert (ds.name, ds.profile) == ("MER2023-synthetic-tiny", "tiny")
+
+
+def test_a_store_of_schema_1_reads_as_the_current_schema(tmp_path):
+    """Stores written before schema 2 (fold = -1 on aggregate rows, 'all' rows repeating clean,
+    `val_val_mse` in the history, no version in the metadata) read as if written today."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "results").mkdir()
+    (tmp_path / "epochs").mkdir()
+    rows = pd.DataFrame({"trial_id": "old", "experiment": "Exp1", "model": "attention_robust_v2", "seed": 0,
+                         "fold": [0, 1, -1, -1, -1],
+                         "split": ["cv", "cv", "cv", "test1", "test1"], "scenario": ["clean"] * 4 + ["all"],
+                         "f1": [0.5, 0.6, 0.55, 0.7, 0.7], "acc": [0.5, 0.6, 0.55, 0.7, 0.7]})
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / "results" / "old.parquet")
+    hist = pd.DataFrame({"trial_id": "old", "seed": 0, "fold": [0, 1], "epoch": 1, "val_val_mse": [1.0, 2.0]})
+    pq.write_table(pa.Table.from_pandas(hist, preserve_index=False), tmp_path / "epochs" / "old.parquet")
+    df = store.read_results(tmp_path)
+    assert list(df.is_aggregate) == [False, False, True, True] and list(df.fold.isna()) == [False, False, True, True]
+    assert "all" not in set(df.scenario) and df.fold.dropna().tolist() == [0, 1]
+    ep = store.read_epochs(tmp_path)
+    assert list(ep.columns[:2]) == ["sweep", "experiment"] and ep.val_mse.tolist() == [1.0, 2.0]
+    assert "val_val_mse" not in ep
+    from analysis.results import scan  # the table's reader takes the same path
+    assert sorted(scan([tmp_path]).split) == ["cv", "test1"]
+
+
+def test_a_store_says_its_version_and_a_newer_one_or_no_store_is_refused(tmp_path, tiny_data, trial):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cfg, result = trial
+    write(tmp_path, tiny_data, cfg, result)
+    part = next((tmp_path / "results").glob("*.parquet"))
+    assert pq.read_schema(part).metadata[store.SCHEMA_KEY] == str(store.SCHEMA_VERSION).encode()
+    assert store.read_results(tmp_path).is_aggregate.sum() == 4  # one per split
+    t = pq.read_table(part)
+    pq.write_table(t.replace_schema_metadata({store.SCHEMA_KEY: b"99"}), part)
+    with pytest.raises(store.StoreError, match="newer prmf-sweep"):
+        store.read_results(tmp_path)
+    with pytest.raises(store.StoreError, match="no result store here"):
+        store.read_results(tmp_path / "nothing")

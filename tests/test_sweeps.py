@@ -34,7 +34,8 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
     assert sorted(clean.experiment.unique()) == ["Exp1", "Exp4"]
     assert len(clean) == 2 * 4 * 6  # trials x splits x (5 folds + aggregate)
     assert not df.duplicated(store.RESULT_KEY).any()
-    assert set(clean.fold) == {-1, 0, 1, 2, 3, 4} and (df.status == "finished").all()
+    assert set(clean.fold.dropna()) == {0, 1, 2, 3, 4} and clean.fold.isna().equals(clean.is_aggregate)
+    assert (df.status == "finished").all()
     assert (clean.epochs_run <= 3).all() and (clean.model == "attention_robust_v2").all()
     for tid in df.trial_id.unique():
         npz = sorted((root / "predictions" / tid).glob("*.npz"))
@@ -42,6 +43,10 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
         np.load(npz[0], allow_pickle=False)["logits"]
     assert len(store.read_epochs(root)) == 2 * 5 * 3
     assert not list((root / "checkpoints").glob("*.pt"))  # finished trials leave no checkpoint behind
+    run, = (root / "provenance").glob("run-*.json")  # where the rows came from: command, commit, versions
+    record = json.loads(run.read_text())
+    assert "ablation.py" in record["command"] and set(record["trials"]) == set(df.trial_id)
+    assert set(df.commit) == {record["commit"] + ("+dirty" if record["dirty"] else "")}
 
 
 def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
@@ -52,7 +57,7 @@ def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
     sweep("grid.py", "--grid", str(grid), "--epochs", "8", "--grace-period", "2", "--cpus-per-trial", "2",
           "--storage", str(tmp_path), "--name", "g")
     df = store.read_results(tmp_path / "g")
-    agg = df[(df.fold == -1) & (df.scenario == "clean") & (df.split == "cv")].set_index("lr")
+    agg = df[df.is_aggregate & (df.scenario == "clean") & (df.split == "cv")].set_index("lr")
     assert agg.loc[0.003, "status"] == "finished" and agg.loc[0.003, "epochs_run"] == 8
     assert agg.loc[1e-9, "status"] == "pruned" and agg.loc[1e-9, "epochs_run"] == 2
     assert agg.loc[1e-9, "acc"] < agg.loc[0.003, "acc"]

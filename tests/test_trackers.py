@@ -25,7 +25,7 @@ def test_a_sweep_logs_one_mlflow_run_per_trial_with_params_epochs_finals_and_npz
     sweep("grid.py", *args)
     root = tmp_path / "tracked"
     df = store.read_results(root)
-    agg = df[(df.fold == store.AGGREGATE) & (df.scenario == "clean")]
+    agg = df[df.is_aggregate & (df.scenario == "clean")]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("tracked")

@@ -1,0 +1,70 @@
+"""Where a result came from: the command, the code's commit, the library versions and the machine.
+
+Recorded once per run of a sweep (STORAGE/NAME/provenance/run-NNN.json) and, as `commit`, on
+every results row, so a cell of the paper table can be traced to the code that produced it.
+"""
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "ray", "pyarrow", "numpy", "pandas", "scikit-learn")
+
+
+@lru_cache(maxsize=None)
+def git_commit(repo: Path = REPO) -> str:
+    """HEAD's hash, with '+dirty' when tracked files differ from it; 'unknown' outside a checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine() -> dict:
+    import torch
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "gpus": gpus}
+
+
+def collect(argv=None) -> dict:
+    """Everything above for this process (the driver of a sweep, or `prmf.train`)."""
+    argv = sys.argv if argv is None else argv
+    commit = git_commit()
+    return {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": shlex.join([Path(sys.executable).name, *argv]), "cwd": str(Path.cwd()),
+            "commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty"),
+            "versions": versions(), "machine": machine()}
+
+
+def write_run(folder: Path, record: dict, trials: dict) -> Path:
+    """folder/provenance/run-NNN.json: this run's record and the resolved config of every trial."""
+    from .store import atomic_write
+    d = Path(folder) / "provenance"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"run-{len(list(d.glob('run-*.json'))):03d}.json"
+    text = json.dumps({**record, "trials": trials}, indent=1, sort_keys=True, default=str)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
