@@ -304,6 +304,26 @@ def _init_ray(args, num_gpus, root):
         raise SweepError(f"--num-gpus {num_gpus:g} is more than the cluster has ({have:g} GPUs at {address})")
 
 
+def _check_cuda_on_workers(gpus_per_trial):
+    """GPUs asked for, but a torch without CUDA where the trials run (a venv built on a GPU-less
+    login node) would train every trial on CPUs: one probe task on a GPU refuses that up front.
+    PRMF_SKIP_CUDA_CHECK=1 skips it, as in slurm/launch_ray.sh."""
+    import ray
+    if os.environ.get("PRMF_SKIP_CUDA_CHECK") == "1":
+        return
+
+    @ray.remote(num_cpus=0, num_gpus=gpus_per_trial)
+    def probe():
+        import torch
+        return torch.cuda.is_available(), torch.__version__, socket.gethostname()
+
+    ok, version, host = ray.get(probe.remote(), timeout=300)
+    if not ok:
+        ray.shutdown()
+        raise SweepError(f"GPUs were asked for (--num-gpus), but torch {version} on {host} has no CUDA: build the "
+                         f"nodes' venv with a CUDA torch (make venv CUDA=12.4), or set PRMF_SKIP_CUDA_CHECK=1")
+
+
 class Progress:
     """A live line (trials done/running/pending, best so far, ETA), and the driver's part of ASHA:
     a trial stopped at a rung without results is scored from its checkpoint and stored as pruned."""
@@ -490,6 +510,8 @@ def _run(sweep: Sweep) -> int:
         provenance.write_run(root, provenance.collect(), {s["trial_id"]: {k: s[k] for k in ("experiment", "seed", "cfg")}
                                                          for s in specs})
         _init_ray(args, args.num_gpus, root)
+        if gpus_per_trial:
+            _check_cuda_on_workers(gpus_per_trial)
         progress = Progress(args.name, [None] * sweep.search.n if sweep.search else specs, epochs, milestones, data, done)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})

@@ -274,7 +274,7 @@ def slurm_cluster_in(workdir, **kw):
 # ---------------------------------------------------------------- Ray
 
 @contextmanager
-def local_ray_cluster(workdir, workers=1, cpus_per_node=1, timeout=180, env=None):
+def local_ray_cluster(workdir, workers=1, cpus_per_node=1, timeout=180, env=None, gpus_per_node=0):
     """A Ray head and `workers` worker nodes on this host, started by cluster/start_local_cluster.sh
     (each node its own `ray start --block` process, children of the script) in a process group of
     our own; yields the head's address. Stopped by SIGTERM to the script's PID (it stops its nodes
@@ -286,7 +286,7 @@ def local_ray_cluster(workdir, workers=1, cpus_per_node=1, timeout=180, env=None
     t0 = time.monotonic()
     proc = subprocess.Popen(
         ["bash", str(REPO / "cluster" / "start_local_cluster.sh"), "--workers", str(workers),
-         "--num-cpus", str(cpus_per_node), "--num-gpus", "0", "--address-file", str(addr_file)],
+         "--num-cpus", str(cpus_per_node), "--num-gpus", str(gpus_per_node), "--address-file", str(addr_file)],
         env=env or python_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, cwd=REPO)
     log.close()

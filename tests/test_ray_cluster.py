@@ -45,9 +45,20 @@ def test_two_node_ray_cluster_runs_sweep_on_both_nodes(tmp_path, data_dir):
     env = python_env(RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     t0 = time.monotonic()
-    with local_ray_cluster(tmp_path / "ray", workers=1, cpus_per_node=1, env=env) as address:
+    # each node advertises one (fake) GPU: a sweep asking for GPUs is refused in one line by the
+    # torch on the workers, which has no CUDA here, before any trial starts
+    with local_ray_cluster(tmp_path / "ray", workers=1, cpus_per_node=1, env=env, gpus_per_node=1) as address:
         t_up = time.monotonic()
         storage = tmp_path / "store"
+        import torch
+        if not torch.cuda.is_available():
+            r = subprocess.run([sys.executable, "sweeps/ablation.py", *SWEEP_ARGS, "--address", address, "--num-gpus", "2",
+                                "--storage", str(storage), "--name", "gpus"],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+            assert r.returncode == 2 and len(errors) == 1 and "has no CUDA" in errors[0], r.stderr[-3000:]
+            assert "Traceback" not in r.stderr and not (storage / "gpus" / "results").exists()
+            t_up = time.monotonic()
         r = subprocess.run([sys.executable, "sweeps/ablation.py", *SWEEP_ARGS, "--address", address,
                             "--storage", str(storage), "--name", "two-node"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
