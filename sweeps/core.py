@@ -250,9 +250,13 @@ def _clean_stale_temp(root: Path, started: float):
 class _ResumeHint(logging.Filter):
     """Ray Tune ends an interrupted run with 'Resume experiment with: Tuner.restore(...)'; here resuming
     is running the same command again, so its hint is dropped (and ours printed)."""
+    interrupted = False
 
     def filter(self, record):
-        return "Tuner.restore" not in record.getMessage()
+        if "Tuner.restore" in record.getMessage():
+            self.interrupted = True
+            return False
+        return True
 
 
 _RESUME_HINT = _ResumeHint()
@@ -472,9 +476,12 @@ def _run(sweep: Sweep) -> int:
                                       callbacks=[progress.callback],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        _RESUME_HINT.interrupted = False
         tuner.fit()
         if progress.tty:
             print(file=sys.stderr)
+        if _RESUME_HINT.interrupted:  # Ctrl-C or SIGUSR1: Tune stopped its trials and returned
+            raise KeyboardInterrupt
     results = store.read_results(root)
     done = store.completed_trials(root)
     missing = [s["trial_id"] for s in specs if s["trial_id"] not in done]
