@@ -260,9 +260,13 @@ def _clean_stale_temp(root: Path, started: float):
 class _ResumeHint(logging.Filter):
     """Ray Tune ends an interrupted run with 'Resume experiment with: Tuner.restore(...)'; here resuming
     is running the same command again, so its hint is dropped (and ours printed)."""
+    interrupted = False
 
     def filter(self, record):
-        return "Tuner.restore" not in record.getMessage()
+        if "Tuner.restore" in record.getMessage():
+            self.interrupted = True
+            return False
+        return True
 
 
 _RESUME_HINT = _ResumeHint()
@@ -529,9 +533,12 @@ def _run(sweep: Sweep) -> int:
                                       callbacks=[progress.callback, *trackers.callbacks(args, args.name)],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        _RESUME_HINT.interrupted = False
         tuner.fit()
         if progress.tty:
             print(file=sys.stderr)
+        if _RESUME_HINT.interrupted:  # Ctrl-C or SIGUSR1: Tune stopped its trials and returned
+            raise KeyboardInterrupt
     results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
     done = store.completed_trials(root)
     specs = sweep.search.recorded(search_ctx) if sweep.search else specs
