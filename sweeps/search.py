@@ -29,7 +29,7 @@ import ray
 from ray.tune.search import Searcher
 
 from prmf.config import ConfigError, make_config
-from prmf.store import atomic_write, completed_trials
+from prmf.store import atomic_write
 from sweeps import core
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
