@@ -148,6 +148,20 @@ def modality_dropout_rate(cfg, epoch: int) -> float:
     return p_max * min(1.0, max(0, epoch - warm) / (cfg.modality_dropout_ramp_end - warm))
 
 
+# Keys in which the members of one batched model may differ (prmf/engine.py): loss weights,
+# temperatures, dropout rates and their schedule, learning rate, weight decay, early-stopping
+# delta. Every other key (model, architecture, epochs, patience, batch size...) splits a grid
+# into packs.
+MEMBER_KEYS = ("kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature", "dropout", "use_modality_dropout",
+               "modality_dropout", "modality_dropout_warmup", "modality_dropout_ramp", "modality_dropout_ramp_end",
+               "lr", "weight_decay", "min_delta", "emo_weight", "val_weight")
+
+
+def pack_key(cfg) -> tuple:
+    """What members of one pack share: every config key but MEMBER_KEYS."""
+    return tuple(sorted((k, v) for k, v in cfg.to_dict().items() if k not in MEMBER_KEYS))
+
+
 def for_data(cfg, data_feat_type: str):
     """The config for a data set: frame-level (-FRA) folders select the frame-level encoders
     (MERBench's frm_unalign); a frame-level feat_type on utterance-level folders is an error."""

@@ -61,7 +61,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     from . import robustness
-    from .trainer import train_trial
+    from .engine import train_trial
 
     experiment = preset or cfg.model
     same = [n for n in PRESETS if n != preset and preset
@@ -75,7 +75,9 @@ def main(argv=None):
           f"{args.folds} folds, seed {args.seed}, device {device or 'auto'}", file=sys.stderr)
 
     def progress(epoch, score):
-        print(f"\r{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}", end="", file=sys.stderr, flush=True)
+        eta = (time.time() - t0) / epoch * (cfg.epochs - epoch)  # to the last epoch; patience may end it sooner
+        print(f"\r{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+              end="", file=sys.stderr, flush=True)
 
     scenarios = robustness.scenarios() if args.robustness else None
     result = train_trial(cfg, data, args.seed, args.folds, device, on_epoch=progress, scenarios=scenarios)

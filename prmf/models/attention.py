@@ -1,4 +1,5 @@
-"""MERBench's baselines: `attention` (Baseline v0) and `attention_robust` (Robust v1, the seeds' V1).
+"""MERBench's baselines: `attention` (Baseline v0) and `attention_robust` (Robust v1, the seeds' V1),
+and what every model shares (FusionModel).
 
 `attention` is MERBench's toolkit/models/attention.py exactly: the raw fc_att scores (no softmax)
 weight the modality hiddens and there is no dropout before the output layers. `attention_robust`
@@ -10,74 +11,99 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import modality_dropout_rate
 from .encoders import LSTMEncoder, MLPEncoder
 from .fusion import modality_dropout_keep, present_mask
+from .layers import Linear, dropout
+
+# Config keys the models read per member (the engine owns lr, weight decay, loss weights of the
+# heads and the modality-dropout schedule); every other key is the same for all members.
+MEMBER_KEYS = ("dropout", "kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature")
 
 
 class FusionModel(nn.Module):
-    """What every model shares: three inputs (audio, text, video), the seeds' outputs
-    (features, emos_out, vals_out, interloss) and the epoch counter behind modality dropout."""
+    """What every model shares: M members (`members`: one config each, default [cfg]), three inputs
+    (audio, text, video), the seeds' outputs (features, emos_out, vals_out, interloss [M]).
+
+    Inputs are [M, B, D] (utterance) or [M, B, T, D] with lengths [M, B] (frames); a one-member
+    model also takes them without the member axis and answers without it. `modality_p` is this
+    step's modality-dropout rate per member (float or [M]), given by the engine."""
 
     uses_modality_dropout = False
     uses_feat_dropout = True
 
-    def __init__(self, cfg, dims, n_classes):
+    def __init__(self, cfg, dims, n_classes, members=None):
         super().__init__()
         self.cfg = cfg
-        self.epoch = 1
-        self.feat_dropout = nn.Dropout(cfg.dropout if self.uses_feat_dropout else 0.0)
-        self.fc_out_1 = nn.Linear(cfg.hidden_dim, n_classes)
-        self.fc_out_2 = nn.Linear(cfg.hidden_dim, 1)
+        self.frames = cfg.feat_type != "utt"
+        self.n_members = len(members or [cfg])
+        for key in MEMBER_KEYS:
+            self.register_buffer(key, torch.tensor([float(getattr(c, key)) for c in members or [cfg]]), persistent=False)
+        self._uniform = {}
+        self.fc_out_1 = Linear(self.n_members, cfg.hidden_dim, n_classes)
+        self.fc_out_2 = Linear(self.n_members, cfg.hidden_dim, 1)
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def value(self, key):
+        """A per-member hyperparameter: a float when every member has the same (the fast path), else [M]."""
+        if key not in self._uniform:
+            t = getattr(self, key)
+            self._uniform[key] = float(t[0]) if bool((t == t[0]).all()) else None
+        return self._uniform[key] if self._uniform[key] is not None else getattr(self, key)
 
-    def dropout_rate(self):
-        """This epoch's modality-dropout rate (0 for models without it)."""
-        cfg = self.cfg
-        return modality_dropout_rate(cfg, self.epoch) if self.uses_modality_dropout and cfg.use_modality_dropout else 0.0
+    @torch.no_grad()
+    def keep(self, index):
+        """Keep only the members at `index` (a stopped member leaves the computation)."""
+        index = torch.as_tensor(index, device=self.fc_out_1.weight.device)
+        for module in self.modules():
+            for name, p in module._parameters.items():
+                module._parameters[name] = nn.Parameter(p.index_select(0, index))
+            for name, b in module._buffers.items():
+                module._buffers[name] = b.index_select(0, index)
+        self.n_members, self._uniform = len(index), {}
 
-    def dropout_keep(self, batch_size, device):
-        """[B, 3] keep-mask of modality dropout, or None when it is off (eval, or rate 0)."""
-        p = self.dropout_rate() if self.training else 0.0
-        return modality_dropout_keep(batch_size, p, device) if p > 0 else None
-
-    def present(self, inputs):
-        """[B, 3] modalities treated as present, or None: all-zero inputs are missing under
-        fidelity 'paper' only (the seeds' code and MERBench never mask them)."""
-        return present_mask(inputs) if self.cfg.fidelity == "paper" else None
+    def forward(self, inputs, lengths=None, modality_p=None):
+        one = inputs[0].dim() == (3 if self.frames else 2)  # no member axis
+        if one:
+            inputs = [x[None] for x in inputs]
+            lengths = None if lengths is None else [n[None] for n in lengths]
+        lengths = lengths or [None] * 3
+        shape = inputs[0].shape[:2]
+        present = present_mask(inputs, self.frames) if self.cfg.fidelity == "paper" else None
+        keep = None
+        if self.training and modality_p is not None and not (isinstance(modality_p, float) and modality_p == 0):
+            keep = modality_dropout_keep(shape, modality_p, inputs[0].device)
+        out = self.forward_members(inputs, lengths, present, keep, self.training)
+        return tuple(o[0] for o in out) if one else out
 
     def heads(self, fused):
-        features = self.feat_dropout(fused)
-        return features, self.fc_out_1(features), self.fc_out_2(features)
+        features = dropout(fused, self.value("dropout") if self.uses_feat_dropout else 0.0, self.training)
+        return features, self.fc_out_1(features), self.fc_out_2(features).squeeze(-1)
 
 
-def make_encoders(cfg, dims, mlp, lstm):
-    cls = mlp if cfg.feat_type == "utt" else lstm
-    return nn.ModuleList(cls(d, cfg.hidden_dim, cfg.dropout) for d in dims)
+def make_encoders(cfg, dims, n_members, variational=None):
+    """One encoder per modality: MERBench's (MLP for utterance features, LSTM for frames)."""
+    cls = MLPEncoder if cfg.feat_type == "utt" else LSTMEncoder
+    return nn.ModuleList(cls(n_members, d, cfg.hidden_dim) for d in dims)
 
 
-def mask_hiddens(hiddens, keep):
-    return hiddens if keep is None else [h * keep[:, i:i + 1] for i, h in enumerate(hiddens)]
+def mask_hiddens(hiddens, mask):
+    return hiddens if mask is None else [h * mask[..., i:i + 1] for i, h in enumerate(hiddens)]
 
 
 class AttentionFusion(nn.Module):
     """MERBench: MLPEncoder(3H, H) -> Linear(H, 3) -> scores weight the modality hiddens.
     MERBench uses the raw scores; the seeds' V1/V2 put a softmax on them (`softmax=True`)."""
 
-    def __init__(self, hidden_dim, dropout, softmax):
+    def __init__(self, n_members, hidden_dim, softmax):
         super().__init__()
         self.softmax = softmax
-        self.attention_mlp = MLPEncoder(hidden_dim * 3, hidden_dim, dropout)
-        self.fc_att = nn.Linear(hidden_dim, 3)
+        self.attention_mlp = MLPEncoder(n_members, hidden_dim * 3, hidden_dim)
+        self.fc_att = Linear(n_members, hidden_dim, 3)
 
-    def forward(self, hiddens):
-        weights = self.fc_att(self.attention_mlp(torch.cat(hiddens, dim=1)))
+    def forward(self, hiddens, rate, training):
+        weights = self.fc_att(self.attention_mlp(torch.cat(hiddens, dim=-1), None, rate, training))
         if self.softmax:
-            weights = F.softmax(weights, dim=1)
-        fused = (torch.stack(hiddens, dim=1) * weights.unsqueeze(-1)).sum(dim=1)
-        return fused, weights
+            weights = F.softmax(weights, dim=-1)
+        return (torch.stack(hiddens, dim=-2) * weights.unsqueeze(-1)).sum(dim=-2), weights
 
 
 class Attention(FusionModel):
@@ -86,18 +112,17 @@ class Attention(FusionModel):
     uses_feat_dropout = False
     softmax = False
 
-    def __init__(self, cfg, dims, n_classes):
-        super().__init__(cfg, dims, n_classes)
-        self.encoders = make_encoders(cfg, dims, MLPEncoder, LSTMEncoder)
-        self.fusion = AttentionFusion(cfg.hidden_dim, cfg.dropout, self.softmax)
+    def __init__(self, cfg, dims, n_classes, members=None):
+        super().__init__(cfg, dims, n_classes, members)
+        self.encoders = make_encoders(cfg, dims, self.n_members)
+        self.fusion = AttentionFusion(self.n_members, cfg.hidden_dim, self.softmax)
 
-    def forward(self, inputs, lengths=None):
-        lengths = lengths or [None] * 3
-        hiddens = [enc(x, n) for enc, x, n in zip(self.encoders, inputs, lengths)]
-        hiddens = mask_hiddens(hiddens, self.present(inputs))
-        hiddens = mask_hiddens(hiddens, self.dropout_keep(hiddens[0].shape[0], hiddens[0].device))
-        fused, _ = self.fusion(hiddens)
-        return (*self.heads(fused), hiddens[0].new_zeros(()))
+    def forward_members(self, inputs, lengths, present, keep, training):
+        rate = self.value("dropout")
+        hiddens = [enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)]
+        hiddens = mask_hiddens(mask_hiddens(hiddens, present), keep)
+        fused, _ = self.fusion(hiddens, rate, training)
+        return (*self.heads(fused), fused.new_zeros(fused.shape[0]))
 
 
 class AttentionRobust(Attention):

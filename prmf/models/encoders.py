@@ -1,23 +1,29 @@
-"""Per-modality encoders (deterministic and variational) and the reconstruction decoder."""
+"""Per-modality encoders (deterministic and variational) and the reconstruction decoder, every
+one with the member axis first (prmf/models/layers.py). `rate` is the dropout rate of each member."""
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence
+
+from .layers import LSTM, Linear, dropout, keep_mask
 
 
 class MLPEncoder(nn.Module):
-    """MERBench's utterance encoder (toolkit/models/modules/encoder.py): Dropout -> three
-    Linear+ReLU layers, named as there (linear_1..3)."""
+    """MERBench's utterance encoder (toolkit/models/modules/encoder.py): Dropout -> Linear+ReLU
+    layers, named as there (linear_1..3); the seeds' variational trunk is the same with two."""
 
-    def __init__(self, in_size, hidden_size, dropout):
+    def __init__(self, n_members, in_size, hidden_size, n_layers=3):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.linear_1 = nn.Linear(in_size, hidden_size)
-        self.linear_2 = nn.Linear(hidden_size, hidden_size)
-        self.linear_3 = nn.Linear(hidden_size, hidden_size)
+        self.layers = n_layers
+        for i in range(1, n_layers + 1):
+            setattr(self, f"linear_{i}", Linear(n_members, in_size if i == 1 else hidden_size, hidden_size))
 
-    def forward(self, x, lengths=None):
-        h = torch.relu(self.linear_1(self.drop(x)))
-        return torch.relu(self.linear_3(torch.relu(self.linear_2(h))))
+    def forward(self, x, lengths, rate, training):
+        if training and not (isinstance(rate, float) and rate == 0):  # dropout's 1/(1-p) after the matmul
+            h = torch.relu(self.linear_1(x * keep_mask(x, rate), 1.0 / (1.0 - rate)))
+        else:
+            h = torch.relu(self.linear_1(x))
+        for i in range(2, self.layers + 1):
+            h = torch.relu(getattr(self, f"linear_{i}")(h))
+        return h
 
 
 class LSTMEncoder(nn.Module):
@@ -25,71 +31,64 @@ class LSTMEncoder(nn.Module):
     MERBench runs the LSTM over zero pre-padding; here it stops at each sample's last real frame
     (packed sequence), so padding never reaches the state (docs/FIDELITY.md)."""
 
-    def __init__(self, in_size, hidden_size, dropout):
+    def __init__(self, n_members, in_size, hidden_size, n_layers=None):
         super().__init__()
-        self.rnn = nn.LSTM(in_size, hidden_size, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
-        self.linear_1 = nn.Linear(hidden_size, hidden_size)
+        self.rnn = LSTM(n_members, in_size, hidden_size)
+        self.linear_1 = Linear(n_members, hidden_size, hidden_size)
 
-    def forward(self, x, lengths):
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.rnn(packed)
-        return self.linear_1(self.dropout(h[-1]))
+    def forward(self, x, lengths, rate, training):
+        return self.linear_1(dropout(self.rnn(x, lengths), rate, training))
 
 
-class _GaussianHeads(nn.Module):
+class GaussianHeads(nn.Module):
     """mu and logvar heads shared by the variational encoders (logvar starts at 0: variance 1)."""
 
-    def __init__(self, hidden_size):
+    def __init__(self, n_members, hidden_size):
         super().__init__()
-        self.mu_layer = nn.Linear(hidden_size, hidden_size)
-        self.logvar_layer = nn.Linear(hidden_size, hidden_size)
-        nn.init.zeros_(self.logvar_layer.weight)
-        nn.init.zeros_(self.logvar_layer.bias)
+        self.mu_layer = Linear(n_members, hidden_size, hidden_size)
+        self.logvar_layer = Linear(n_members, hidden_size, hidden_size)
 
-    def forward(self, h):
+    def reset_member(self, members, gen):
+        self.mu_layer.reset_member(members, gen)
+        self.logvar_layer.reset_member(members, gen)  # drawn, then zeroed (as the seeds' nn.init.zeros_)
+        with torch.no_grad():
+            for m in members:
+                self.logvar_layer.weight[m].zero_()
+                self.logvar_layer.bias[m].zero_()
+
+    def forward(self, h, training):
         mu = self.mu_layer(h)
         logvar = self.logvar_layer(h).clamp(-10, 10)
         std = torch.exp(0.5 * logvar)
-        z = mu + torch.randn_like(std) * std if self.training else mu
+        z = mu + torch.randn_like(std) * std if training else mu
         return z, mu, logvar, std
 
 
-class VariationalMLPEncoder(nn.Module):
-    """x -> (z, mu, logvar, std): a Gaussian per sample instead of a point (P-RMF §3.2). The
-    seeds' trunk: Dropout -> Linear -> ReLU -> Linear -> ReLU (two layers, not MERBench's three)."""
+class VariationalEncoder(nn.Module):
+    """x -> (z, mu, logvar, std): a Gaussian per sample instead of a point (P-RMF §3.2). The trunk
+    is the seeds' two-layer MLP (Dropout -> Linear -> ReLU -> Linear -> ReLU, not MERBench's three)
+    for utterance features, or the LSTM encoder for frame features."""
 
-    def __init__(self, in_size, hidden_size, dropout):
+    def __init__(self, n_members, in_size, hidden_size, frames=False):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.shared = nn.Sequential(nn.Linear(in_size, hidden_size), nn.ReLU(),
-                                    nn.Linear(hidden_size, hidden_size), nn.ReLU())
-        self.heads = _GaussianHeads(hidden_size)
+        self.shared = (LSTMEncoder(n_members, in_size, hidden_size) if frames
+                       else MLPEncoder(n_members, in_size, hidden_size, n_layers=2))
+        self.heads = GaussianHeads(n_members, hidden_size)
 
-    def forward(self, x, lengths=None):
-        return self.heads(self.shared(self.drop(x)))
-
-
-class VariationalLSTMEncoder(nn.Module):
-    """The same Gaussian heads on an LSTM front end, for frame-level features."""
-
-    def __init__(self, in_size, hidden_size, dropout):
-        super().__init__()
-        self.shared = LSTMEncoder(in_size, hidden_size, dropout)
-        self.heads = _GaussianHeads(hidden_size)
-
-    def forward(self, x, lengths):
-        return self.heads(self.shared(x, lengths))
+    def forward(self, x, lengths, rate, training):
+        return self.heads(self.shared(x, lengths, rate, training), training)
 
 
 class ModalityDecoder(nn.Module):
-    """z -> reconstruction of the modality's (utterance-level) input vector."""
+    """z -> reconstruction of the modality's utterance-level vector (Linear -> ReLU -> Dropout ->
+    Linear -> ReLU -> Linear); `recon_mse` gives only its MSE to the target, per member."""
 
-    def __init__(self, hidden_size, out_size, dropout):
+    def __init__(self, n_members, hidden_size, out_size):
         super().__init__()
-        self.decoder = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-                                     nn.Linear(hidden_size, out_size))
+        self.linear_1 = Linear(n_members, hidden_size, hidden_size)
+        self.linear_2 = Linear(n_members, hidden_size, hidden_size)
+        self.linear_3 = Linear(n_members, hidden_size, out_size)
 
-    def forward(self, z):
-        return self.decoder(z)
+    def recon_mse(self, z, target, rate, training):
+        h = dropout(torch.relu(self.linear_1(z)), rate, training)
+        return self.linear_3.recon_mse(torch.relu(self.linear_2(h)), target)

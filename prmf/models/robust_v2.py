@@ -11,17 +11,16 @@ with use_proxy_attention runs the proxy attention on the attention-fused vector.
 import torch
 
 from .attention import AttentionFusion, FusionModel, make_encoders, mask_hiddens
-from .encoders import (LSTMEncoder, MLPEncoder, ModalityDecoder, VariationalLSTMEncoder,
-                       VariationalMLPEncoder)
-from .fusion import MISSING_STD, ProxyCrossModalAttention, UncertaintyWeightedFusion, VAELossComputer
+from .encoders import ModalityDecoder, VariationalEncoder
+from .fusion import MISSING_STD, ProxyCrossModalAttention, uncertainty_fusion, vae_parts
 
 
 def utterance_vector(x, lengths):
     """The reconstruction target: the input itself (UTT) or the mean of its valid frames (FRA)."""
-    if x.dim() == 2:
+    if lengths is None:
         return x
-    valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1)
-    return (x * valid).sum(1) / lengths.clamp(min=1)[:, None]
+    valid = (torch.arange(x.shape[-2], device=x.device) < lengths[..., None]).unsqueeze(-1)
+    return (x * valid).sum(-2) / lengths.clamp(min=1)[..., None]
 
 
 def builds_proxy_attention(cfg) -> bool:
@@ -32,56 +31,51 @@ def builds_proxy_attention(cfg) -> bool:
 class AttentionRobustV2(FusionModel):
     uses_modality_dropout = True
 
-    def __init__(self, cfg, dims, n_classes):
-        super().__init__(cfg, dims, n_classes)
-        h = cfg.hidden_dim
+    def __init__(self, cfg, dims, n_classes, members=None):
+        super().__init__(cfg, dims, n_classes, members)
+        h, m = cfg.hidden_dim, self.n_members
         if cfg.use_vae:
-            self.encoders = make_encoders(cfg, dims, VariationalMLPEncoder, VariationalLSTMEncoder)
-            self.decoders = torch.nn.ModuleList(ModalityDecoder(h, d, cfg.dropout) for d in dims)
-            self.uncertainty_fusion = UncertaintyWeightedFusion(cfg.fusion_temperature)
-            self.loss_computer = VAELossComputer(cfg.kl_weight, cfg.recon_weight, cfg.cross_kl_weight)
+            self.encoders = torch.nn.ModuleList(VariationalEncoder(m, d, h, self.frames) for d in dims)
+            self.decoders = torch.nn.ModuleList(ModalityDecoder(m, h, d) for d in dims)
         else:
-            self.encoders = make_encoders(cfg, dims, MLPEncoder, LSTMEncoder)
-            self.fusion = AttentionFusion(h, cfg.dropout, softmax=True)
+            self.encoders = make_encoders(cfg, dims, m)
+            self.fusion = AttentionFusion(m, h, softmax=True)
         if builds_proxy_attention(cfg):
-            self.proxy_attention = ProxyCrossModalAttention(h, cfg.num_attention_heads, cfg.dropout,
-                                                            cfg.proxy_attention)
+            self.proxy_attention = ProxyCrossModalAttention(m, h, cfg.num_attention_heads, cfg.proxy_attention)
 
-    def forward(self, inputs, lengths=None):
-        lengths = lengths or [None] * 3
-        keep = self.dropout_keep(inputs[0].shape[0], inputs[0].device)
-        present = self.present(inputs)
+    def forward_members(self, inputs, lengths, present, keep, training):
+        cfg, rate = self.cfg, self.value("dropout")
         if present is not None and keep is not None:
             present = present & keep
-        if not self.cfg.use_vae:
-            return self.forward_original(inputs, lengths, keep if present is None else present)
-        encoded = [enc(x, n) for enc, x, n in zip(self.encoders, inputs, lengths)]
+        if not cfg.use_vae:
+            return self.forward_original(inputs, lengths, keep if present is None else present, present, training)
+        encoded = [enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)]
         zs, mus, logvars, stds = map(list, zip(*encoded))
         if present is None:  # seeds_code: the dropout mask reaches z (the decoders) only
-            zs_d = mask_hiddens(zs, keep)
-            mus_d, stds_d = mus, stds
+            zs_d, mus_d, stds_d = mask_hiddens(zs, keep), mus, stds
         else:
-            cols = [present[:, i:i + 1] for i in range(3)]
-            mus_d = [mu * c for mu, c in zip(mus, cols)]
+            cols = [present[..., i:i + 1] for i in range(3)]
             zs_d = [z * c for z, c in zip(zs, cols)]
-            stds_d = [torch.where(c, s, torch.full_like(s, MISSING_STD)) for s, c in zip(stds, cols)]
-        proxy, weights = self.uncertainty_fusion(mus_d, stds_d, present)
-        fused = self.proxy_attention(proxy, mus_d, weights, present) if self.cfg.use_proxy_attention else proxy
+            mus_d = [mu * c for mu, c in zip(mus, cols)]
+            stds_d = [torch.where(c, s, MISSING_STD) for s, c in zip(stds, cols)]
+        proxy, weights = uncertainty_fusion(mus_d, stds_d, present, self.value("fusion_temperature"))
+        fused = self.proxy_attention(proxy, mus_d, weights, present, rate, training) if cfg.use_proxy_attention else proxy
         features, emos_out, vals_out = self.heads(fused)
-        if self.training:
-            targets = [utterance_vector(x, n) for x, n in zip(inputs, lengths)]
-            recons = [dec(z) for dec, z in zip(self.decoders, zs_d)]
-            interloss = self.loss_computer.compute(mus, logvars, targets, recons)
-        else:
-            interloss = proxy.new_zeros(())
+        if not training:
+            return features, emos_out, vals_out, proxy.new_zeros(proxy.shape[0])
+        recons = [dec.recon_mse(z, utterance_vector(x, n), rate, training)
+                  for dec, z, x, n in zip(self.decoders, zs_d, inputs, lengths)]
+        kl, recon, cross = vae_parts(mus, logvars, recons)
+        interloss = self.value("kl_weight") * kl + self.value("recon_weight") * recon + self.value("cross_kl_weight") * cross
         return features, emos_out, vals_out, interloss
 
-    def forward_original(self, inputs, lengths, mask):
+    def forward_original(self, inputs, lengths, mask, present, training):
         """use_vae=False: the seeds' attention fusion (softmax) of deterministic hiddens, dropped
         (and, under 'paper', absent) ones zeroed; under 'paper' with use_proxy_attention (Exp5) the
         fused vector is the proxy of the cross-modal attention, weighted by the fusion's weights."""
-        hiddens = mask_hiddens([enc(x, n) for enc, x, n in zip(self.encoders, inputs, lengths)], mask)
-        fused, weights = self.fusion(hiddens)
+        rate = self.value("dropout")
+        hiddens = mask_hiddens([enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)], mask)
+        fused, weights = self.fusion(hiddens, rate, training)
         if builds_proxy_attention(self.cfg):
-            fused = self.proxy_attention(fused, hiddens, weights, None if self.cfg.fidelity != "paper" else mask)
-        return (*self.heads(fused), fused.new_zeros(()))
+            fused = self.proxy_attention(fused, hiddens, weights, present, rate, training)
+        return (*self.heads(fused), fused.new_zeros(fused.shape[0]))

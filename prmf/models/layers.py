@@ -1,0 +1,206 @@
+"""Layers with a member axis first: every parameter is [M, ...] and every input [M, B, ...].
+
+A member is one (config, seed, fold) of a batched model; M = 1 is one model. One baddbmm serves
+all members, so 135 small models fill a machine like one large one, while each member keeps its
+own weights, initial draw, dropout masks and per-member hyperparameters (a float when all members
+share it, else a tensor [M]). `init_member` draws a member's weights exactly as torch's own
+nn.Linear / nn.MultiheadAttention / nn.LSTM would, from a given generator, so a seed gives the
+same start whether the member trains alone or in a pack.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import _VF
+from torch.nn.utils.rnn import pack_padded_sequence
+
+
+def per_member(rate, x):
+    """A per-member value (float, or tensor [M]) shaped to broadcast against x [M, ...]."""
+    return rate if isinstance(rate, float) else rate.view(-1, *[1] * (x.dim() - 1))
+
+
+class _Linear(torch.autograd.Function):
+    """scale * (x [M, B, in] @ w[M, out, in]^T) + b[M, out]. Its own backward gives the weight
+    gradient in the weight's layout (autograd's bmm backward gives it transposed: a strided copy
+    of every weight gradient per step) and skips the input gradient of a leaf input. `scale`
+    carries an input dropout's 1/(1-p), so the wide inputs are not rescaled elementwise."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, scale):
+        ctx.save_for_backward(x, w)
+        ctx.scale = scale
+        if isinstance(scale, float):
+            return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2), alpha=scale)
+        return torch.bmm(x, w.transpose(1, 2)).mul_(scale.view(-1, 1, 1)).add_(b.unsqueeze(1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        scale = ctx.scale
+        g = grad if isinstance(scale, float) and scale == 1.0 else grad * per_member(scale, grad)
+        grad_x = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        return grad_x, torch.bmm(g.transpose(1, 2), x), grad.sum(1), None
+
+
+class _ReconMSE(torch.autograd.Function):
+    """mean((h @ w^T + b - x)^2) per member [M]: a decoder's last Linear fused with its MSE, so the
+    [M, B, D] reconstruction (D up to 5120) is written once and its gradient is one pass."""
+
+    @staticmethod
+    def forward(ctx, h, w, b, x):
+        diff = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)).sub_(x).flatten(1)  # [M, B*D]
+        ctx.save_for_backward(h, w, diff)
+        return torch.linalg.vecdot(diff, diff) / diff.shape[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, w, diff = ctx.saved_tensors
+        g = (diff * (2.0 / diff.shape[1]) * grad[:, None]).view(h.shape[0], h.shape[1], -1)  # [M, B, D]
+        return torch.bmm(g, w), torch.bmm(g.transpose(1, 2), h), g.sum(1), None
+
+
+def keep_mask(x, rate):
+    """Dropout's keep mask (probability 1 - rate) from 16 random bits per element: half the
+    generator work of a float per element, p resolved to 2^-16. rate: float or [M]."""
+    bits = torch.empty(x.numel() // 4 + 1, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+    bits = bits.view(torch.int16)[:x.numel()].view(x.shape)
+    if isinstance(rate, float):
+        return bits < round((1 - rate) * 65536) - 32768
+    return bits < torch.round((1 - per_member(rate, x)) * 65536) - 32768
+
+
+def dropout(x, rate, training):
+    """Inverted dropout (nn.Dropout's distribution), every member's mask drawn at once."""
+    if not training or (isinstance(rate, float) and rate == 0):
+        return x
+    return x * keep_mask(x, rate) * (1.0 / (1.0 - per_member(rate, x)))
+
+
+def init_member(module, members, gen):
+    """Draw one member's weights into the member slots `members` (none: draw and discard), in the
+    order torch's own modules draw them at construction."""
+    if hasattr(module, "reset_member"):
+        module.reset_member(members, gen)
+        return
+    for child in module.children():
+        init_member(child, members, gen)
+
+
+def _fill(param, members, value):
+    with torch.no_grad():
+        for m in members:
+            param[m].copy_(value)
+
+
+class Linear(nn.Module):
+    """nn.Linear per member: weight [M, out, in], bias [M, out]."""
+
+    def __init__(self, n_members, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_members, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(n_members, out_features))
+
+    def reset_member(self, members, gen):
+        w = torch.empty(self.weight.shape[1:])
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)  # nn.Linear.reset_parameters
+        bound = 1 / math.sqrt(w.shape[1])
+        _fill(self.weight, members, w)
+        _fill(self.bias, members, torch.empty(w.shape[0]).uniform_(-bound, bound, generator=gen))
+
+    def forward(self, x, scale=1.0):
+        return _Linear.apply(x, self.weight, self.bias, scale)
+
+    def recon_mse(self, h, target):
+        """This layer's output compared with `target` by MSE, per member [M] (fused)."""
+        return _ReconMSE.apply(h, self.weight, self.bias, target)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, n_members, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_members, dim))
+        self.bias = nn.Parameter(torch.zeros(n_members, dim))
+
+    def reset_member(self, members, gen):
+        _fill(self.weight, members, torch.ones(self.weight.shape[1:]))
+        _fill(self.bias, members, torch.zeros(self.bias.shape[1:]))
+
+    def forward(self, x):
+        return torch.addcmul(self.bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), self.weight.unsqueeze(1))
+
+
+class MultiheadAttention(nn.Module):
+    """nn.MultiheadAttention per member (batch first, one query per sample), its parameters named
+    as there. `single_key`: with one key per query the softmax is identically 1, so the output is
+    out_proj(v_proj(value)) with attention dropout acting on that weight of 1 per head; q and k
+    cannot reach it (their gradient is exactly 0 in torch's module too)."""
+
+    def __init__(self, n_members, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.zeros(n_members, 3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(n_members, 3 * dim))
+        self.out_proj = Linear(n_members, dim, dim)
+
+    def reset_member(self, members, gen):
+        self.out_proj.reset_member(members, gen)  # drawn at construction, then _reset_parameters:
+        w = torch.empty(self.in_proj_weight.shape[1:])
+        nn.init.xavier_uniform_(w, generator=gen)
+        _fill(self.in_proj_weight, members, w)
+        _fill(self.in_proj_bias, members, torch.zeros(w.shape[0]))
+        _fill(self.out_proj.bias, members, torch.zeros(w.shape[1]))
+
+    def _proj(self, x, part):
+        h = self.in_proj_weight.shape[2]
+        return _Linear.apply(x, self.in_proj_weight[:, part * h:(part + 1) * h], self.in_proj_bias[:, part * h:(part + 1) * h], 1.0)
+
+    def single_key(self, value, rate, training):
+        v = self._proj(value, 2)
+        if training:
+            heads = self.num_heads
+            weight = dropout(v.new_ones(*v.shape[:2], heads, 1), rate, True)  # the softmax's 1, dropped out
+            v = (v.unflatten(-1, (heads, -1)) * weight).flatten(-2)
+        return self.out_proj(v)
+
+    def forward(self, query, tokens, pad, rate, training):
+        """query [M, B, H] over tokens [M, B, T, H]; pad [M, B, T] True = ignore (or None)."""
+        heads = self.num_heads
+        q = self._proj(query, 0).unflatten(-1, (heads, -1))  # [M, B, heads, hd]
+        flat = tokens.flatten(1, 2)
+        k = self._proj(flat, 1).unflatten(1, tokens.shape[1:3]).unflatten(-1, (heads, -1))  # [M, B, T, heads, hd]
+        v = self._proj(flat, 2).unflatten(1, tokens.shape[1:3]).unflatten(-1, (heads, -1))
+        scores = torch.einsum("mbnd,mbtnd->mbnt", q, k) / math.sqrt(q.shape[-1])
+        if pad is not None:
+            scores = scores.masked_fill(pad[:, :, None, :], float("-inf"))
+        attn = dropout(F.softmax(scores, dim=-1), rate, training)
+        return self.out_proj(torch.einsum("mbnt,mbtnd->mbnd", attn, v).flatten(-2))
+
+
+class LSTM(nn.Module):
+    """One-layer batch-first nn.LSTM per member (weights [M, 4H, ...]); the members run one after
+    another over their own packed sequences, so padding never reaches the state."""
+
+    def __init__(self, n_members, in_size, hidden_size):
+        super().__init__()
+        self.weight_ih_l0 = nn.Parameter(torch.zeros(n_members, 4 * hidden_size, in_size))
+        self.weight_hh_l0 = nn.Parameter(torch.zeros(n_members, 4 * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.zeros(n_members, 4 * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.zeros(n_members, 4 * hidden_size))
+
+    def reset_member(self, members, gen):
+        bound = 1 / math.sqrt(self.weight_hh_l0.shape[2])  # nn.LSTM.reset_parameters, in its order
+        for p in (self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0):
+            _fill(p, members, torch.empty(p.shape[1:]).uniform_(-bound, bound, generator=gen))
+
+    def forward(self, x, lengths):
+        """The last real frame's hidden state [M, B, H] of x [M, B, T, D] with lengths [M, B]."""
+        out = []
+        for m in range(x.shape[0]):
+            packed = pack_padded_sequence(x[m], lengths[m].clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+            h0 = x.new_zeros(1, x.shape[1], self.weight_hh_l0.shape[2])
+            weights = [self.weight_ih_l0[m], self.weight_hh_l0[m], self.bias_ih_l0[m], self.bias_hh_l0[m]]
+            _, h, _ = _VF.lstm(packed.data, packed.batch_sizes, (h0, h0), weights, True, 1, 0.0, self.training, False)
+            out.append(h[0].index_select(0, packed.unsorted_indices))
+        return torch.stack(out)
