@@ -1,65 +1,67 @@
-"""ASHA whose rung records survive a resumed sweep.
+"""ASHA's rung rule applied to every trial inside a pack, over rung records that outlive a sweep run.
 
-Ray Tune keeps ASHA's rung records (each trial's score at each rung) only in the driver's memory:
-a resumed sweep starts a fresh scheduler, so the trials still to run would be judged against
-nothing and a hopeless grid point met after a resume would train to the end. This scheduler
-writes the records to a JSON file in the sweep's folder whenever one is added, keyed by the
-sweep's own trial id (Tune's trial ids change from run to run), and loads them when it starts:
-finished trials keep counting at their rungs, and a trial resumed past a rung is not judged there
-again. It reads Ray's `AsyncHyperBandScheduler` internals (`_brackets`, `_rungs`);
-tests/test_asha_resume.py pins them.
+A Tune trial here is a pack: several trials (grid points x seeds) trained as one batched model, so
+Tune's ASHA, which sees one score per Tune trial, cannot prune inside it. The pack applies ASHA's
+own rule per trial instead (Ray's AsyncHyperBandScheduler, `_Bracket.on_result`; pinned against it
+by tests/test_asha_resume.py): at a rung (milestone epoch), a trial scoring below the (1 - 1/rf)
+quantile of the scores recorded at that rung so far stops; its score is recorded either way. The
+records live in one JSON file in the sweep folder, {milestone: {trial id: score}} plus the stop
+decisions, updated under a lock by every pack, so packs running in parallel and a sweep resumed
+later judge against the same records, and a trial resumed past a rung keeps the decision it got.
 """
+import fcntl
 import json
+import math
 from pathlib import Path
 
-from ray.tune.schedulers import ASHAScheduler
+import numpy as np
 
 from prmf.store import atomic_write
 
-
-def _sweep_id(trial):
-    return trial.config["trial"]["trial_id"]
+REDUCTION = 3
 
 
-class PersistentASHA(ASHAScheduler):
-    def __init__(self, rung_file, **kwargs):
-        super().__init__(**kwargs)
-        self.rung_file = Path(rung_file)
-        self.sweep_ids = {}  # Tune trial id -> sweep trial id
-        saved = json.loads(self.rung_file.read_text()) if self.rung_file.exists() else {}
-        for bracket in self._brackets:
-            for milestone, recorded in bracket._rungs:
-                recorded.update(saved.get(str(milestone), {}))
-        self._saved = self.records()
+def milestones(grace, max_t, reduction=REDUCTION):
+    """The rungs: grace, grace*rf, ... below max_t."""
+    out, t = [], grace
+    while t < max_t:
+        out.append(int(t))
+        t *= reduction
+    return out
 
-    def on_trial_add(self, tune_controller, trial):
-        super().on_trial_add(tune_controller, trial)
-        sid = self.sweep_ids[trial.trial_id] = _sweep_id(trial)
-        for bracket in self._brackets:  # its own earlier scores now speak for it
-            for _, recorded in bracket._rungs:
-                if sid in recorded:
-                    recorded[trial.trial_id] = recorded.pop(sid)
 
-    def on_trial_result(self, tune_controller, trial, result):
-        action = super().on_trial_result(tune_controller, trial, result)
-        self._save()
-        return action
+def cutoff(scores, reduction=REDUCTION):
+    """The score a trial must reach at a rung: the (1 - 1/rf) quantile of those recorded there."""
+    return float(np.nanpercentile(scores, (1 - 1 / reduction) * 100)) if scores else None
 
-    def on_trial_complete(self, tune_controller, trial, result):
-        super().on_trial_complete(tune_controller, trial, result)
-        self._save()
 
-    def records(self) -> dict:
-        """{milestone: {sweep trial id: score}}, the score signed so that higher is better."""
-        out = {}
-        for bracket in self._brackets:
-            for milestone, recorded in bracket._rungs:
-                rung = out.setdefault(str(milestone), {})
-                rung.update({self.sweep_ids.get(k, k): float(v) for k, v in recorded.items()})
-        return out
+class Rungs:
+    def __init__(self, path, reduction=REDUCTION):
+        self.path, self.reduction = Path(path), reduction
 
-    def _save(self):
-        records = self.records()
-        if records != self._saved:
-            atomic_write(self.rung_file, lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1)))
-            self._saved = records
+    def read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def judge(self, milestone: int, scores: dict) -> set:
+        """Record {trial id: score} at this rung; returns the ids to stop. A trial recorded here
+        before (a resumed pack) is not judged again: it keeps the decision it got then."""
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self.read()
+            rung = records.setdefault(str(milestone), {})
+            stopped = records.setdefault("stopped", {})
+            stop = set()
+            for tid, score in scores.items():
+                if tid in rung:
+                    if tid in stopped:
+                        stop.add(tid)
+                    continue
+                if score is None or math.isnan(score):  # Ray records no score it cannot compare
+                    continue
+                limit = cutoff([v for v in rung.values() if v is not None], self.reduction)
+                if limit is not None and score < limit:
+                    stop.add(tid)
+                    stopped[tid] = milestone
+                rung[tid] = score
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1, sort_keys=True)))
+            return stop

@@ -1,14 +1,15 @@
-"""The sweep core shared by `ablation.py` and `grid.py`: trials as Ray Tune trials.
+"""The sweep core shared by `ablation.py` and `grid.py`: packs of trials as Ray Tune trials.
 
-A Tune trial is one (config, seed); its folds train inside it and it reports, every epoch, the
-mean validation emoval of its running folds. ASHA (time_attr = epoch) may stop a trial at a
-rung; each fold still stops by its own patience. Results go into the store under
-STORAGE/NAME/ when a trial ends: by the worker when it finishes, by the driver (from the
-checkpoint at the stop epoch) when ASHA stops it. Resume = run the same command again: a fresh
-Tuner runs the trials without a store file, each from its last checkpoint; ASHA's rung records
-come back from the sweep's folder (sweeps/asha.py); a replayed trial rewrites its own file only.
+A trial is one (config, seed) over its folds. Trials that share an architecture (grid points and
+seeds differ only in config.MEMBER_KEYS) are packed (`--pack`), and a pack is one Tune trial: one
+batched model of all its trials' folds (prmf/engine.py). It reports every epoch; at ASHA's rungs
+it prunes its own trials by ASHA's rule (sweeps/asha.py); each fold still stops by its own
+patience. A trial's results go into the store under STORAGE/NAME/ as soon as it ends (finished or
+pruned), by the worker. Resume = run the same command again: the same packs (packs.json) run in a
+fresh Tuner, each from its last checkpoint, leaving out the trials already stored.
 """
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -27,16 +28,15 @@ import torch  # noqa: E402
 
 from cluster.address import resolve_address  # noqa: E402
 from prmf import provenance, records, store  # noqa: E402
-from prmf.config import ConfigError, for_data, make_config, parse_sets  # noqa: E402
+from prmf.config import ConfigError, for_data, make_config, pack_key, parse_sets  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
-from prmf.trainer import make_runner  # noqa: E402
-from sweeps import lock, ray_local, trackers  # noqa: E402
+from sweeps import asha, lock, ray_local, trackers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
-ASHA_REDUCTION = 3
 QUICK = dict(epochs=15, batch_size=64, lr=1e-3)  # demo settings: minutes on 2 cores
+AUTO_PACK_MAX = 27  # the paper's grid: the packed engine's gain levels off around here (benchmarks/RESULTS.md)
 
 
 class SweepError(Exception):
@@ -84,7 +84,10 @@ def add_common_args(ap: argparse.ArgumentParser):
     ap.add_argument("--num-gpus", type=float, default=0, help="GPUs the sweep may use in total (default 0: CPU)")
     ap.add_argument("--gpus-per-trial", type=float, help="GPU share of one trial, fractional allowed "
                     "(default: from the model size, 0.25 for small models, 0.5 for paper-size inputs)")
-    ap.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
+    ap.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per Tune trial, i.e. per pack (default 1)")
+    ap.add_argument("--pack", default="auto", help="trials trained together as one batched model: auto (default: "
+                    "as many as memory allows, spread over the free slots, at most %d), N, or 1 (none); only "
+                    "trials that differ in loss weights, temperatures, dropout, lr, weight decay or seed pack" % AUTO_PACK_MAX)
     ap.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS if set, else a new local Ray)")
     ap.add_argument("--storage", help=f"shared directory for results and Tune state (default {DEFAULT_STORAGE})")
     ap.add_argument("--name", help="the sweep's name, its folder under --storage (default: from the sweep and data)")
@@ -123,14 +126,6 @@ def main(build_parser, make_sweep, argv=None) -> int:
     return run(sweep)
 
 
-def _asha_milestones(grace, max_t):
-    out, t = [], grace
-    while t < max_t:
-        out.append(int(t))
-        t *= ASHA_REDUCTION
-    return out
-
-
 # ---------------------------------------------------------------- the trial (runs on a worker)
 
 def _node_info():
@@ -139,68 +134,96 @@ def _node_info():
             "node_id": ray.get_runtime_context().get_node_id()}
 
 
-def _write_result(runner, spec, data, status, wall_time_s, node):
-    cfg = make_config(spec["cfg"])
-    result = runner.finish(robustness_scenarios() if spec["robustness"] else None)
-    results, epochs, predictions = records.tables(
-        result, tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg, seed=spec["seed"],
-        dataset=data, status=status, wall_time_s=wall_time_s, extra=node, identical=spec.get("identical", ()),
-        commit=spec.get("commit", "unknown"))
-    store.write_trial(spec["store"], spec["trial_id"], results, epochs, predictions)
-    trackers.log_result(spec, status)  # MLflow: final metrics, NPZ artifacts, run closed
+def _write_results(engine, pack, trials, status, wall_time_s, node):
+    """Score `trials` (indices into the pack) at their best epochs and store each as one trial."""
+    specs = pack["trials"]
+    results = engine.finish(robustness_scenarios() if pack["robustness"] else None, trials)
+    for t in trials:
+        spec = specs[t]
+        cfg = make_config(spec["cfg"])
+        rows, epochs, predictions = records.tables(
+            results[t], tid=spec["trial_id"], sweep=spec["sweep"], experiment=spec["experiment"], cfg=cfg,
+            seed=spec["seed"], dataset=engine.data, status=status, wall_time_s=wall_time_s,
+            extra={**node, "pack": pack["id"]}, identical=spec.get("identical", ()), commit=spec.get("commit", "unknown"))
+        store.write_trial(spec["store"], spec["trial_id"], rows, epochs, predictions)
+        trackers.log_result(spec, status)  # MLflow: final metrics, NPZ artifacts, run closed
 
 
-def _save_checkpoint(path, runner, wall_time_s):
-    store.atomic_write(Path(path), lambda tmp: torch.save({"runner": runner.state_dict(), "wall_time_s": wall_time_s}, tmp))
+def _save_checkpoint(path, engine, wall_time_s):
+    store.atomic_write(Path(path), lambda tmp: torch.save({"engine": engine.state_dict(), "wall_time_s": wall_time_s}, tmp))
 
 
-def _load_checkpoint(path, runner):
-    state = torch.load(path, map_location=runner.device, weights_only=True)
-    runner.load_state_dict(state["runner"])
+def _load_checkpoint(path, engine):
+    """The pack's state from its checkpoint; 0.0 and a fresh start when it is of an older format."""
+    from prmf.engine import CheckpointError
+    state = torch.load(path, map_location=engine.device, weights_only=True)
+    try:
+        if "engine" not in state:
+            raise CheckpointError("written by an older prmf (one trial, before packs)")
+        engine.load_state_dict(state["engine"])
+    except CheckpointError as e:
+        print(f"note: {path}: {e}; this pack starts again from epoch 0", file=sys.stderr)
+        return 0.0
     return state["wall_time_s"]
 
 
-def run_trial(config, data=None):
-    """Tune function trainable: one (config, seed) over its folds, checkpointed between epochs.
+def solo_pack(spec) -> dict:
+    """A pack of one trial (a point proposed by a search while the sweep runs)."""
+    return {"id": spec["trial_id"], "trials": [spec], **{k: spec[k] for k in PACK_FIELDS}}
 
-    The checkpoint is this trial's own file in the sweep's storage (atomic), so a retried trial
-    (FailureConfig), a resumed sweep and the driver finishing an ASHA-stopped trial all find it.
-    """
+
+PACK_FIELDS = ("store", "folds", "checkpoint_every", "milestones", "cpus", "robustness")
+
+
+def run_pack(config, data=None):
+    """Tune function trainable: a pack of trials trained as one batched model, checkpointed
+    between epochs, pruned trial by trial at ASHA's rungs, each trial stored when it ends.
+
+    The checkpoint is the pack's own file in the sweep's storage (atomic), so a retried pack
+    (FailureConfig) and a resumed sweep find it; trials stored before are left out of the batch."""
     from ray import tune
 
-    spec = config["trial"]
-    torch.set_num_threads(max(1, int(spec["cpus"])))
-    if (Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet").exists():
+    from prmf.engine import Engine
+
+    pack = config.get("pack") or solo_pack(config["trial"])
+    specs = pack["trials"]
+    torch.set_num_threads(max(1, int(pack["cpus"])))
+    done = [t for t, s in enumerate(specs) if (Path(s["store"]) / "results" / f"{s['trial_id']}.parquet").exists()]
+    if len(done) == len(specs):
         tune.report({"epoch": 0, "val_emoval": float("nan"), "already_done": True})  # never train it again
         return
-    runner = make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"])
-    ckpt = Path(spec["checkpoint"])
-    wall0 = _load_checkpoint(ckpt, runner) if ckpt.exists() else 0.0
+    engine = Engine([(make_config(s["cfg"]), s["seed"]) for s in specs], data, pack["folds"])
+    ckpt = Path(pack["store"]) / "checkpoints" / f"{pack['id']}.pt"
+    wall0 = _load_checkpoint(ckpt, engine) if ckpt.exists() else 0.0
+    engine.prune(done)  # stored before (finished or pruned): out of the batch
+    written = set(done)
     node = _node_info()
-    tracker = trackers.start(spec)  # MLflow run of this trial (a resumed trial reopens its own)
+    runs = {t: trackers.start(s) for t, s in enumerate(specs) if t not in written}  # MLflow run per trial
+    rungs, milestones = asha.Rungs(Path(pack["store"]) / "asha_rungs.json"), set(pack["milestones"])
     t0 = time.time()
-    milestones = set(spec["milestones"])
-    while not runner.done:
-        score = runner.step()
+    while not engine.done:
+        scores = engine.step()
         wall = wall0 + time.time() - t0
-        metrics = {"epoch": runner.epoch, "val_emoval": score,
-                   "folds_running": sum(not f.stopped for f in runner.folds), **node}
-        tracker.epoch(metrics)
-        if runner.done:
-            _write_result(runner, spec, data, "finished", wall, node)
+        for t, score in scores.items():
+            runs[t].epoch({"epoch": engine.epoch, "val_emoval": score, "folds_running": engine.running(t), **node})
+        if engine.epoch in milestones:
+            stop = rungs.judge(engine.epoch, {specs[t]["trial_id"]: s for t, s in scores.items()})
+            pruned = [t for t in scores if specs[t]["trial_id"] in stop and engine.running(t)]
+            if pruned:
+                _write_results(engine, pack, pruned, "pruned", wall, node)
+                engine.prune(pruned)
+                written.update(pruned)
+        ended = [t for t in range(len(specs)) if t not in written and not engine.running(t)]
+        if ended:
+            _write_results(engine, pack, ended, "finished", wall, node)
+            written.update(ended)
+        if engine.done:
             ckpt.unlink(missing_ok=True)
-        elif runner.epoch % spec["checkpoint_every"] == 0 or runner.epoch in milestones:
-            _save_checkpoint(ckpt, runner, wall)  # before the report: ASHA may stop the trial there
-        tune.report(metrics)
-
-
-def finish_stopped_trial(spec, data, node):
-    """A trial ASHA stopped: score its folds' best epochs from the checkpoint at the stop epoch."""
-    runner = make_runner(make_config(spec["cfg"]), data, spec["seed"], spec["folds"], device="cpu")
-    wall = _load_checkpoint(spec["checkpoint"], runner)
-    _write_result(runner, spec, data, "pruned", wall, node)
-    Path(spec["checkpoint"]).unlink(missing_ok=True)
-    Path(spec["checkpoint"] + ".pruned").unlink(missing_ok=True)
+        elif engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones:
+            _save_checkpoint(ckpt, engine, wall)
+        finite = [s for s in scores.values() if math.isfinite(s)]
+        tune.report({"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
+                     "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node})
 
 
 # ---------------------------------------------------------------- the driver
@@ -277,13 +300,17 @@ def _check_settings(root: Path, settings: dict, restart: bool):
     path = root / "sweep.json"
     if path.exists() and not restart:
         old = json.loads(path.read_text())
-        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)
+                and not (k not in old and settings.get(k) == LATER_SETTINGS.get(k))]  # a sweep started before it existed
         if diff:
             k = diff[0]
             raise SweepError(f"sweep {root.name!r} at {root.parent} was started with other settings "
                              f"({k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}"
                              f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); "
                              f"use --name NEW for a new sweep or --restart to start over")
+
+
+LATER_SETTINGS = {"pack": "auto"}  # settings added since sweeps began to record them: their default matches
 
 
 def _save_settings(root: Path, settings: dict):
@@ -329,51 +356,35 @@ def _check_cuda_on_workers(gpus_per_trial):
 
 
 class Progress:
-    """A live line (trials done/running/pending, best so far, ETA), and the driver's part of ASHA:
-    a trial stopped at a rung without results is scored from its checkpoint and stored as pruned."""
+    """A live line: trials stored/total, packs running and pending, best
+    validation score so far, ETA from the epochs the packs have run."""
 
-    def __init__(self, name, specs, epochs, asha_milestones, data, already_done):
+    def __init__(self, name, root, n_trials, packs, epochs):
         from ray.tune import Callback
 
         outer = self
 
         class _Callback(Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                outer.epochs[trial.config["trial"]["trial_id"]] = result.get("epoch", 0)
+                outer.epochs[_pack_id(trial.config)] = result.get("epoch", 0)
                 score = result.get("val_emoval")
-                if score is not None and not math.isnan(score) and score > outer.best[1]:
-                    outer.best = (trial.config["trial"]["experiment"], score)
+                if score is not None and not math.isnan(score) and score > outer.best:
+                    outer.best = score
                 outer.show(trials)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                outer.complete(trial)
+                outer.epochs[_pack_id(trial.config)] = outer.total_epochs  # counts as done for the ETA
                 outer.show(trials, force=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                outer.errors.append(trial.config["trial"]["trial_id"])
+                outer.errors.append(_pack_id(trial.config))
                 outer.show(trials, force=True)
 
         self.callback = _Callback()
-        self.name, self.specs, self.total_epochs = name, specs, epochs
-        self.milestones, self.data = set(asha_milestones), data
-        self.epochs = {tid: epochs for tid in already_done}
-        self.done_before = set(already_done)
-        self.best = ("", -math.inf)
-        self.errors, self.pruned = [], []
+        self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
+        self.epochs, self.best, self.errors = {}, -math.inf, []
         self.t0, self.last = time.time(), 0.0
         self.tty = sys.stderr.isatty()
-
-    def complete(self, trial):
-        spec = trial.config["trial"]
-        done = Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet"
-        result = trial.last_result or {}
-        if not done.exists() and result.get("epoch") in self.milestones and Path(spec["checkpoint"]).exists():
-            node = {k: result.get(k) for k in ("node_ip", "hostname", "node_id")}
-            marker = Path(spec["checkpoint"] + ".pruned")  # the decision survives a driver killed right now
-            store.atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(node)))
-            finish_stopped_trial(spec, self.data, node)
-            self.pruned.append(spec["trial_id"])
-        self.epochs[spec["trial_id"]] = self.total_epochs  # counts as done for the ETA
 
     def show(self, trials, force=False):
         now = time.time()
@@ -381,15 +392,26 @@ class Progress:
             return
         self.last = now
         states = [t.status for t in trials]
-        n = len(self.specs)
-        done = len(self.done_before) + states.count("TERMINATED")
-        frac = sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, n * self.total_epochs)
+        done = len(store.completed_trials(self.root))
+        frac = sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs)
         eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
-        best = f"best {self.best[0]} {self.best[1]:.4f}" if self.best[0] else "best -"
-        line = (f"[{self.name}] done {done}/{n} ({len(self.pruned)} pruned) running {states.count('RUNNING')} "
-                f"pending {states.count('PENDING')} errors {len(self.errors)} | {best} (val emoval) | "
-                f"ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        best = f"best {self.best:.4f}" if self.best > -math.inf else "best -"
+        line = (f"[{self.name}] trials done {done}/{self.n_trials} | packs "
+                f"running {states.count('RUNNING')} pending {states.count('PENDING')} errors {len(self.errors)} | "
+                f"{best} (val emoval) | ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+MEMBER_NOTE = ("loss weights", "temperatures", "dropout", "lr", "weight decay", "seed")
+
+
+def ray_cpus() -> float:
+    import ray
+    return ray.cluster_resources().get("CPU", 1)
+
+
+def _pack_id(config):
+    return config["pack"]["id"] if "pack" in config else config["trial"]["trial_id"]
 
 
 def asha_horizon(sweep: Sweep):
@@ -416,21 +438,69 @@ def asha_horizon(sweep: Sweep):
 
 def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None):
     args = sweep.args
-    cpus = args.cpus_per_trial
     specs = []
     for p in sweep.points:
         for seed in range(args.seeds):
             tid = records.trial_id(p.tag or p.label, p.cfg, seed, data)
             old = records.trial_id(p.tag or p.label, p.cfg, seed)  # before the data set was in the id
-            if (root / "results" / f"{old}.parquet").exists() or (root / "checkpoints" / f"{old}.pt").exists():
+            if (root / "results" / f"{old}.parquet").exists():
                 tid = old  # a sweep started before: its trials keep their ids, nothing is trained twice
             specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
-                          "cfg": p.cfg.to_dict(),
-                          "sweep": name, "store": str(root), "checkpoint": str(root / "checkpoints" / f"{tid}.pt"),
-                          "folds": args.folds, "checkpoint_every": args.checkpoint_every,
-                          "milestones": milestones, "cpus": cpus, "robustness": True,
-                          "commit": provenance.git_commit()})
+                          "cfg": p.cfg.to_dict(), "sweep": name, "store": str(root), "folds": args.folds,
+                          "checkpoint_every": args.checkpoint_every, "milestones": milestones,
+                          "cpus": args.cpus_per_trial, "robustness": True, "commit": provenance.git_commit()})
     return specs
+
+
+def _pack_size(arg) -> int | None:
+    """--pack as a number (None: auto)."""
+    if arg == "auto":
+        return None
+    if not str(arg).isdigit() or int(arg) < 1:
+        raise SweepError(f"--pack {arg!r}: expected auto, or a number of trials >= 1 (1: no packing)")
+    return int(arg)
+
+
+def _auto_pack_size(specs, data, slots, gpus_per_trial) -> int:
+    """As many trials per pack as half the memory of one trial slot holds (weights, gradients, AdamW
+    moments and best states of every fold), spread over the free slots, at most AUTO_PACK_MAX."""
+    import ray
+
+    from prmf.models import build_model, n_params
+    cfg = make_config(specs[0]["cfg"])
+    per_trial = n_params(build_model(cfg, data.dims, len(data.classes), init=False)) * 4 * 5 * specs[0]["folds"]
+    if gpus_per_trial:
+        gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 16 * 2 ** 30
+        budget = gpus_per_trial * gpu / 2
+    else:
+        budget = ray.cluster_resources().get("memory", 8 * 2 ** 30) / max(1, slots) / 2
+    return int(max(1, min(AUTO_PACK_MAX, budget // per_trial, math.ceil(len(specs) / max(1, slots)))))
+
+
+def make_packs(specs, size, root, data, slots, gpus_per_trial):
+    """[(pack id, [specs])]: trials that may share a batched model (same config.pack_key) in packs
+    of `size` (None: auto), balanced; the packs of a sweep's first run (packs.json) are kept on resume."""
+    saved = root / "packs.json"
+    stored = json.loads(saved.read_text()) if saved.exists() else {}
+    by_id = {s["trial_id"]: s for s in specs}
+    packs = [(pid, [by_id[t] for t in tids if t in by_id]) for pid, tids in stored.items()]
+    packs = [(pid, members) for pid, members in packs if members]
+    placed = {t for tids in stored.values() for t in tids}
+    groups = {}
+    for s in specs:
+        if s["trial_id"] not in placed:
+            groups.setdefault(pack_key(make_config(s["cfg"])), []).append(s)
+    for group in groups.values():
+        n = size or _auto_pack_size(group, data, slots, gpus_per_trial)
+        k = math.ceil(len(group) / n)
+        for chunk in (group[i::k] for i in range(k)):  # k packs of near-equal size
+            tids = [s["trial_id"] for s in chunk]
+            pid = tids[0] if len(tids) == 1 else "pack-" + hashlib.sha1(",".join(tids).encode()).hexdigest()[:8]
+            packs.append((pid, chunk))
+    ids = {pid: [s["trial_id"] for s in members] for pid, members in packs}
+    if ids != stored:
+        store.atomic_write(saved, lambda tmp: Path(tmp).write_text(json.dumps({**stored, **ids}, indent=1)))
+    return packs
 
 
 def run(sweep: Sweep) -> int:
@@ -448,8 +518,6 @@ def run(sweep: Sweep) -> int:
 
 def _run(sweep: Sweep) -> int:
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from sweeps.asha import PersistentASHA
 
     args = sweep.args
     started = time.time()
@@ -459,6 +527,7 @@ def _run(sweep: Sweep) -> int:
                          "--cpus-per-trial > 0")
     if args.num_gpus < 0 or (args.gpus_per_trial is not None and not 0 < args.gpus_per_trial <= max(1, args.num_gpus)):
         raise SweepError(f"--gpus-per-trial must be in (0, {max(1, args.num_gpus):g}] and --num-gpus >= 0")
+    pack_size = _pack_size(args.pack)
     epochs, patience, grace, grace_note = asha_horizon(sweep)
     _check_ray_start(args)
     features = args.features.split(",") if args.features else None
@@ -477,7 +546,8 @@ def _run(sweep: Sweep) -> int:
     ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
     settings = {"kind": sweep.kind, "data": args.data, "features": list(data.features), "profile": args.profile,
                 "folds": args.folds, "seeds": args.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
-                **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings}
+                **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings,
+                "pack": args.pack}
     _check_settings(root, settings, args.restart)
     if args.restart:
         for p in root.iterdir():  # all but the lock this driver holds
@@ -487,7 +557,7 @@ def _run(sweep: Sweep) -> int:
     if cleaned:
         print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
 
-    milestones = _asha_milestones(grace, epochs) if sweep.asha else []
+    milestones = asha.milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, args.name, root, milestones, data)
     tracking = trackers.prepare(args, args.name, data, root)  # {'mlflow': {...}} or {}
     search_ctx = dict(sweep=sweep, name=args.name, root=root, milestones=milestones, tracking=tracking, data=data)
@@ -496,10 +566,6 @@ def _run(sweep: Sweep) -> int:
     for s in specs:
         s.update(tracking)
     done = store.completed_trials(root)
-    for s in specs:  # ASHA stopped it, but the driver died before storing it
-        if Path(s["checkpoint"] + ".pruned").exists() and s["trial_id"] not in done:
-            finish_stopped_trial(s, data, json.loads(Path(s["checkpoint"] + ".pruned").read_text()))
-    done = store.completed_trials(root)
     pending = [s for s in specs if s["trial_id"] not in done]
     gpus_per_trial = (args.gpus_per_trial or _default_gpus_per_trial(data)) if args.num_gpus else 0
     for note in sweep.notes:  # after the up-front checks: a refused sweep prints its error alone
@@ -507,7 +573,7 @@ def _run(sweep: Sweep) -> int:
     print(f"sweep {args.name}: {len(specs)} trials ({len(sweep.points)} points x {args.seeds} seeds x {args.folds} folds), "
           f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
-          f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per trial; store {root}", file=sys.stderr)
+          f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per pack; store {root}", file=sys.stderr)
     if sweep.search.todo(done) if sweep.search else pending:
         logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
         _save_settings(root, settings)  # before Ray starts: a second driver checks against it
@@ -516,17 +582,24 @@ def _run(sweep: Sweep) -> int:
         _init_ray(args, args.num_gpus, root)
         if gpus_per_trial:
             _check_cuda_on_workers(gpus_per_trial)
-        progress = Progress(args.name, [None] * sweep.search.n if sweep.search else specs, epochs, milestones, data, done)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
-                                        {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
-        scheduler = (PersistentASHA(root / "asha_rungs.json", time_attr="epoch", max_t=epochs, grace_period=grace,
-                                    reduction_factor=ASHA_REDUCTION) if sweep.asha else FIFOScheduler())
         max_concurrent = int(args.num_gpus // gpus_per_trial) if gpus_per_trial else 0
+        slots = max_concurrent or int(ray_cpus() // args.cpus_per_trial)
+        packs = [] if sweep.search else make_packs(pending, pack_size, root, data, slots, gpus_per_trial)
+        if packs and len(packs) < len(pending):
+            sizes = sorted({len(m) for _, m in packs})
+            print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "
+                  f"(--pack {args.pack}; trials that differ in more than {', '.join(MEMBER_NOTE)} never share one)",
+                  file=sys.stderr)
+        progress = Progress(args.name, root, sweep.search.n if sweep.search else len(specs),
+                            len(packs) or len(pending) or 1, epochs)
+        trainable = tune.with_resources(tune.with_parameters(run_pack, data=data),
+                                        {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
+        pack_space = [{"id": pid, "trials": members, **{k: members[0][k] for k in PACK_FIELDS}} for pid, members in packs]
         run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
         tuner = tune.Tuner(
             trainable,
-            param_space={} if sweep.search else {"trial": tune.grid_search(pending)},
-            tune_config=tune.TuneConfig(metric="val_emoval", mode="max", scheduler=scheduler, reuse_actors=True,
+            param_space={} if sweep.search else {"pack": tune.grid_search(pack_space)},
+            tune_config=tune.TuneConfig(metric="val_emoval", mode="max", reuse_actors=True,
                                         **{"max_concurrent_trials": max_concurrent or None,
                                            **(sweep.search.tune_config(search_ctx, done, pending) if sweep.search else {})}),
             run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
