@@ -155,12 +155,12 @@ def _member_values(values, device):
 class Engine:
     """Trains the members of `trials` [(cfg, seed)] over n_folds folds, epoch by epoch."""
 
-    def __init__(self, trials, data, n_folds=5, device=None):
+    def __init__(self, trials, data, n_folds=5, device=None, dtype=torch.float32):
         if len({pack_key(cfg) for cfg, _ in trials}) > 1:
             raise ValueError("the trials of a pack must share every config key but config.MEMBER_KEYS")
         self.trials, self.data, self.n_folds = list(trials), data, n_folds
         self.device = torch.device(device) if device else default_device()
-        self.splits = {name: SplitTensors.from_split(sp, self.device) for name, sp in data.splits.items()}
+        self.splits = {name: SplitTensors.from_split(sp, self.device, dtype) for name, sp in data.splits.items()}
         train = self.splits["train"]
         self.has_val = ~torch.isnan(train.vals)
         self.vals0 = torch.nan_to_num(train.vals)  # NaN-free, so masked entries give no NaN gradients
@@ -177,7 +177,7 @@ class Engine:
                                            torch.as_tensor(va, device=self.device), sched, holder,
                                            torch.Generator().manual_seed(seed * 1000 + k)))
         self.model = build_model(trials[0][0], data.dims, len(data.classes), [m.cfg for m in self.members],
-                                 [(m.seed, m.fold) for m in self.members]).to(self.device)
+                                 [(m.seed, m.fold) for m in self.members]).to(self.device, dtype)
         self.live = [m.index for m in self.members]  # the members in the model, in its order
         self.optimizer = StackedAdamW(self.model.parameters())
         self.best = {n: p.detach().clone() for n, p in self.model.named_parameters()}  # every member's best state
@@ -305,7 +305,8 @@ class Engine:
     def best_model(self, indices):
         """A model of the members `indices` at their best epochs (their current weights where none)."""
         cfgs = [self.members[i].cfg for i in indices]
-        model = build_model(self.trials[0][0], self.data.dims, len(self.data.classes), cfgs, init=False).to(self.device)
+        dtype = self.best[next(iter(self.best))].dtype
+        model = build_model(self.trials[0][0], self.data.dims, len(self.data.classes), cfgs, init=False).to(self.device, dtype)
         index = torch.tensor(indices, dtype=torch.long, device=self.device)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -360,10 +361,10 @@ def _mean_finite(scores):
     return float(np.mean(finite)) if finite else math.nan
 
 
-def train(trials, data, n_folds=5, device=None, on_epoch=None, scenarios=None) -> dict:
+def train(trials, data, n_folds=5, device=None, on_epoch=None, scenarios=None, dtype=torch.float32) -> dict:
     """Train a pack to its end; {trial index: TrialResult}. `on_epoch(epoch, {trial: score})` may
     return True to stop early."""
-    engine = Engine(trials, data, n_folds, device)
+    engine = Engine(trials, data, n_folds, device, dtype)
     while not engine.done:
         scores = engine.step()
         if on_epoch is not None and on_epoch(engine.epoch, scores):

@@ -37,12 +37,12 @@ class SplitTensors:
     vals: torch.Tensor  # NaN where there is no valence
 
     @classmethod
-    def from_split(cls, split, device):
-        def tensor(a):  # one copy to the device, also from a read-only memory map
-            return torch.tensor(np.asarray(a), device=device)
-        inputs = [tensor(x) for x in split.inputs]
+    def from_split(cls, split, device, dtype=torch.float32):
+        def tensor(a, dtype=None):  # one copy to the device, also from a read-only memory map
+            return torch.tensor(np.asarray(a), device=device, dtype=dtype)
+        inputs = [tensor(x, dtype) for x in split.inputs]
         lengths = None if inputs[0].dim() == 2 else [tensor(n) for n in split.lengths]
-        return cls(inputs, lengths, tensor(split.emos), tensor(split.vals))
+        return cls(inputs, lengths, tensor(split.emos), tensor(split.vals, dtype))
 
     def batch(self, idx):
         """Inputs and lengths of the samples idx ([M, B] or [B])."""

@@ -584,7 +584,9 @@ def _run(sweep: Sweep) -> int:
             _check_cuda_on_workers(gpus_per_trial)
         max_concurrent = int(args.num_gpus // gpus_per_trial) if gpus_per_trial else 0
         slots = max_concurrent or int(ray_cpus() // args.cpus_per_trial)
-        packs = [] if sweep.search else make_packs(pending, pack_size, root, data, slots, gpus_per_trial)
+        packs = [] if sweep.search else [(pid, members) for pid, members in  # all of a pack's trials: its checkpoint's
+                                         make_packs(specs, pack_size, root, data, slots, gpus_per_trial)
+                                         if any(s["trial_id"] not in done for s in members)]
         if packs and len(packs) < len(pending):
             sizes = sorted({len(m) for _, m in packs})
             print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "

@@ -10,11 +10,9 @@ import torch
 from prmf import records, store
 from prmf.config import (PRESETS, ConfigError, effective_config, for_data, make_config, modality_dropout_rate,
                          preset_config)
-from prmf.models import build_model
-from prmf.trainer import TrialRunner, n_params, train_trial
-from prmf.vectorized import VectorizedRunner, forward
+from prmf.engine import Engine, train_trial
+from prmf.models import build_model, n_params
 from sweeps import ablation, core
-from tests.test_vectorized import fixed_noise, inputs, stacked  # noqa: F401  (fixed_noise is a fixture)
 
 DIMS, H, C = [10, 20, 8], 16, 6
 PAPER_DIMS = [1024, 5120, 768]  # chinese-hubert-large, Baichuan-13B-Base, clip-vit-large-patch14 (UTT)
@@ -107,15 +105,14 @@ def test_ramp_key_overrides_the_fidelity():
     assert modality_dropout_rate(cfg, 30) == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("runner", [TrialRunner, VectorizedRunner])
-def test_epoch_history_records_the_rate_used(runner, tiny_data):
+def test_epoch_history_records_the_rate_used(tiny_data):
     cfg = preset_config("Exp4", epochs=3, modality_dropout_warmup=1, hidden_dim=8, batch_size=128)
-    r = runner(cfg, tiny_data, seed=0, n_folds=2)
+    r = Engine([(cfg, 0)], tiny_data, n_folds=2)
     while not r.done:
         r.step()
     got = pd.DataFrame(r.history).groupby("epoch").modality_dropout_p.unique()
     assert [list(v) for v in got] == [[0.0], [0.2], [0.2]]  # warm-up 1: 0, then 0.2*min(1, (e-1)/1)
-    base = runner(preset_config("attention", epochs=1, hidden_dim=8), tiny_data, seed=0, n_folds=2)
+    base = Engine([(preset_config("attention", epochs=1, hidden_dim=8), 0)], tiny_data, n_folds=2)
     base.step()
     assert {h["modality_dropout_p"] for h in base.history} == {0.0}
 
@@ -136,9 +133,8 @@ def test_dropped_modality_reaches_the_fusion_only_in_paper_mode(fidelity, fixed_
         torch.manual_seed(0)
         cfg = preset_config("Exp3", fidelity=fidelity, hidden_dim=H, dropout=0.0, modality_dropout=p)
         model = build_model(cfg, DIMS, C).train()
-        model.set_epoch(150)  # the full rate in both ramps
         torch.manual_seed(1)
-        outs[p] = model(batch())
+        outs[p] = model(batch(), modality_p=modality_dropout_rate(cfg, 150))  # the full rate in both ramps
     same_fusion = torch.equal(outs[0.0][1], outs[0.95][1])
     assert same_fusion == (fidelity == "seeds_code")
     assert not torch.equal(outs[0.0][3], outs[0.95][3])  # the reconstruction sees the dropped z in both
@@ -164,11 +160,12 @@ def test_attention_is_merbenchs_raw_scores_and_robust_v1_the_softmax():
     torch.manual_seed(0)
     for name, softmax, feat_dropout in [("attention", False, 0.0), ("attention_robust", True, 0.4)]:
         model = build_model(preset_config(name, hidden_dim=H), DIMS, C).eval()
-        assert model.fusion.softmax is softmax and model.feat_dropout.p == feat_dropout
-        hid = [torch.rand(4, H) for _ in range(3)]
-        fused, w = model.fusion(hid)
-        raw = model.fusion.fc_att(model.fusion.attention_mlp(torch.cat(hid, 1)))
-        assert torch.allclose(w, torch.softmax(raw, 1) if softmax else raw)
+        assert model.fusion.softmax is softmax and model.uses_feat_dropout == (feat_dropout > 0)
+        assert model.value("dropout") == 0.4
+        hid = [torch.rand(1, 4, H) for _ in range(3)]
+        fused, w = model.fusion(hid, 0.0, False)
+        raw = model.fusion.fc_att(model.fusion.attention_mlp(torch.cat(hid, -1), None, 0.0, False))
+        assert torch.allclose(w, torch.softmax(raw, -1) if softmax else raw)
 
 
 def test_exp5_is_exp1_under_seeds_code_and_the_proxy_variant_under_paper():
@@ -181,30 +178,6 @@ def test_exp5_is_exp1_under_seeds_code_and_the_proxy_variant_under_paper():
     assert not hasattr(m5, "proxy_attention")
     assert all(torch.equal(a, b) for a, b in zip(m5.state_dict().values(), m1.state_dict().values()))
     assert hasattr(build_model(preset_config("Exp5", hidden_dim=H, fidelity="paper"), DIMS, C), "proxy_attention")
-
-
-# ---------------------------------------------------------------- both runners, both modes
-
-PAPER_AND_CODE = [(n, f) for n in ("attention", "attention_robust", "Exp1", "Exp3", "Exp5") for f in ("seeds_code", "paper")]
-
-
-@pytest.mark.parametrize("name, fidelity", PAPER_AND_CODE)
-def test_batched_forward_matches_the_modules_with_modality_dropout_on(name, fidelity, fixed_noise):
-    # one fold, the same seed before each forward: the same keep-mask draw in both (dropout 0, the
-    # VAE noise fixed), so the placement and masking of both runners must agree exactly
-    cfg = preset_config(name, fidelity=fidelity, hidden_dim=H, dropout=0.0, modality_dropout=0.6)
-    torch.manual_seed(0)
-    model = build_model(cfg, DIMS, C).train()
-    xs = inputs(n=24)
-    present = torch.stack([x.abs().sum(1) > 0 for x in xs], 1)[None]
-    with torch.no_grad():
-        torch.manual_seed(3)
-        emos, vals, inter = forward(stacked([model]), cfg, [x[None] for x in xs], present, True,
-                                    model.dropout_rate())
-        torch.manual_seed(3)
-        _, e, v, i = model(xs)
-    assert torch.allclose(emos[0], e, atol=1e-5) and torch.allclose(vals[0], v.squeeze(1), atol=1e-5)
-    assert torch.allclose(inter[0], i, atol=1e-5)
 
 
 # ---------------------------------------------------------------- the suite, records, the CLI

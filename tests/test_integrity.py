@@ -59,18 +59,20 @@ def test_trial_id_includes_data_set_and_features(tiny_data, small_data):
 
 
 def test_a_fold_with_non_finite_outputs_stops_marked_diverged(tiny_data):
-    from prmf.trainer import make_runner
+    import torch
+
+    from prmf.engine import Engine
     cfg = make_config(epochs=3, hidden_dim=16, batch_size=64, lr=1e-3)
-    runner = make_runner(cfg, tiny_data, 0, 2, "cpu")
+    runner = Engine([(cfg, 0)], tiny_data, 2, "cpu")
     runner.step()
-    with __import__("torch").no_grad():  # fold 1's weights blow up after epoch 1
-        for p in (runner.folds[1].model.parameters() if hasattr(runner.folds[1], "model")
-                  else [runner.params[n][1] for n in runner.names]):
-            p.fill_(math.inf)
+    with torch.no_grad():  # fold 1's weights blow up after epoch 1
+        for p in runner.model.parameters():
+            p[1].fill_(math.inf)
     while not runner.done:
         runner.step()
-    assert [f.diverged_epoch for f in runner.folds] == [0, 2] and runner.epoch == 3
-    res = runner.finish()
+    assert [f.diverged_epoch for f in runner.members] == [0, 2] and runner.epoch == 3
+    assert runner.live == []  # the diverged fold left the batch at once, the other at its last epoch
+    res = runner.finish()[0]
     results, _, _ = records.tables(res, tid="t", sweep="s", experiment="e", cfg=cfg, seed=0, dataset=tiny_data,
                                    status="finished", wall_time_s=1.0)
     assert (results.status == "diverged").all()

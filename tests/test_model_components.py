@@ -6,9 +6,10 @@ import torch
 
 from prmf.config import EXPERIMENTS, experiment_config, make_config, modality_dropout_rate
 from prmf.models import build_model
-from prmf.models.encoders import VariationalMLPEncoder
-from prmf.models.fusion import (DROP_PATTERNS, UncertaintyWeightedFusion, VAELossComputer,
-                                kl_gaussians, kl_to_standard_normal, modality_dropout_keep, present_mask)
+from prmf.models.encoders import VariationalEncoder
+from prmf.models.fusion import (DROP_PATTERNS, kl_gaussians, kl_to_standard_normal, modality_dropout_keep, present_mask,
+                                uncertainty_fusion, vae_parts)
+from prmf.models.layers import init_member
 
 DIMS = [10, 20, 8]
 
@@ -34,25 +35,37 @@ def test_cross_modal_kl_matches_closed_form_and_is_zero_for_equal_gaussians():
     assert kl_gaussians(mu1, lv1, mu1, lv1).abs() < 1e-6
 
 
-def test_interloss_is_the_weighted_sum_of_its_parts():
-    mus = [torch.randn(3, 4) for _ in range(3)]
-    lvs = [torch.randn(3, 4) for _ in range(3)]
-    xs = [torch.randn(3, 5) for _ in range(3)]
-    rs = [torch.randn(3, 5) for _ in range(3)]
-    lc = VAELossComputer(0.1, 0.2, 0.3)
-    kl, recon, cross = lc.parts(mus, lvs, xs, rs)
-    assert torch.allclose(lc.compute(mus, lvs, xs, rs), 0.1 * kl + 0.2 * recon + 0.3 * cross)
-    assert torch.allclose(recon, sum(((r - x) ** 2).mean() for x, r in zip(xs, rs)) / 3)
+def test_vae_losses_are_means_over_the_modalities_per_member():
+    mus = [torch.randn(2, 3, 4) for _ in range(3)]  # 2 members
+    lvs = [torch.randn(2, 3, 4) for _ in range(3)]
+    recons = [torch.rand(2) for _ in range(3)]
+    kl, recon, cross = vae_parts(mus, lvs, recons)
+    assert kl.shape == recon.shape == cross.shape == (2,)
+    for m in range(2):
+        assert torch.allclose(kl[m], sum(kl_to_standard_normal(mu[m], lv[m]) for mu, lv in zip(mus, lvs)) / 3)
+        pairs = [(0, 1), (0, 2), (1, 2)]
+        assert torch.allclose(cross[m], sum(kl_gaussians(mus[i][m], lvs[i][m], mus[j][m], lvs[j][m]) for i, j in pairs) / 3)
+    assert torch.allclose(recon, sum(recons) / 3)
+
+
+def test_interloss_is_the_weighted_sum_of_its_parts_with_each_members_weights(fixed_noise):
+    # two members with the same weights but other loss weights: the interloss is linear in them
+    cfgs = [experiment_config("Exp2", dropout=0.0, modality_dropout=0.0, kl_weight=w[0], recon_weight=w[1],
+                              cross_kl_weight=w[2]) for w in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (0.1, 0.2, 0.3))]
+    model = build_model(cfgs[0], DIMS, 6, members=cfgs, seeds=[(0, 0)] * 4).train()
+    x = [t.expand(4, *t.shape) for t in batch(8)]
+    kl, recon, cross, mixed = model(x)[3]
+    assert torch.allclose(mixed, 0.1 * kl + 0.2 * recon + 0.3 * cross, atol=1e-6)
 
 
 def test_fusion_weights_follow_inverse_uncertainty_and_temperature():
     mus = [torch.full((1, 4), v) for v in (1.0, 2.0, 3.0)]
     stds = [torch.full((1, 4), s) for s in (0.5, 1.0, 2.0)]
-    proxy, w = UncertaintyWeightedFusion(temperature=1.0)(mus, stds)
+    proxy, w = uncertainty_fusion(mus, stds, None, 1.0)
     expected = torch.softmax(torch.tensor([2.0, 1.0, 0.5]), 0)
     assert torch.allclose(w[0], expected, atol=1e-5)
     assert torch.allclose(proxy[0], torch.full((4,), float((expected * torch.tensor([1.0, 2.0, 3.0])).sum())), atol=1e-5)
-    _, w_hot = UncertaintyWeightedFusion(temperature=0.1)(mus, stds)
+    _, w_hot = uncertainty_fusion(mus, stds, None, 0.1)
     assert w_hot[0, 0] > w[0, 0]  # a lower temperature sharpens towards the most certain modality
 
 
@@ -60,10 +73,10 @@ def test_missing_modality_gets_negligible_weight():
     mus = [torch.randn(2, 4) for _ in range(3)]
     stds = [torch.ones(2, 4), torch.full((2, 4), 1e6), torch.ones(2, 4)]
     present = torch.tensor([[True, False, True], [True, False, True]])
-    proxy, w = UncertaintyWeightedFusion(1.0)(mus, stds, present)
+    proxy, w = uncertainty_fusion(mus, stds, present, 1.0)
     assert (w[:, 1] < 1e-6).all() and torch.allclose(w.sum(1), torch.ones(2))
     # without the mask the seeds' std=1e6 alone leaves a large weight: the reason the mask exists
-    _, w_unmasked = UncertaintyWeightedFusion(1.0)(mus, stds)
+    _, w_unmasked = uncertainty_fusion(mus, stds, None, 1.0)
     assert (w_unmasked[:, 1] > 0.1).all()
 
 
@@ -84,12 +97,13 @@ def test_all_zero_input_is_treated_as_missing_by_the_model():
 
 
 def test_logvar_is_clamped_and_initial_variance_is_one():
-    enc = VariationalMLPEncoder(5, 8, 0.0)
-    z, mu, logvar, std = enc(torch.randn(3, 5))
+    enc = VariationalEncoder(1, 5, 8)
+    init_member(enc, [0], None)
+    z, mu, logvar, std = enc(torch.randn(1, 3, 5), None, 0.0, True)
     assert torch.allclose(logvar, torch.zeros_like(logvar)) and torch.allclose(std, torch.ones_like(std))
     with torch.no_grad():
         enc.heads.logvar_layer.bias.fill_(100.0)
-    _, _, logvar, std = enc(torch.randn(3, 5))
+    _, _, logvar, std = enc(torch.randn(1, 3, 5), None, 0.0, True)
     assert logvar.max() == 10 and torch.isfinite(std).all()
 
 
@@ -117,12 +131,13 @@ def test_gradients_reach_every_parameter_that_should_learn(experiment):
 
 def test_modality_dropout_is_vectorised_and_uses_the_six_patterns():
     torch.manual_seed(0)
-    keep = modality_dropout_keep(20000, 0.3, "cpu")
-    dropped = ~keep.all(1)
-    assert abs(dropped.float().mean().item() - 0.3) < 0.02
+    keep = modality_dropout_keep((3, 20000), torch.tensor([0.3, 0.0, 0.6]), "cpu")  # each member its own rate
+    dropped = ~keep.all(-1)
+    assert abs(dropped[0].float().mean().item() - 0.3) < 0.02 and not dropped[1].any()
+    assert abs(dropped[2].float().mean().item() - 0.6) < 0.02
     patterns = {tuple(r.tolist()) for r in keep[dropped]}
     assert patterns == {tuple(r.tolist()) for r in DROP_PATTERNS}
-    assert keep.sum(1).min() >= 1  # never all three
+    assert keep.sum(-1).min() >= 1  # never all three
 
 
 def test_progressive_dropout_schedule():
@@ -142,9 +157,9 @@ def test_dropped_modality_has_zero_mu_in_the_proxy():
     x_no_text = [x[0], torch.zeros_like(x[1]), x[2]]
     # Exp2's fused feature is the proxy: with text absent, it is a weighted sum of audio and video mu only
     feats = model(x_no_text)[0]
-    mus = [model.encoders[i](x_no_text[i])[1] for i in (0, 2)]
-    stds = [model.encoders[i](x_no_text[i])[3] for i in (0, 2)]
-    _, w = UncertaintyWeightedFusion(model.cfg.fusion_temperature)(mus, stds)
+    mus = [model.encoders[i](x_no_text[i][None], None, 0.0, False)[1][0] for i in (0, 2)]
+    stds = [model.encoders[i](x_no_text[i][None], None, 0.0, False)[3][0] for i in (0, 2)]
+    _, w = uncertainty_fusion(mus, stds, None, model.cfg.fusion_temperature)
     assert torch.allclose(feats, w[:, :1] * mus[0] + w[:, 1:] * mus[1], atol=1e-5)
 
 
@@ -163,7 +178,10 @@ def test_baselines_are_looked_up_by_merbench_names():
     for name, cls in [("attention", "Attention"), ("attention_robust", "AttentionRobust"),
                       ("attention_robust_v2", "AttentionRobustV2")]:
         assert type(build_model(make_config(model=name), DIMS, 6)).__name__ == cls
-    plain = build_model(make_config(model="attention"), DIMS, 6).train()
-    assert plain.dropout_keep(8, "cpu") is None  # the baseline has no modality dropout
-    robust = build_model(make_config(model="attention_robust", modality_dropout_warmup=0), DIMS, 6).train()
-    assert robust.dropout_keep(8, "cpu") is not None
+    for name, drops in [("attention", False), ("attention_robust", True)]:  # the baseline has no modality dropout
+        model = build_model(make_config(model=name, dropout=0.0), DIMS, 6).train()
+        outs = []
+        for p in (0.0, 0.9):
+            torch.manual_seed(0)
+            outs.append(model(batch(), modality_p=p)[1])
+        assert torch.equal(*outs) != drops, name

@@ -10,7 +10,7 @@ import pytest
 from analysis import report
 from prmf import records, robustness, store
 from prmf.config import experiment_config
-from prmf.trainer import train_trial
+from prmf.engine import train_trial
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(lr=3e-3, batch_size=64, hidden_dim=16, dropout=0.1, epochs=2)

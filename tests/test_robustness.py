@@ -6,7 +6,7 @@ import torch
 from prmf import records, robustness, store
 from prmf.config import experiment_config
 from prmf.train import main as train_main
-from prmf.trainer import train_trial
+from prmf.engine import train_trial
 
 FAST = dict(lr=3e-3, batch_size=64, hidden_dim=16, dropout=0.1, epochs=2)
 NAMES = ["-a", "-t", "-v", "-a-t", "-a-v", "-t-v", "noise:0.5", "noise:1", "noise:2"]  # 'all' is the clean input

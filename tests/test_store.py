@@ -9,7 +9,7 @@ import pytest
 
 from prmf import records, store
 from prmf.config import experiment_config
-from prmf.trainer import train_trial
+from prmf.engine import train_trial
 
 FAST = dict(lr=3e-3, batch_size=64, hidden_dim=32, dropout=0.1, epochs=2)
 

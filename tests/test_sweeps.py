@@ -49,19 +49,24 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
     assert set(df.commit) == {record["commit"] + ("+dirty" if record["dirty"] else "")}
 
 
-def test_asha_stops_a_hopeless_grid_point_early(tmp_path, data_dir):
+def test_asha_stops_a_hopeless_grid_point_inside_its_pack(tmp_path, data_dir):
     grid = tmp_path / "grid.yaml"
     grid.write_text("base: Exp1\ngrid:\n  lr: [0.003, 0.002, 0.000000001]\n")
-    # one trial at a time in grid order, so the hopeless point meets its rung last; the folds'
-    # patience (40) cannot stop anything in 8 epochs: only ASHA (rungs at epochs 2 and 6) can
-    sweep("grid.py", "--grid", str(grid), "--epochs", "8", "--grace-period", "2", "--cpus-per-trial", "2",
-          "--storage", str(tmp_path), "--name", "g")
+    # the three points differ in lr only: one pack (one slot of 2 CPUs), judged in grid order, so the
+    # hopeless point meets its rung last; the folds' patience (40) cannot stop anything in 8 epochs:
+    # only ASHA (rungs at epochs 2 and 6) can
+    out = sweep("grid.py", "--grid", str(grid), "--epochs", "8", "--grace-period", "2", "--cpus-per-trial", "2",
+                "--storage", str(tmp_path), "--name", "g")
+    assert "3 trials in 1 packs of 3" in out.stderr
     df = store.read_results(tmp_path / "g")
+    assert df.pack.nunique() == 1
     agg = df[df.is_aggregate & (df.scenario == "clean") & (df.split == "cv")].set_index("lr")
     assert agg.loc[0.003, "status"] == "finished" and agg.loc[0.003, "epochs_run"] == 8
     assert agg.loc[1e-9, "status"] == "pruned" and agg.loc[1e-9, "epochs_run"] == 2
     assert agg.loc[1e-9, "acc"] < agg.loc[0.003, "acc"]
     assert len(df[df.scenario == "clean"]) == 3 * 4 * 6  # a pruned trial still has all its rows
+    epochs = store.read_epochs(tmp_path / "g").groupby("trial_id").epoch.max()
+    assert epochs[agg.loc[1e-9, "trial_id"]] == 2 and epochs[agg.loc[0.003, "trial_id"]] == 8  # it left the batch
     assert not list((tmp_path / "g" / "checkpoints").glob("*"))
     rung2 = json.loads((tmp_path / "g" / "asha_rungs.json").read_text())["2"]  # for a resumed sweep to judge by
     assert sorted(rung2) == sorted(df.trial_id.unique())
@@ -72,17 +77,20 @@ def _results(root):
     return df.sort_values(store.RESULT_KEY).reset_index(drop=True)
 
 
-def test_sigkilled_sweep_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, data_dir):
-    args = ["--experiments", "Exp1,Exp2,Exp4", "--epochs", "6", "--checkpoint-every", "1", "--cpus-per-trial", "2",
-            "--storage", str(tmp_path)]
-    sweep("ablation.py", *args, "--name", "straight")
+def test_sigkilled_packed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, data_dir):
+    # 4 points in 2 packs of 2, each pack a good and a hopeless lr: ASHA prunes inside the packs
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: Exp4\ngrid:\n  lr: [0.003, 0.000000001]\n  kl_weight: [0.005, 0.05]\n")
+    args = ["--grid", str(grid), "--epochs", "6", "--grace-period", "2", "--checkpoint-every", "1",
+            "--cpus-per-trial", "2", "--pack", "2", "--storage", str(tmp_path)]
+    sweep("grid.py", *args, "--name", "straight")
 
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "ablation.py"), *TINY, *args, "--name", "killed"],
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "grid.py"), *TINY, *args, "--name", "killed"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     root = tmp_path / "killed"
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill once one trial is stored and the next has a checkpoint
+    while time.time() < deadline:  # kill once a trial is stored and a pack still has a checkpoint
         if store.completed_trials(root) and list((root / "checkpoints").glob("*.pt")):
             break
         time.sleep(0.2)
@@ -92,17 +100,18 @@ def test_sigkilled_sweep_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, d
     os.killpg(proc.pid, signal.SIGKILL)  # driver and the local Ray it started, as a node crash would
     proc.wait()
     finished_before = {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.parquet")}
-    assert len(finished_before) in (1, 2)  # killed mid-sweep: some trials stored, not all
+    assert 1 <= len(finished_before) < 4  # killed mid-sweep: some trials stored, not all
 
-    again = sweep("ablation.py", *args, "--name", "killed")
+    again = sweep("grid.py", *args, "--name", "killed")
     assert f"{len(finished_before)} already done" in again.stderr
     after = {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.parquet")}
-    assert {k: after[k] for k in finished_before} == finished_before  # no finished trial ran again
+    assert {k: after[k] for k in finished_before} == finished_before  # no stored trial ran again
 
     a, b = _results(tmp_path / "straight"), _results(root)
     assert a[store.RESULT_KEY].equals(b[store.RESULT_KEY])
-    for col in ("acc", "f1", "val_mse", "best_epoch", "epochs_run"):
-        assert np.allclose(a[col], b[col], equal_nan=True), col
+    assert set(a.status) == {"finished", "pruned"} and a.pack.nunique() == 2
+    for col in ("acc", "f1", "val_mse", "best_epoch", "epochs_run", "status"):
+        assert (a[col] == b[col]).all() if col == "status" else np.allclose(a[col], b[col], equal_nan=True), col
     ep_a, ep_b = store.read_epochs(tmp_path / "straight"), store.read_epochs(root)
     assert len(ep_a) == len(ep_b) and not ep_b.duplicated(["trial_id", "fold", "epoch"]).any()
 

@@ -36,18 +36,19 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         self.frames = cfg.feat_type != "utt"
         self.n_members = len(members or [cfg])
-        for key in MEMBER_KEYS:
-            self.register_buffer(key, torch.tensor([float(getattr(c, key)) for c in members or [cfg]]), persistent=False)
-        self._uniform = {}
+        self.hp = {key: [float(getattr(c, key)) for c in members or [cfg]] for key in MEMBER_KEYS}
+        for key, values in self.hp.items():  # buffers: they follow the device and a member subset
+            self.register_buffer(key, torch.tensor(values, dtype=torch.float64), persistent=False)
         self.fc_out_1 = Linear(self.n_members, cfg.hidden_dim, n_classes)
         self.fc_out_2 = Linear(self.n_members, cfg.hidden_dim, 1)
 
     def value(self, key):
-        """A per-member hyperparameter: a float when every member has the same (the fast path), else [M]."""
-        if key not in self._uniform:
-            t = getattr(self, key)
-            self._uniform[key] = float(t[0]) if bool((t == t[0]).all()) else None
-        return self._uniform[key] if self._uniform[key] is not None else getattr(self, key)
+        """A per-member hyperparameter: the exact float when every member has the same (the fast
+        path), else a tensor [M]."""
+        values = self.hp[key]
+        if all(v == values[0] for v in values):
+            return values[0]
+        return getattr(self, key).to(self.fc_out_1.weight.dtype)  # exact values, the model's float type
 
     @torch.no_grad()
     def keep(self, index):
@@ -58,7 +59,8 @@ class FusionModel(nn.Module):
                 module._parameters[name] = nn.Parameter(p.index_select(0, index))
             for name, b in module._buffers.items():
                 module._buffers[name] = b.index_select(0, index)
-        self.n_members, self._uniform = len(index), {}
+        self.n_members = len(index)
+        self.hp = {key: [values[i] for i in index.tolist()] for key, values in self.hp.items()}
 
     def forward(self, inputs, lengths=None, modality_p=None):
         one = inputs[0].dim() == (3 if self.frames else 2)  # no member axis
@@ -69,7 +71,8 @@ class FusionModel(nn.Module):
         shape = inputs[0].shape[:2]
         present = present_mask(inputs, self.frames) if self.cfg.fidelity == "paper" else None
         keep = None
-        if self.training and modality_p is not None and not (isinstance(modality_p, float) and modality_p == 0):
+        if self.training and self.uses_modality_dropout and modality_p is not None and not (
+                isinstance(modality_p, float) and modality_p == 0):
             keep = modality_dropout_keep(shape, modality_p, inputs[0].device)
         out = self.forward_members(inputs, lengths, present, keep, self.training)
         return tuple(o[0] for o in out) if one else out

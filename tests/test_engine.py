@@ -1,0 +1,165 @@
+"""The one engine (prmf/engine.py): the 5-fold protocol (SPEC §3-4: learning, patience, fold
+averaging, determinism, resume), and packs: members trained together equal the same members trained
+alone, each with its own initial weights, hyperparameters, schedule and early stop."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from prmf.config import experiment_config, make_config, preset_config
+from prmf.engine import CheckpointError, Engine, stratified_folds, train, train_trial
+from prmf.evaluation import metrics, predict
+from prmf.models import build_model
+
+FAST = dict(lr=3e-3, batch_size=64, hidden_dim=32, dropout=0.1)
+
+
+def test_learns_the_built_in_set_well_above_chance(tiny_data):
+    r = train_trial(experiment_config("Exp4", epochs=8, **FAST), tiny_data, seed=0)
+    majority = np.bincount(tiny_data.splits["test1"].emos).max() / len(tiny_data.splits["test1"].emos)
+    assert r.splits["test1"].metrics["acc"] > majority + 0.2
+    assert r.splits["cv"].metrics["acc"] > majority + 0.2
+
+
+def test_patience_stops_a_fold(tiny_data):
+    cfg = make_config(model="attention", epochs=30, patience=3, lr=1e-9, **{k: v for k, v in FAST.items() if k != "lr"})
+    runner = Engine([(cfg, 0)], tiny_data)
+    while not runner.done:
+        runner.step()
+    # nothing improves by min_delta after epoch 1, so each fold stops 3 epochs later and leaves the batch
+    assert runner.epoch == 4 and runner.live == [] and runner.model.fc_out_1.weight.shape[0] == 0
+    assert all(f.stopped and f.epochs_run == 4 for f in runner.members)
+
+
+def test_best_epoch_is_argmax_of_validation_metric(tiny_data):
+    r = train_trial(make_config(model="attention", epochs=6, **FAST), tiny_data, seed=1)
+    for k, best in enumerate(r.best_epochs):
+        scores = [h["val_emoval"] for h in r.history if h["fold"] == k]
+        assert best == int(np.argmax(scores)) + 1
+        assert r.splits["cv"].fold_metrics[k]["emoval"] == pytest.approx(max(scores))
+
+
+def test_cv_is_the_mean_of_fold_metrics_and_tests_average_fold_logits(tiny_data):
+    cfg = make_config(model="attention_robust", epochs=3, **FAST)
+    runner = Engine([(cfg, 0)], tiny_data)
+    while not runner.done:
+        runner.step()
+    r = runner.finish()[0]
+    cv = r.splits["cv"]
+    assert cv.metrics["acc"] == pytest.approx(np.mean([m["acc"] for m in cv.fold_metrics]))
+    assert sorted(cv.names) == sorted(tiny_data.splits["train"].names)  # every sample predicted once
+    test1 = runner.splits["test1"]
+    for k in range(5):  # each fold's best model on its own
+        logits, _ = predict(runner.best_model([k]), test1.inputs)
+        assert np.allclose(r.splits["test1"].fold_metrics[k]["acc"], metrics(logits[0], _[0], tiny_data.splits["test1"].emos,
+                                                                             tiny_data.splits["test1"].vals)["acc"])
+    logits, _ = predict(runner.best_model(list(range(5))), test1.inputs)
+    assert np.allclose(r.splits["test1"].logits, logits.mean(0), atol=1e-6)
+    sp = tiny_data.splits["test1"]
+    assert r.splits["test1"].metrics == pytest.approx(metrics(r.splits["test1"].logits, r.splits["test1"].vals_pred,
+                                                              sp.emos, sp.vals))
+
+
+def test_folds_are_seeded_and_stratified(tiny_data):
+    emos = tiny_data.splits["train"].emos
+    a, b = stratified_folds(emos, 5, 0), stratified_folds(emos, 5, 0)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not np.array_equal(a[0][1], stratified_folds(emos, 5, 1)[0][1])
+    for _, va in a:
+        assert abs(np.bincount(emos[va], minlength=6) / len(va) - np.bincount(emos, minlength=6) / len(emos)).max() < 0.03
+
+
+def test_same_seed_gives_same_numbers(tiny_data):
+    cfg = experiment_config("Exp4", epochs=2, **FAST)
+    a, b = train_trial(cfg, tiny_data, seed=3), train_trial(cfg, tiny_data, seed=3)
+    assert np.array_equal(a.splits["test2"].logits, b.splits["test2"].logits)
+    assert a.history == b.history
+
+
+def test_epoch_hook_sees_the_mean_validation_metric_and_can_stop(tiny_data):
+    seen = []
+    r = train_trial(make_config(model="attention", epochs=10, **FAST), tiny_data, seed=0,
+                    on_epoch=lambda e, s: seen.append((e, s)) or e == 2)
+    assert [e for e, _ in seen] == [1, 2] and max(r.epochs_run) == 2
+    ep1 = [h["val_emoval"] for h in r.history if h["epoch"] == 1]
+    assert seen[0][1] == pytest.approx(np.mean(ep1))
+
+
+def test_checkpoint_resume_continues_bit_for_bit(tiny_data):
+    cfg = experiment_config("Exp4", epochs=4, modality_dropout_warmup=1, **FAST)
+    trials = [(cfg, 0), (cfg.replace(kl_weight=0.05, lr=1e-3), 1)]  # a pack of two trials
+    straight = Engine(trials, tiny_data)
+    while not straight.done:
+        straight.step()
+    first = Engine(trials, tiny_data)
+    first.step(), first.step()
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = Engine(trials, tiny_data)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    while not resumed.done:
+        resumed.step()
+    assert resumed.history == straight.history
+    a, b = resumed.finish(), straight.finish()
+    assert all(np.array_equal(a[t].splits["test1"].logits, b[t].splits["test1"].logits) for t in (0, 1))
+    other = Engine([(cfg, 2)], tiny_data)
+    with pytest.raises(CheckpointError, match="another pack"):
+        other.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+
+
+# ---------------------------------------------------------------- packs
+
+QUIET = dict(lr=3e-3, batch_size=64, hidden_dim=16, dropout=0.0, modality_dropout=0.0, epochs=4)  # no randomness
+
+
+@pytest.mark.parametrize("name", ["attention", "Exp1", "Exp4"])
+def test_members_trained_together_equal_the_same_members_trained_alone(name, tiny_data, fixed_noise):
+    # three trials differing in what packs may differ in (loss weights, temperature, lr, weight
+    # decay, seed), in float64 so that float noise cannot grow into a different early stop
+    base = preset_config(name, **QUIET, patience=2)
+    trials = [(base, 0), (base.replace(kl_weight=0.05, fusion_temperature=0.5, weight_decay=0.01), 1),
+              (base.replace(lr=1e-3, recon_weight=0.5, cross_kl_weight=0.1), 0)]
+    packed = train(trials, tiny_data, n_folds=3, device="cpu", dtype=torch.float64)
+    for t, trial in enumerate(trials):
+        alone = train([trial], tiny_data, n_folds=3, device="cpu", dtype=torch.float64)[0]
+        together = packed[t]
+        assert [h["epoch"] for h in together.history] == [h["epoch"] for h in alone.history]
+        assert together.best_epochs == alone.best_epochs and together.epochs_run == alone.epochs_run
+        assert np.allclose([h["val_emoval"] for h in together.history], [h["val_emoval"] for h in alone.history],
+                           rtol=0, atol=1e-9)
+        assert np.allclose(together.splits["test1"].logits, alone.splits["test1"].logits, rtol=0, atol=1e-9)
+
+
+def test_a_members_start_is_torchs_own_draw_alone_or_in_a_pack():
+    cfg = preset_config("Exp4", hidden_dim=16)
+    torch.manual_seed(5)
+    first = torch.nn.Linear(16, 6)  # the first layer a model builds: fc_out_1
+    alone = build_model(cfg, [10, 20, 8], 6, seeds=[(5, 0)])
+    assert torch.equal(alone.fc_out_1.weight[0], first.weight) and torch.equal(alone.fc_out_1.bias[0], first.bias)
+    pack = build_model(cfg, [10, 20, 8], 6, members=[cfg, cfg.replace(kl_weight=0.1), cfg], seeds=[(5, 1), (5, 0), (7, 1)])
+    fold1 = build_model(cfg, [10, 20, 8], 6, seeds=[(5, 1)])
+    for (name, p), q in zip(pack.named_parameters(), fold1.parameters()):
+        assert torch.equal(p[0], q[0]), name
+    assert torch.equal(pack.fc_out_1.weight[1], first.weight)
+    assert not torch.equal(pack.fc_out_1.weight[2], pack.fc_out_1.weight[0])
+
+
+def test_a_pack_refuses_trials_of_different_architectures(tiny_data):
+    cfg = preset_config("Exp4", **QUIET)
+    with pytest.raises(ValueError, match="share every config key"):
+        Engine([(cfg, 0), (cfg.replace(hidden_dim=8), 0)], tiny_data)
+
+
+def test_pruned_members_leave_the_batch_and_keep_their_best(tiny_data):
+    cfg = preset_config("Exp4", **QUIET)
+    engine = Engine([(cfg, 0), (cfg.replace(kl_weight=0.1), 0)], tiny_data, n_folds=2)
+    engine.step()
+    best = {n: t[2:].clone() for n, t in engine.best.items()}
+    engine.prune([1])
+    assert engine.live == [0, 1] and engine.model.fc_out_1.weight.shape[0] == 2
+    engine.step()
+    assert all(torch.equal(engine.best[n][2:], best[n]) for n in best)
+    assert [m.pruned for m in engine.members] == [False, False, True, True]
+    assert {h["trial"] for h in engine.history if h["epoch"] == 2} == {0}
