@@ -104,17 +104,19 @@ def score(engine, trials, scenarios=None) -> dict:
     """TrialResult of each trial index in `trials` (engine.trials' order), from its members' best
     epochs: the best models of all their members predict every test split and scenario at once."""
     from .models import n_params
+    from .models.layers import shared_input_cache
     data, scenarios = engine.data, scenarios or {}
     members = [m for m in engine.members if m.trial in trials]
     with_model = [m for m in members if m.best_val is not None]  # diverged before a best epoch: none
     model = engine.best_model([m.index for m in with_model]) if with_model else None
     preds = {}  # (split, scenario) -> (logits [M', N, C], vals [M', N]) of the members with a model
-    for name, split in engine.splits.items():
-        if name == "train" or model is None:
-            continue
-        preds[(name, "clean")] = predict(model, split.inputs, split.lengths)
-        for scen, transform in scenarios.items():
-            preds[(name, scen)] = predict(model, transform(split.inputs), split.lengths)
+    with shared_input_cache():
+        for name, split in engine.splits.items():
+            if name == "train" or model is None:
+                continue
+            preds[(name, "clean")] = predict(model, split.inputs, split.lengths)
+            for scen, transform in scenarios.items():
+                preds[(name, scen)] = predict(model, transform(split.inputs), split.lengths)
     row = {m.index: i for i, m in enumerate(with_model)}
     n_cls = len(data.classes)
     out = {}

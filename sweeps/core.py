@@ -18,7 +18,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -53,14 +53,57 @@ class Point:
 
 
 @dataclass
+class RunSettings:
+    """Where and how a sweep runs (data, folds, seeds, resources, storage), as plain data: the
+    CLI's flags once parsed, so nothing below reads the argparse namespace."""
+    data: str = "synthetic"
+    features: list | None = None
+    profile: str = "small"
+    dataset_name: str | None = None
+    folds: int = 5
+    seeds: int = 1
+    grace_period: int | None = None
+    num_gpus: float = 0
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1
+    pack: str = "auto"
+    address: str | None = None
+    storage: str | None = None
+    name: str | None = None
+    restart: bool = False
+    checkpoint_every: int = 10
+    max_failures: int = 3
+    dashboard: bool = False
+
+    @classmethod
+    def from_args(cls, args):
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["features"] = args.features.split(",") if args.features else None
+        return cls(**values)
+
+    def check(self):
+        if self.folds < 2 or self.seeds < 1 or self.checkpoint_every < 1 or self.cpus_per_trial <= 0 or \
+                (self.grace_period is not None and self.grace_period < 1):
+            raise SweepError("--folds must be >= 2, --seeds >= 1, --checkpoint-every >= 1, --grace-period >= 1, "
+                             "--cpus-per-trial > 0")
+        if self.num_gpus < 0 or (self.gpus_per_trial is not None and not 0 < self.gpus_per_trial <= max(1, self.num_gpus)):
+            raise SweepError(f"--gpus-per-trial must be in (0, {max(1, self.num_gpus):g}] and --num-gpus >= 0")
+        _pack_size(self.pack)
+
+
+@dataclass
 class Sweep:
     kind: str  # 'ablation' or 'grid'
     points: list
-    args: argparse.Namespace
+    args: argparse.Namespace  # the CLI's flags (trackers and searches read their own)
     asha: bool = False
     settings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)  # printed at start (e.g. rows that cannot differ yet)
     search: object = None  # sweeps/search.OptunaSearch: points proposed while the sweep runs
+    run: RunSettings = None
+
+    def __post_init__(self):
+        self.run = self.run or RunSettings.from_args(self.args)
 
 
 def add_common_args(ap: argparse.ArgumentParser):
@@ -239,11 +282,11 @@ def _check_storage(root: Path):
         raise SweepError(str(e)) from None
 
 
-def _check_ray_start(args):
+def _check_ray_start(run):
     """What ray.init would only find out slowly or with a traceback: a dashboard without its
     packages, an address where nothing listens (Ray retries it for many minutes)."""
-    address = resolve_address(args.address)
-    if args.dashboard and address in (None, "local"):
+    address = resolve_address(run.address)
+    if run.dashboard and address in (None, "local"):
         try:
             import ray.dashboard.optional_deps  # noqa: F401  Ray's own list of the dashboard's packages
         except ImportError as e:
@@ -317,14 +360,14 @@ def _save_settings(root: Path, settings: dict):
     store.atomic_write(root / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True)))
 
 
-def _init_ray(args, num_gpus, root):
+def _init_ray(run, num_gpus, root):
     import logging
     import ray
-    address = resolve_address(args.address) or "local"
+    address = resolve_address(run.address) or "local"
     try:
         if address == "local":  # loopback only, token auth, PIDs kept (sweeps/ray_local.py)
             ray_local.start(root, max(1, os.cpu_count() or 1), torch.cuda.device_count() if num_gpus else 0,
-                            args.dashboard)
+                            run.dashboard)
         else:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -418,37 +461,37 @@ def asha_horizon(sweep: Sweep):
     """(epochs, patience, grace period, note) of the sweep; ASHA has one max_t and one grace period
     for all trials, so with ASHA on, points may not differ in epochs (or in patience when the grace
     period comes from it). A grace period longer than the epochs is clamped to them (and said)."""
-    args = sweep.args
+    run = sweep.run
     cfgs = [p.cfg for p in sweep.points] or [sweep.search.base_cfg]  # Optuna: no points up front
     epochs = {c.epochs for c in cfgs}
     patience = {c.patience for c in cfgs}
-    if sweep.asha and (len(epochs) > 1 or (len(patience) > 1 and args.grace_period is None)):
+    if sweep.asha and (len(epochs) > 1 or (len(patience) > 1 and run.grace_period is None)):
         key = "epochs" if len(epochs) > 1 else "patience"
         raise SweepError(f"the points differ in {key} ({', '.join(map(str, sorted(epochs if key == 'epochs' else patience)))}), "
                          f"but ASHA prunes all trials on one schedule: run one sweep per {key} value, or turn "
                          f"pruning off{' (--no-asha)' if sweep.kind == 'grid' else ''}"
                          f"{'' if key == 'epochs' else ', or give --grace-period'}")
-    grace = args.grace_period or min(patience)
+    grace = run.grace_period or min(patience)
     note = ""
     if grace > max(epochs):
-        note = f" (the {'--grace-period' if args.grace_period else 'patience'} {grace} clamped to the {max(epochs)} epochs)"
+        note = f" (the {'--grace-period' if run.grace_period else 'patience'} {grace} clamped to the {max(epochs)} epochs)"
         grace = max(epochs)
     return max(epochs), min(patience), grace, note
 
 
 def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None):
-    args = sweep.args
+    run = sweep.run
     specs = []
     for p in sweep.points:
-        for seed in range(args.seeds):
+        for seed in range(run.seeds):
             tid = records.trial_id(p.tag or p.label, p.cfg, seed, data)
             old = records.trial_id(p.tag or p.label, p.cfg, seed)  # before the data set was in the id
             if (root / "results" / f"{old}.parquet").exists():
                 tid = old  # a sweep started before: its trials keep their ids, nothing is trained twice
             specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
-                          "cfg": p.cfg.to_dict(), "sweep": name, "store": str(root), "folds": args.folds,
-                          "checkpoint_every": args.checkpoint_every, "milestones": milestones,
-                          "cpus": args.cpus_per_trial, "robustness": True, "commit": provenance.git_commit()})
+                          "cfg": p.cfg.to_dict(), "sweep": name, "store": str(root), "folds": run.folds,
+                          "checkpoint_every": run.checkpoint_every, "milestones": milestones,
+                          "cpus": run.cpus_per_trial, "robustness": True, "commit": provenance.git_commit()})
     return specs
 
 
@@ -505,51 +548,44 @@ def make_packs(specs, size, root, data, slots, gpus_per_trial):
 
 def run(sweep: Sweep) -> int:
     """Run (or resume) a sweep; returns the process exit code."""
-    args = sweep.args
     try:
         return _run(sweep)
     except (SweepError, ConfigError, DataError, trackers.TrackerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume sweep {args.name!r}", file=sys.stderr)
+        print(f"\ninterrupted: run the same command again to resume sweep {sweep.run.name!r}", file=sys.stderr)
         return 130
 
 
 def _run(sweep: Sweep) -> int:
     from ray import tune
 
-    args = sweep.args
+    run = sweep.run
     started = time.time()
-    if args.folds < 2 or args.seeds < 1 or args.checkpoint_every < 1 or args.cpus_per_trial <= 0 or \
-            (args.grace_period is not None and args.grace_period < 1):
-        raise SweepError("--folds must be >= 2, --seeds >= 1, --checkpoint-every >= 1, --grace-period >= 1, "
-                         "--cpus-per-trial > 0")
-    if args.num_gpus < 0 or (args.gpus_per_trial is not None and not 0 < args.gpus_per_trial <= max(1, args.num_gpus)):
-        raise SweepError(f"--gpus-per-trial must be in (0, {max(1, args.num_gpus):g}] and --num-gpus >= 0")
-    pack_size = _pack_size(args.pack)
+    run.check()
+    pack_size = _pack_size(run.pack)
     epochs, patience, grace, grace_note = asha_horizon(sweep)
-    _check_ray_start(args)
-    features = args.features.split(",") if args.features else None
-    data = load_data(args.data, features, args.profile, name=args.dataset_name)
-    check_folds(data, args.folds)
+    _check_ray_start(run)
+    data = load_data(run.data, run.features, run.profile, name=run.dataset_name)
+    check_folds(data, run.folds)
     for p in sweep.points:  # -FRA folders: frame-level encoders
         p.cfg = for_data(p.cfg, data.feat_type)
-    data_tag = "synthetic-" + args.profile if args.data == "synthetic" else Path(args.data).name
-    args.name = args.name or f"{sweep.kind}-{data_tag}"
-    root = (Path(args.storage) if args.storage else DEFAULT_STORAGE).resolve() / args.name
+    data_tag = "synthetic-" + run.profile if run.data == "synthetic" else Path(run.data).name
+    run.name = run.name or f"{sweep.kind}-{data_tag}"
+    root = (Path(run.storage) if run.storage else DEFAULT_STORAGE).resolve() / run.name
     _check_storage(root.parent)
     try:
         lock.acquire(root)  # one driver per sweep, held until this process exits
     except lock.LockedError as e:
         raise SweepError(str(e)) from None
     ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
-    settings = {"kind": sweep.kind, "data": args.data, "features": list(data.features), "profile": args.profile,
-                "folds": args.folds, "seeds": args.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
+    settings = {"kind": sweep.kind, "data": run.data, "features": list(data.features), "profile": run.profile,
+                "folds": run.folds, "seeds": run.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
                 **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings,
-                "pack": args.pack}
-    _check_settings(root, settings, args.restart)
-    if args.restart:
+                "pack": run.pack}
+    _check_settings(root, settings, run.restart)
+    if run.restart:
         for p in root.iterdir():  # all but the lock this driver holds
             if p.name != lock.LOCK_FILE:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -558,44 +594,44 @@ def _run(sweep: Sweep) -> int:
         print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
 
     milestones = asha.milestones(grace, epochs) if sweep.asha else []
-    specs = trial_specs(sweep, args.name, root, milestones, data)
-    tracking = trackers.prepare(args, args.name, data, root)  # {'mlflow': {...}} or {}
-    search_ctx = dict(sweep=sweep, name=args.name, root=root, milestones=milestones, tracking=tracking, data=data)
+    specs = trial_specs(sweep, run.name, root, milestones, data)
+    tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}
+    search_ctx = dict(sweep=sweep, name=run.name, root=root, milestones=milestones, tracking=tracking, data=data)
     if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
         specs = sweep.search.recorded(search_ctx)
     for s in specs:
         s.update(tracking)
     done = store.completed_trials(root)
     pending = [s for s in specs if s["trial_id"] not in done]
-    gpus_per_trial = (args.gpus_per_trial or _default_gpus_per_trial(data)) if args.num_gpus else 0
+    gpus_per_trial = (run.gpus_per_trial or _default_gpus_per_trial(data)) if run.num_gpus else 0
     for note in sweep.notes:  # after the up-front checks: a refused sweep prints its error alone
         print(f"note: {note}", file=sys.stderr)
-    print(f"sweep {args.name}: {len(specs)} trials ({len(sweep.points)} points x {args.seeds} seeds x {args.folds} folds), "
+    print(f"sweep {run.name}: {len(specs)} trials ({len(sweep.points)} points x {run.seeds} seeds x {run.folds} folds), "
           f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
-          f"{gpus_per_trial:g} GPU + {args.cpus_per_trial:g} CPU per pack; store {root}", file=sys.stderr)
+          f"{gpus_per_trial:g} GPU + {run.cpus_per_trial:g} CPU per pack; store {root}", file=sys.stderr)
     if sweep.search.todo(done) if sweep.search else pending:
         logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps run
         _save_settings(root, settings)  # before Ray starts: a second driver checks against it
         provenance.write_run(root, provenance.collect(), {s["trial_id"]: {k: s[k] for k in ("experiment", "seed", "cfg")}
                                                          for s in specs})
-        _init_ray(args, args.num_gpus, root)
+        _init_ray(run, run.num_gpus, root)
         if gpus_per_trial:
             _check_cuda_on_workers(gpus_per_trial)
-        max_concurrent = int(args.num_gpus // gpus_per_trial) if gpus_per_trial else 0
-        slots = max_concurrent or int(ray_cpus() // args.cpus_per_trial)
+        max_concurrent = int(run.num_gpus // gpus_per_trial) if gpus_per_trial else 0
+        slots = max_concurrent or int(ray_cpus() // run.cpus_per_trial)
         packs = [] if sweep.search else [(pid, members) for pid, members in  # all of a pack's trials: its checkpoint's
                                          make_packs(specs, pack_size, root, data, slots, gpus_per_trial)
                                          if any(s["trial_id"] not in done for s in members)]
         if packs and len(packs) < len(pending):
             sizes = sorted({len(m) for _, m in packs})
             print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "
-                  f"(--pack {args.pack}; trials that differ in more than {', '.join(MEMBER_NOTE)} never share one)",
+                  f"(--pack {run.pack}; trials that differ in more than {', '.join(MEMBER_NOTE)} never share one)",
                   file=sys.stderr)
-        progress = Progress(args.name, root, sweep.search.n if sweep.search else len(specs),
+        progress = Progress(run.name, root, sweep.search.n if sweep.search else len(specs),
                             len(packs) or len(pending) or 1, epochs)
         trainable = tune.with_resources(tune.with_parameters(run_pack, data=data),
-                                        {"cpu": args.cpus_per_trial, "gpu": gpus_per_trial})
+                                        {"cpu": run.cpus_per_trial, "gpu": gpus_per_trial})
         pack_space = [{"id": pid, "trials": members, **{k: members[0][k] for k in PACK_FIELDS}} for pid, members in packs]
         run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
         tuner = tune.Tuner(
@@ -605,8 +641,8 @@ def _run(sweep: Sweep) -> int:
                                         **{"max_concurrent_trials": max_concurrent or None,
                                            **(sweep.search.tune_config(search_ctx, done, pending) if sweep.search else {})}),
             run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
-                                      callbacks=[progress.callback, *trackers.callbacks(args, args.name)],
-                                      failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                      callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name)],
+                                      failure_config=tune.FailureConfig(max_failures=run.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         _RESUME_HINT.interrupted = False
         tuner.fit()

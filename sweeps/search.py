@@ -161,7 +161,7 @@ class OptunaSearch:
         inner = RayOptunaSearch(RayOptunaSearch.convert_search_space(self.space), metric="val_emoval", mode="max", study_name=ctx["name"], storage=storage,
                                 sampler=optuna.samplers.TPESampler(seed=self.seed + asked),  # no replay of old draws
                                 points_to_evaluate=[s["search_values"] for s in pending] or None)
-        limit = max(1, int(ray.cluster_resources().get("CPU", 1) // ctx["sweep"].args.cpus_per_trial))
+        limit = max(1, int(ray.cluster_resources().get("CPU", 1) // ctx["sweep"].run.cpus_per_trial))
         return {"search_alg": SpecSearcher(inner, self, ctx, done), "num_samples": self.todo(done),
                 "max_concurrent_trials": limit}  # no more proposals than can run: each learns from the last
 

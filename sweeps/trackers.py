@@ -1,12 +1,11 @@
 """Sweeps into the lab's experiment trackers: MLflow (`--mlflow URI`), Weights & Biases (`--wandb`).
 
 MLflow: every (config, seed) trial is one run, named by its trial id and tagged with it, in the
-experiment named after the sweep. The worker opens it through Ray's `setup_mlflow` (params = the
-config) and logs each epoch's reported metrics (step = epoch); when the trial's results are
-stored it logs the final metrics of each split (the store's clean aggregate rows: `test1_acc`,
+experiment named after the sweep. The worker opens it (params = the config) and logs each epoch's
+metrics (step = epoch); when the trial's results are stored (finished, or pruned by ASHA inside
+its pack) it logs the final metrics of each split (the store's clean aggregate rows: `test1_acc`,
 ...) and the NPZ predictions as artifacts, and ends the run. A resumed trial reopens its run
-(found by the trial-id tag) and skips the epochs it logged before; a trial ASHA stopped is closed
-by the driver; `sync` at the end of a sweep fills in any stored trial whose run lacks its final
+(found by the trial-id tag) and skips the epochs it logged before; `sync` at the end of a sweep fills in any stored trial whose run lacks its final
 metrics (also a whole sweep run before without --mlflow).
 
 Weights & Biases: Ray's WandbLoggerCallback on the driver, offline unless WANDB_MODE says
@@ -94,33 +93,33 @@ def _tags(spec):
 
 
 class _Run:
-    """The worker's handle on one trial's MLflow run (a no-op without --mlflow)."""
+    """The worker's handle on one trial's MLflow run (a no-op without --mlflow). A pack trains many
+    trials in one process, so every call names its run (MlflowClient), never MLflow's one active run."""
 
     def __init__(self, spec):
-        self.spec, self.mlflow, self.logged_to = spec, None, 0
+        self.spec, self.client, self.run_id, self.logged_to = spec, None, None, 0
         conf = spec.get("mlflow")
         if not conf:
             return
-        import mlflow
-        from ray.air.integrations.mlflow import setup_mlflow
-        mlflow.set_tracking_uri(conf["uri"])
-        if mlflow.active_run():  # a reused worker whose last trial ASHA stopped (the driver closes that run)
-            mlflow.end_run()
-        client = mlflow.tracking.MlflowClient()
-        old = _find_run(client, conf["experiment_id"], spec["trial_id"])
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+        self.client = MlflowClient(tracking_uri=conf["uri"])
+        old = _find_run(self.client, conf["experiment_id"], spec["trial_id"])
         if old:  # a resumed trial continues its run from the epoch after the last one logged
-            mlflow.start_run(run_id=old.info.run_id)
-            history = client.get_metric_history(old.info.run_id, "val_emoval")
+            self.run_id = old.info.run_id
+            history = self.client.get_metric_history(self.run_id, "val_emoval")
             self.logged_to = max((m.step for m in history), default=0)
-            self.mlflow = mlflow
         else:
-            self.mlflow = setup_mlflow({**spec["cfg"], "seed": spec["seed"], "folds": spec["folds"]},
-                                       tracking_uri=conf["uri"], experiment_id=conf["experiment_id"],
-                                       run_name=spec["trial_id"], tags=_tags(spec))
+            run = self.client.create_run(conf["experiment_id"], run_name=spec["trial_id"], tags=_tags(spec))
+            self.run_id = run.info.run_id
+            params = {**spec["cfg"], "seed": spec["seed"], "folds": spec["folds"]}
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def epoch(self, metrics):
-        if self.mlflow and metrics["epoch"] > self.logged_to:
-            self.mlflow.log_metrics({k: float(metrics[k]) for k in EPOCH_METRICS}, step=int(metrics["epoch"]))
+        if self.client and metrics["epoch"] > self.logged_to:
+            from mlflow.entities import Metric
+            now, step = store.timestamp() * 1000, int(metrics["epoch"])
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), now, step) for k in EPOCH_METRICS])
 
 
 def start(spec) -> _Run:
@@ -154,12 +153,7 @@ def _log_final(client, run_id, root, trial_id, status):
     if pred.is_dir():
         client.log_artifacts(run_id, str(pred), artifact_path="predictions")
     client.set_tag(run_id, "status", status or str(df.status.iloc[0]))
-    import mlflow
-    active = mlflow.active_run()
-    if active and active.info.run_id == run_id:  # the worker's own run: leave it in MLflow's fluent state too
-        mlflow.end_run()
-    else:
-        client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")
 
 
 def sync(specs, done):

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # `analysis` and `sweeps` are not installed packa
 
 from analysis import best_results, report  # noqa: E402
 from prmf import train  # noqa: E402
-from sweeps import ablation, core, grid  # noqa: E402
+from sweeps import ablation, asha, core, grid  # noqa: E402
 
 FEATS = ("a-UTT", "t-UTT", "v-UTT")
 EMOS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -220,7 +220,7 @@ def test_grace_period_is_clamped_to_the_epochs(argv, grace, note, tmp_path):
     sweep = sweep_of(tmp_path, "grid: {kl_weight: [0.1]}", *argv)
     epochs = sweep.points[0].cfg.epochs
     assert core.asha_horizon(sweep) == (epochs, 40, grace, f" {note}" if note else "")
-    assert core._asha_milestones(grace, epochs) == ([] if grace == epochs else [40])
+    assert asha.milestones(grace, epochs) == ([] if grace == epochs else [40])
 
 
 def test_epochs_may_vary_without_pruning(tmp_path):

@@ -163,3 +163,21 @@ def test_pruned_members_leave_the_batch_and_keep_their_best(tiny_data):
     assert all(torch.equal(engine.best[n][2:], best[n]) for n in best)
     assert [m.pruned for m in engine.members] == [False, False, True, True]
     assert {h["trial"] for h in engine.history if h["epoch"] == 2} == {0}
+
+
+@pytest.mark.parametrize("name", ["attention", "Exp4"])
+def test_scoring_on_shared_inputs_equals_every_members_own_forward(name):
+    # predict() feeds every member the same samples: one GEMM for all members' first layers, cached
+    # per input while scoring, the bias alone for an all-zero (missing) modality
+    from prmf.models.layers import shared_input_cache
+    cfg = preset_config(name, hidden_dim=16)
+    model = build_model(cfg, [10, 20, 8], 6, members=[cfg, cfg.replace(dropout=0.1), cfg], seeds=[(0, 0), (0, 1), (1, 0)])
+    xs = [torch.randn(50, d) for d in (10, 20, 8)]
+    xs[1][5] = 0
+    missing = [xs[0], torch.zeros_like(xs[1]), xs[2]]
+    with torch.no_grad():
+        want = [model.eval()([x.expand(3, *x.shape).contiguous() for x in inputs])[1] for inputs in (xs, missing)]
+    with shared_input_cache():
+        got = [predict(model, inputs)[0] for inputs in (xs, missing, xs)]
+    for g, w in zip(got, want + want[:1]):
+        assert np.allclose(g, w.numpy(), atol=1e-5)

@@ -1,5 +1,5 @@
 """Models looked up by their MERBench names, each written once with a member axis first."""
-from .attention import MEMBER_KEYS, Attention, AttentionRobust
+from .attention import Attention, AttentionRobust
 from .layers import init_member
 from .robust_v2 import AttentionRobustV2
 
