@@ -31,7 +31,7 @@ from prmf import provenance, records, store  # noqa: E402
 from prmf.config import ConfigError, for_data, make_config, pack_key, parse_sets  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.robustness import scenarios as robustness_scenarios  # noqa: E402
-from sweeps import asha, lock, ray_local, trackers  # noqa: E402
+from sweeps import asha, checkpoints, lock, ray_local, trackers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
@@ -192,24 +192,6 @@ def _write_results(engine, pack, trials, status, wall_time_s, node):
         trackers.log_result(spec, status)  # MLflow: final metrics, NPZ artifacts, run closed
 
 
-def _save_checkpoint(path, engine, wall_time_s):
-    store.atomic_write(Path(path), lambda tmp: torch.save({"engine": engine.state_dict(), "wall_time_s": wall_time_s}, tmp))
-
-
-def _load_checkpoint(path, engine):
-    """The pack's state from its checkpoint; 0.0 and a fresh start when it is of an older format."""
-    from prmf.engine import CheckpointError
-    state = torch.load(path, map_location=engine.device, weights_only=True)
-    try:
-        if "engine" not in state:
-            raise CheckpointError("written by an older prmf (one trial, before packs)")
-        engine.load_state_dict(state["engine"])
-    except CheckpointError as e:
-        print(f"note: {path}: {e}; this pack starts again from epoch 0", file=sys.stderr)
-        return 0.0
-    return state["wall_time_s"]
-
-
 def solo_pack(spec) -> dict:
     """A pack of one trial (a point proposed by a search while the sweep runs)."""
     return {"id": spec["trial_id"], "trials": [spec], **{k: spec[k] for k in PACK_FIELDS}}
@@ -220,10 +202,8 @@ PACK_FIELDS = ("store", "folds", "checkpoint_every", "milestones", "cpus", "robu
 
 def run_pack(config, data=None):
     """Tune function trainable: a pack of trials trained as one batched model, checkpointed
-    between epochs, pruned trial by trial at ASHA's rungs, each trial stored when it ends.
-
-    The checkpoint is the pack's own file in the sweep's storage (atomic), so a retried pack
-    (FailureConfig) and a resumed sweep find it; trials stored before are left out of the batch."""
+    through Tune between epochs (sweeps/checkpoints.py), pruned trial by trial at ASHA's rungs,
+    each trial stored when it ends; trials stored before are left out of the batch."""
     from ray import tune
 
     from prmf.engine import Engine
@@ -236,8 +216,7 @@ def run_pack(config, data=None):
         tune.report({"epoch": 0, "val_emoval": float("nan"), "already_done": True})  # never train it again
         return
     engine = Engine([(make_config(s["cfg"]), s["seed"]) for s in specs], data, pack["folds"])
-    ckpt = Path(pack["store"]) / "checkpoints" / f"{pack['id']}.pt"
-    wall0 = _load_checkpoint(ckpt, engine) if ckpt.exists() else 0.0
+    wall0 = checkpoints.restore(engine, pack["store"], pack["id"])
     engine.prune(done)  # stored before (finished or pruned): out of the batch
     written = set(done)
     node = _node_info()
@@ -260,13 +239,11 @@ def run_pack(config, data=None):
         if ended:
             _write_results(engine, pack, ended, "finished", wall, node)
             written.update(ended)
-        if engine.done:
-            ckpt.unlink(missing_ok=True)
-        elif engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones:
-            _save_checkpoint(ckpt, engine, wall)
         finite = [s for s in scores.values() if math.isfinite(s)]
-        tune.report({"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
-                     "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node})
+        metrics = {"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
+                   "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node}
+        save = not engine.done and (engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones)
+        checkpoints.report(metrics, engine if save else None, wall, pack["id"])  # Tune keeps the checkpoint
 
 
 # ---------------------------------------------------------------- the driver
@@ -643,7 +620,7 @@ def _run(sweep: Sweep) -> int:
             run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
                                       callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name)],
                                       failure_config=tune.FailureConfig(max_failures=run.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))  # 2: one may be cut short
         _RESUME_HINT.interrupted = False
         tuner.fit()
         if progress.tty:
@@ -652,6 +629,8 @@ def _run(sweep: Sweep) -> int:
             raise KeyboardInterrupt
     results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
     done = store.completed_trials(root)
+    saved = root / "packs.json"
+    checkpoints.remove_finished(root, json.loads(saved.read_text()) if saved.exists() else {}, done)
     specs = sweep.search.recorded(search_ctx) if sweep.search else specs
     trackers.sync(specs, done)  # MLflow: stored trials whose run was never closed (or never made)
     missing = sweep.search.missing(search_ctx, done) if sweep.search else [s["trial_id"] for s in specs if s["trial_id"] not in done]

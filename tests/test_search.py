@@ -59,6 +59,17 @@ def test_bad_search_spaces_are_config_errors(tmp_path, text, argv, message):
         make(tmp_path, text, *argv)
 
 
+def checkpointed(root):
+    """Packs (here: one trial each, named by it) with a checkpoint in the sweep's Tune storage."""
+    markers = []
+    for p in root.glob("tune/run-*/*/checkpoint_*/pack.json"):
+        try:
+            markers.append(json.loads(p.read_text())["pack"])
+        except (OSError, ValueError):  # being written right now
+            pass
+    return set(markers)
+
+
 def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_path, data_dir, mlflow_server):
     """Also: each trial one MLflow run, the interrupted one continued (no step logged twice)."""
     optuna = pytest.importorskip("optuna")
@@ -76,7 +87,7 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:  # kill once one trial is stored and the next has a checkpoint
         stored = store.completed_trials(root)
-        if stored and {p.stem for p in (root / "checkpoints").glob("*.pt")} - stored:
+        if stored and checkpointed(root) - stored:
             break
         time.sleep(0.2)
     else:
@@ -86,7 +97,7 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
     os.killpg(proc.pid, signal.SIGKILL)  # driver and the local Ray it started
     proc.wait()
     finished_before = {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.parquet")}
-    in_flight = {p.stem for p in (root / "checkpoints").glob("*.pt")} - {Path(k).stem for k in finished_before}
+    in_flight = checkpointed(root) - {Path(k).stem for k in finished_before}
     assert 1 <= len(finished_before) < n and in_flight
 
     again = sweep("grid.py", *args)
@@ -99,7 +110,7 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
     assert set(df.status) <= {"finished", "pruned"} and (df.trial_id.str.startswith("optuna-")).all()
     epochs = store.read_epochs(root)
     assert not epochs.duplicated(["trial_id", "fold", "epoch"]).any()
-    assert not list((root / "checkpoints").glob("*.pt"))
+    assert not checkpointed(root)  # Tune's checkpoints of finished packs removed
 
     study = optuna.load_study(study_name="opt", storage=f"sqlite:///{root / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

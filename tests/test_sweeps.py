@@ -42,7 +42,7 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
         assert [p.name.split("_")[0] for p in npz] == ["cv", "test1", "test2", "test3"]
         np.load(npz[0], allow_pickle=False)["logits"]
     assert len(store.read_epochs(root)) == 2 * 5 * 3
-    assert not list((root / "checkpoints").glob("*.pt"))  # finished trials leave no checkpoint behind
+    assert not list(root.glob("tune/run-*/*/checkpoint_*"))  # finished packs leave no checkpoint behind
     run, = (root / "provenance").glob("run-*.json")  # where the rows came from: command, commit, versions
     record = json.loads(run.read_text())
     assert "ablation.py" in record["command"] and set(record["trials"]) == set(df.trial_id)
@@ -67,7 +67,7 @@ def test_asha_stops_a_hopeless_grid_point_inside_its_pack(tmp_path, data_dir):
     assert len(df[df.scenario == "clean"]) == 3 * 4 * 6  # a pruned trial still has all its rows
     epochs = store.read_epochs(tmp_path / "g").groupby("trial_id").epoch.max()
     assert epochs[agg.loc[1e-9, "trial_id"]] == 2 and epochs[agg.loc[0.003, "trial_id"]] == 8  # it left the batch
-    assert not list((tmp_path / "g" / "checkpoints").glob("*"))
+    assert not list((tmp_path / "g").glob("tune/run-*/*/checkpoint_*"))
     rung2 = json.loads((tmp_path / "g" / "asha_rungs.json").read_text())["2"]  # for a resumed sweep to judge by
     assert sorted(rung2) == sorted(df.trial_id.unique())
 
@@ -90,8 +90,8 @@ def test_sigkilled_packed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_p
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     root = tmp_path / "killed"
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill once a trial is stored and a pack still has a checkpoint
-        if store.completed_trials(root) and list((root / "checkpoints").glob("*.pt")):
+    while time.time() < deadline:  # kill once a trial is stored and a pack has a checkpoint in Tune's storage
+        if store.completed_trials(root) and list(root.glob("tune/run-*/*/checkpoint_*/pack.json")):
             break
         time.sleep(0.2)
     else:
