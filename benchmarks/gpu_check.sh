@@ -30,7 +30,8 @@ if [ "$DRY" = 1 ]; then
 else
     DEVICE=cuda; PROFILE=paper; CHECK_PROFILE=small; SEEDS=5; MODES=1,27,135; EPOCHS=3; SHARE_PROFILE=paper
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: torch sees no CUDA device (run with --cpu-dry-run on a CPU)')"
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        || { echo "error: torch sees no CUDA device (on a CPU: benchmarks/gpu_check.sh --cpu-dry-run)" >&2; exit 2; }
 fi
 export PRMF_DATA_DIR=${DATA_DIR:-$(mktemp -d)}
 start=$(date +%s)

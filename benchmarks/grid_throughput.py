@@ -85,6 +85,8 @@ def grid_trials(path, epochs, seeds=1):
     import itertools
     import yaml
     spec = yaml.safe_load(Path(path).read_text())
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+        raise ValueError("expected a mapping with a non-empty 'grid:' of key -> list of values")
     changes = {**(spec.get("set") or {}), "epochs": epochs, "patience": 10 ** 6, "modality_dropout_warmup": 0}
     grid = spec["grid"]
     cfgs = [experiment_config(spec.get("base", "Exp4"), **changes, **dict(zip(grid, combo)))
@@ -343,6 +345,29 @@ def fits_in_memory(members, costs, data_bytes, device):
     return need < 0.8 * avail, need, avail
 
 
+def check_args(args):
+    """Bad input: one line `error: ...` and exit status 2, before anything runs."""
+    def fail(msg):
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    if args.epochs < 2:
+        fail(f"--epochs {args.epochs}: must be >= 2 (the first epoch is not timed)")
+    for mode in args.modes.split(","):
+        if mode != "merbench" and not (mode.isdigit() and int(mode) >= 1):
+            fail(f"--modes: {mode!r} is neither 'merbench' nor a pack size >= 1")
+    subset = args.merbench_subset.split(",")
+    if len(subset) != 2 or not all(v.isdigit() for v in subset) or not (int(subset[0]) >= 1 and 1 <= int(subset[1]) <= 5):
+        fail(f"--merbench-subset {args.merbench_subset!r}: expected C,F with C >= 1 configs and 1 <= F <= 5 folds")
+    if args.seeds < 1 or args.packs_measured < 0 or args.threads < 0:
+        fail("--seeds must be >= 1, --packs-measured and --threads >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {args.device}: torch sees no CUDA device")
+    try:
+        grid_trials(args.grid, args.epochs)
+    except Exception as e:  # unreadable file, not a grid YAML, a key or value the config refuses
+        fail(f"--grid {args.grid}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", default="merbench,1,3,9,27", help="merbench and/or pack sizes k (1 = one config at a time)")
@@ -361,8 +386,7 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child(args)
-    if args.epochs < 2:
-        sys.exit("error: --epochs must be >= 2 (the first epoch is not timed)")
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

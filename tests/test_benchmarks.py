@@ -5,6 +5,7 @@ import math
 import types
 from pathlib import Path
 
+import pytest
 import torch
 
 from prmf.config import MEMBER_KEYS, pack_key
@@ -50,3 +51,19 @@ def test_gpu_check_compare_on_cpu(tiny_data, capsys):
     gc = load("gpu_check")
     assert gc.compare(types.SimpleNamespace(device="cpu", profile="tiny", epochs=2))
     assert capsys.readouterr().out.startswith("ok: cpu vs cpu, tiny, 2 epochs")
+
+
+def test_grid_throughput_bad_inputs(tmp_path, capsys):
+    gt = load("grid_throughput")
+    good = dict(epochs=2, modes="merbench,1,27", merbench_subset="2,1", seeds=1, packs_measured=0, threads=0,
+                device="cpu", grid=str(gt.DEFAULT_GRID))
+    gt.check_args(types.SimpleNamespace(**good))
+    bad_grid = tmp_path / "g.yaml"
+    bad_grid.write_text("base: Exp4\ngrid:\n  nope: [1]\n")
+    for change, says in [({"epochs": 1}, "--epochs 1"), ({"modes": "1,x"}, "--modes: 'x'"),
+                         ({"merbench_subset": "2,6"}, "--merbench-subset '2,6'"),
+                         ({"grid": str(bad_grid)}, "unknown config key 'nope'")]:
+        with pytest.raises(SystemExit) as e:
+            gt.check_args(types.SimpleNamespace(**{**good, **change}))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1
