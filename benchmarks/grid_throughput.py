@@ -3,8 +3,8 @@ the MERBench-style loop one config at a time, the engine one config at a time, a
 packs of 3, 9 and 27 grid points; samples/s, GFLOP/s, % of the FLOP peak, % of the roofline,
 peak RSS and ratios, with this machine's measured fp32 GEMM peak and memory bandwidth.
 
-    python benchmarks/grid_throughput.py [--modes merbench,1,3,9,27] [--epochs 2] [--profile paper]
-                                         [--grid sweeps/configs/prmf_grid.yaml] [--threads N] [--device cpu]
+    python benchmarks/grid_throughput.py [--modes merbench,1,3,9,27] [--epochs 2] [--profile paper] [--seeds 1]
+                                         [--grid sweeps/configs/prmf_grid.yaml] [--threads N] [--device cpu|cuda]
 
 Modes (each in a fresh process, one after another; `--modes` lists them, an integer k is the engine
 on packs of k grid points, 1 = one config at a time):
@@ -26,8 +26,14 @@ run trains `--epochs` epochs (default 2), the first not timed (allocation, first
 samples/s = training samples of the timed epochs (over all members) / their time, which includes
 each epoch's validation of every member. "all-trials epoch" = seconds for one epoch of every
 trial's 5 folds (27 x 5 members with one seed) at that rate. `--seeds S` makes the trials the grid
-x S seeds (a pack of k > 27 trials holds several seeds of a point). The config is Exp4 with the grid's values, the modality-dropout warm-up off
-(so the epochs measured train as most epochs of a real run do) and patience off.
+x S seeds (a pack of k > 27 trials holds several seeds of a point). The config is Exp4 with the
+grid's values, the modality-dropout warm-up off (so the epochs measured train as most epochs of a
+real run do) and patience off. A pack whose state (5 copies of its parameters) would not fit in
+80% of the available memory is skipped, and the output says so. Takes ~10 min at paper dims on 2
+cores with 2 threads (15 min with 1 thread at load 4-5): benchmarks/RESULTS.md.
+
+Threads: on a machine whose cores are oversubscribed, run with `--threads 1` or
+OMP_WAIT_POLICY=PASSIVE: OpenMP's spin-waiting makes 2-thread ops crawl there (RESULTS.md).
 
 FLOPs: torch.utils.flop_counter.FlopCounterMode over one training step (forward, loss, backward) of
 a one-member model at the config's batch size and over one validation forward; matmul FLOPs only
