@@ -35,7 +35,7 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/grid_throughput.py
 
 clean:
 	rm -rf $(VENV) runs
