@@ -92,57 +92,53 @@ def update_member(m, result, epoch, logits, vals_pred, save_best):
 
 
 class StackedAdamW:
-    """torch.optim.AdamW over parameters [M, ...]: torch's fused kernel on per-member views, one
-    call per distinct (learning rate, weight decay), every member with its own step counts."""
+    """torch.optim.AdamW over parameters [M, ...], every member with its own learning rate, weight
+    decay and step count: torch's fused kernel on the whole stacks when every member steps alike
+    (the usual case), else on per-member views, one call per distinct (lr, weight decay, step)."""
 
     def __init__(self, params):
         self.params = list(params)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        n = self.params[0].shape[0]
-        self.steps = torch.zeros(n, len(self.params), device=self.params[0].device)  # float32, as AdamW's
-        self._views()
-
-    def _views(self):
-        self.views = [([p[i] for p in self.params], [a[i] for a in self.exp_avg], [a[i] for a in self.exp_avg_sq],
-                       list(self.steps[i].unbind())) for i in range(self.steps.shape[0])]
+        self.steps = [0] * self.params[0].shape[0]  # per member, as AdamW's `step`
 
     @torch.no_grad()
     def step(self, positions, hyper):
         """AdamW steps of the members at `positions`; hyper[i] = (lr, weight decay) of position i."""
-        self.steps[positions] += 1
-        grads = list(zip(*[p.grad.unbind(0) for p in self.params]))
+        for i in positions:
+            self.steps[i] += 1
         groups = {}
         for i in positions:
-            groups.setdefault(hyper[i], []).append(i)
-        for (lr, wd), group in groups.items():
-            ps, gs, ms, vs, ss = [], [], [], [], []
-            for i in group:
-                p, m, v, s = self.views[i]
-                ps += p
-                gs += grads[i]
-                ms += m
-                vs += v
-                ss += s
-            torch._fused_adamw_(ps, gs, ms, vs, [], ss, amsgrad=False, lr=lr, beta1=BETAS[0], beta2=BETAS[1],
-                                weight_decay=wd, eps=EPS, maximize=False, grad_scale=None, found_inf=None)
+            groups.setdefault((*hyper[i], self.steps[i]), []).append(i)
+        device = self.params[0].device
+        for (lr, wd, step), group in groups.items():
+            count = torch.tensor(float(step), device=device)  # read by the kernel for the bias corrections
+            if len(group) == len(self.steps):  # every member: the stacks themselves
+                ps, gs, ms, vs = self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq
+            else:
+                ps = [p[i] for i in group for p in self.params]
+                gs = [p.grad[i] for i in group for p in self.params]
+                ms = [a[i] for i in group for a in self.exp_avg]
+                vs = [a[i] for i in group for a in self.exp_avg_sq]
+            torch._fused_adamw_(ps, gs, ms, vs, [], [count] * len(ps), amsgrad=False, lr=lr, beta1=BETAS[0],
+                                beta2=BETAS[1], weight_decay=wd, eps=EPS, maximize=False, grad_scale=None,
+                                found_inf=None)
 
     def keep(self, index, params):
         """Follow the model when it keeps only the members at `index` (a LongTensor)."""
         self.params = list(params)
         self.exp_avg = [a.index_select(0, index) for a in self.exp_avg]
         self.exp_avg_sq = [a.index_select(0, index) for a in self.exp_avg_sq]
-        self.steps = self.steps.index_select(0, index)
-        self._views()
+        self.steps = [self.steps[i] for i in index.tolist()]
 
     def state_dict(self):
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
 
     @torch.no_grad()
     def load_state_dict(self, state):
         for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
             mine.copy_(saved)
-        self.steps.copy_(state["steps"])
+        self.steps = state["steps"].tolist()
 
 
 def _member_values(values, device):

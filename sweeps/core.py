@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # trials sharing cores: spinning threads cost 2-7x (benchmarks/RESULTS.md)
 
 import torch  # noqa: E402
 

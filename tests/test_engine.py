@@ -181,3 +181,25 @@ def test_scoring_on_shared_inputs_equals_every_members_own_forward(name):
         got = [predict(model, inputs)[0] for inputs in (xs, missing, xs)]
     for g, w in zip(got, want + want[:1]):
         assert np.allclose(g, w.numpy(), atol=1e-5)
+
+
+def test_stacked_adamw_is_torchs_adamw_for_every_member():
+    # members with their own lr and weight decay, one step where only some members take part
+    from prmf.engine import StackedAdamW
+    torch.manual_seed(0)
+    w, b = torch.randn(4, 5, 3, requires_grad=True), torch.randn(4, 5, requires_grad=True)
+    lrs, wds = [1e-2, 1e-2, 3e-3, 1e-2], [1e-4, 1e-4, 1e-4, 0.0]
+    refs = [[w[i].detach().clone().requires_grad_(), b[i].detach().clone().requires_grad_()] for i in range(4)]
+    opts = [torch.optim.AdamW(r, lr=lrs[i], weight_decay=wds[i]) for i, r in enumerate(refs)]
+    stacked = StackedAdamW([w, b])
+    for k in range(5):
+        pos = [0, 2] if k == 2 else [0, 1, 2, 3]
+        g = [torch.randn(4, 5, 3), torch.randn(4, 5)]
+        w.grad, b.grad = g[0].clone(), g[1].clone()
+        stacked.step(pos, [(lrs[i], wds[i]) for i in range(4)])
+        for i in pos:
+            refs[i][0].grad, refs[i][1].grad = g[0][i].clone(), g[1][i].clone()
+            opts[i].step()
+    for i in range(4):
+        assert torch.allclose(w[i], refs[i][0], atol=1e-6) and torch.allclose(b[i], refs[i][1], atol=1e-6)
+    assert stacked.steps == [5, 4, 5, 4]
