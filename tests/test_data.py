@@ -76,6 +76,10 @@ def test_cache_skips_debris_and_old_formats_and_unwritable_folders(tmp_path, cap
     assert ds.splits["train"].inputs[0][1].tolist() == [2.0] * 3 and "changed" not in capsys.readouterr().err
     assert sorted(p.name for p in cache.iterdir() if p != killed) == [f"{name}-{merbench._cache_key(root, FEATS)[:16]}"]
     assert isinstance(load_merbench(root, FEATS).splits["train"].inputs[0].base, np.memmap)
+    folder = next(cache.glob(f"{name}-*"))
+    (folder / "train.audio.npy").unlink()  # a damaged cache is rebuilt, not skipped on every load
+    assert load_merbench(root, FEATS).splits["train"].inputs[0][1].tolist() == [2.0] * 3
+    assert isinstance(load_merbench(root, FEATS).splits["train"].inputs[0].base, np.memmap)
 
     other = make_root(tmp_path / "ro", LABELS, FEATS)
     (other / ".prmf-cache").write_text("")  # no cache can be made here (as in a read-only data folder)

@@ -252,6 +252,7 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
         stale = [p for p in _stale_caches(cache) if p.is_dir()]
         if stale:
             print(f"{root}: feature files changed since {stale[0]} was written; reading them again", file=sys.stderr)
+        shutil.rmtree(cache, ignore_errors=True)  # there but unreadable (a file deleted by hand): rebuilt below
     labels = read_label_file(root / "label-6way.npz")
     frame = [f.upper().endswith(("FRA", "FRM")) for f in features]
     if any(frame) and not all(frame):
