@@ -41,9 +41,10 @@ class StoreError(Exception):
 def umask() -> int:
     """This process's umask, read without changing it (Linux's /proc; elsewhere set and restore)."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     except OSError:
         pass
     mask = os.umask(0o022)

@@ -54,19 +54,35 @@ def test_set_values_are_parsed_to_the_field_type():
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert main(["--data", "synthetic", "--set", "dropout=2", "--out", str(tmp_path / "out")]) == 2
+    assert main(["--data", "synthetic", "--threads", "0", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'missing'}: dataset root not found",
-                   "error: config key 'dropout': must be in [0, 1), got 2.0"]
+                   "error: config key 'dropout': must be in [0, 1), got 2.0", "error: --threads must be >= 1, got 0"]
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_runs_one_trial_into_a_store(tmp_path, data_dir):
     out = tmp_path / "store"
     proc = subprocess.run([sys.executable, "-m", "prmf.train", "--data", "synthetic", "--profile", "tiny",
-                           "--experiment", "Exp1", "--epochs", "2", "--set", "hidden_dim=16", "--out", str(out)],
+                           "--experiment", "Exp1", "--epochs", "2", "--set", "hidden_dim=16", "--threads", "1", "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     df = store.read_results(out)
     clean = df[df.scenario == "clean"]
     assert len(clean) == 24 and set(clean.split) == {"cv", "test1", "test2", "test3"} and (df.experiment == "Exp1").all()
     assert set(df.scenario) >= {"-t", "-a-v", "noise:1"}  # robustness rows are on by default
+
+
+def test_threads_sets_torchs_threads_before_training(tmp_path, monkeypatch, data_dir):
+    import torch
+
+    class Applied(Exception):
+        pass
+
+    def set_num_threads(n):
+        raise Applied(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", set_num_threads)  # stop there: no training, no global change
+    with pytest.raises(Applied, match="^3$"):
+        main(["--data", "synthetic", "--profile", "tiny", "--threads", "3", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

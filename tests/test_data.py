@@ -1,9 +1,12 @@
 """The MERBench reader on real-shaped folders, the restricted label unpickler, and every bad input."""
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from prmf.data import DataError, load_merbench, read_label_file
+from prmf.data import DataError, load_merbench, merbench, read_label_file
 from prmf.data.synthetic import CLASS_COUNTS, FEATURES, generate
 
 
@@ -37,7 +40,6 @@ def test_round_trip_through_a_merbench_folder(tmp_path):
 
 
 def test_second_load_uses_the_cache_not_the_small_files(tmp_path, monkeypatch):
-    from prmf.data import merbench
     root = make_root(tmp_path, LABELS, FEATS)
     first = load_merbench(root, FEATS)
 
@@ -46,10 +48,43 @@ def test_second_load_uses_the_cache_not_the_small_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(merbench, "_load_feature", no_small_files)
     cached = load_merbench(root, FEATS)
-    assert np.array_equal(cached.splits["train"].inputs[1], first.splits["train"].inputs[1])
+    x = cached.splits["train"].inputs[1]
+    assert np.array_equal(x, first.splits["train"].inputs[1])
+    # mapped from the cache's file, not read: a plain ndarray (Ray pickles it out of band) over a memmap
+    assert type(x) is np.ndarray and isinstance(x.base, np.memmap)
+    assert Path(x.base.filename).parent.parent == root / ".prmf-cache"
+    buffers = []
+    pickle.dumps(x, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 1
+    x[0] = 99.0  # copy-on-write: writable, and the cache file is untouched
+    assert load_merbench(root, FEATS).splits["train"].inputs[1][0].tolist() == [1.0] * 4
     with pytest.raises(AssertionError, match="read"):  # one file rewritten: the cache is not used
         np.save(root / "features" / "t-UTT" / "s1.npy", np.zeros(4, np.float32))
         load_merbench(root, FEATS)
+
+
+def test_cache_skips_debris_and_old_formats_and_unwritable_folders(tmp_path, capsys):
+    root = make_root(tmp_path, LABELS, FEATS)
+    cache = root / ".prmf-cache"
+    cache.mkdir()
+    name = merbench._cache_name(root, FEATS)
+    (cache / f"{name}.npz").write_bytes(b"PK old format")  # earlier versions' cache: ignored, then removed
+    killed = cache / f".{name}-0123456789abcdef.x1y2"  # a killed writer's temporary folder: never read
+    killed.mkdir()
+    (killed / "meta.json").write_text("{")
+    ds = load_merbench(root, FEATS)
+    assert ds.splits["train"].inputs[0][1].tolist() == [2.0] * 3 and "changed" not in capsys.readouterr().err
+    assert sorted(p.name for p in cache.iterdir() if p != killed) == [f"{name}-{merbench._cache_key(root, FEATS)[:16]}"]
+    assert isinstance(load_merbench(root, FEATS).splits["train"].inputs[0].base, np.memmap)
+    folder = next(cache.glob(f"{name}-*"))
+    (folder / "train.audio.npy").unlink()  # a damaged cache is rebuilt, not skipped on every load
+    assert load_merbench(root, FEATS).splits["train"].inputs[0][1].tolist() == [2.0] * 3
+    assert isinstance(load_merbench(root, FEATS).splits["train"].inputs[0].base, np.memmap)
+
+    other = make_root(tmp_path / "ro", LABELS, FEATS)
+    (other / ".prmf-cache").write_text("")  # no cache can be made here (as in a read-only data folder)
+    for _ in range(2):
+        assert load_merbench(other, FEATS).splits["train"].inputs[2][0].tolist() == [1.0, 1.0]
 
 
 def test_frame_level_features_are_padded_with_lengths(tmp_path):

@@ -5,22 +5,26 @@
 
 The label pickle is read with a restricted unpickler (plain containers, numbers and the numpy
 array wrapper only). The first load writes a consolidated cache next to the data
-(ROOT/.prmf-cache/*.npz, no pickle) so later loads do not reopen thousands of small files. It is
-keyed on the name, size and mtime of every file it read, and rebuilt, with a line on stderr, when one changed.
+(ROOT/.prmf-cache/NAME-KEY/, one plain .npy per array, no pickle) that later loads map into
+memory (milliseconds, not a copy of every feature), instead of reopening thousands of small files.
+KEY covers the name, size and mtime of every file read: a changed file means a new folder, the
+data is read again (with a line on stderr) and the old folder removed.
 """
 import hashlib
 import io
 import json
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..store import atomic_write
+from ..store import umask
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # MER2023's order
 SPLITS = ("train", "test1", "test2", "test3")
@@ -170,36 +174,58 @@ def _cache_key(root: Path, features):
     return h.hexdigest()
 
 
-def _save_cache(path: Path, ds: Dataset, key: str):
-    arrays = {"meta": np.array(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type,
-                                           "key": key}))}
-    for s, sp in ds.splits.items():
-        arrays.update({f"{s}/names": sp.names, f"{s}/emos": sp.emos, f"{s}/vals": sp.vals})
-        for m, x, n in zip(MODALITIES, sp.inputs, sp.lengths):
-            arrays[f"{s}/{m}"], arrays[f"{s}/{m}_len"] = x, n
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, **arrays)
+CACHE_ARRAYS = ("names", "emos", "vals", *MODALITIES, *(f"{m}_len" for m in MODALITIES))  # per split, one .npy file each
 
+
+def _save_cache(folder: Path, ds: Dataset, key: str):
+    """Write the cache folder whole or not at all: built under a temporary name, then renamed. The
+    caches of older versions of the files (other keys) and an .npz cache of earlier versions go."""
     try:
-        atomic_write(path, write)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     except OSError:
-        pass  # a read-only data folder: no cache, the next load reads the files again
-
-
-def _load_cache(path: Path, key: str):
-    """The cached Dataset, or None when the files changed since it was written (or it is unreadable)."""
+        return  # a read-only data folder: no cache, the next load reads the files again
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("key") != key:
-                return None
-            ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
-            for s in SPLITS:
-                if f"{s}/names" in z:
-                    ds.splits[s] = Split(z[f"{s}/names"], [z[f"{s}/{m}"] for m in MODALITIES],
-                                         [z[f"{s}/{m}_len"] for m in MODALITIES], z[f"{s}/emos"], z[f"{s}/vals"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        for s, sp in ds.splits.items():
+            for k, a in zip(CACHE_ARRAYS, (sp.names, sp.emos, sp.vals, *sp.inputs, *sp.lengths)):
+                np.save(tmp / f"{s}.{k}.npy", a, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type,
+                                                   "key": key, "splits": list(ds.splits)}))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; teammates may share a data root
+        os.rename(tmp, folder)  # fails where a concurrent load renamed its (identical) folder first
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in _stale_caches(folder):  # a process still mapping one keeps reading it: unlinked files live on
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _stale_caches(folder: Path):
+    """Caches of (root, features) other than `folder`: older keys, and the .npz of earlier versions."""
+    base = folder.name.rsplit("-", 1)[0]
+    return [p for p in folder.parent.glob(f"{base}-*") if p != folder] + list(folder.parent.glob(f"{base}.npz"))
+
+
+def _load_cache(folder: Path, key: str):
+    """The cached Dataset, its arrays mapped from the cache files (copy-on-write: writable, and a
+    write never reaches the file), or None when the folder is missing, stale or unreadable."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("key") != key:
+            return None
+        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
+        for s in meta["splits"]:
+            # the features mapped (each mapping holds a file descriptor; the small arrays are read), and
+            # np.asarray: plain ndarrays over the mapping, which pickle (Ray) like any array
+            a = {k: np.asarray(np.load(folder / f"{s}.{k}.npy", mmap_mode="c" if k in MODALITIES else None,
+                                       allow_pickle=False)) for k in CACHE_ARRAYS}
+            ds.splits[s] = Split(a["names"], [a[m] for m in MODALITIES], [a[f"{m}_len"] for m in MODALITIES],
+                                 a["emos"], a["vals"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return ds
 
@@ -217,13 +243,16 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
             raise DataError(f"{root / 'features' / f}: feature folder not found")
     if not (root / "label-6way.npz").is_file():
         raise DataError(f"{root / 'label-6way.npz'}: label file not found")
-    cache = root / ".prmf-cache" / f"{_cache_name(root, features)}.npz"
     files_key = _cache_key(root, features) if use_cache else None
-    if use_cache and cache.is_file():
+    cache = root / ".prmf-cache" / f"{_cache_name(root, features)}-{files_key[:16]}" if use_cache else None
+    if use_cache:
         ds = _load_cache(cache, files_key)
         if ds is not None:
             return ds
-        print(f"{root}: feature files changed since {cache} was written; reading them again", file=sys.stderr)
+        stale = [p for p in _stale_caches(cache) if p.is_dir()]
+        if stale:
+            print(f"{root}: feature files changed since {stale[0]} was written; reading them again", file=sys.stderr)
+        shutil.rmtree(cache, ignore_errors=True)  # there but unreadable (a file deleted by hand): rebuilt below
     labels = read_label_file(root / "label-6way.npz")
     frame = [f.upper().endswith(("FRA", "FRM")) for f in features]
     if any(frame) and not all(frame):
