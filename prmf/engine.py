@@ -28,6 +28,34 @@ STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad
                    "diverged_epoch", "pruned")
 
 
+class Plateau:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau(mode='max', factor=0.5, patience=10, min_lr=1e-6),
+    the seeds' schedule, for one member's learning rate. Written out because any torch.optim object
+    imports torch._dynamo (~1.2 s of every trial's start); tests/test_engine.py pins it to torch's."""
+
+    FACTOR, PATIENCE, MIN_LR, THRESHOLD, EPS = 0.5, 10, 1e-6, 1e-4, 1e-8
+
+    def __init__(self, lr):
+        self.lr, self.best, self.bad_epochs = lr, -math.inf, 0
+
+    def step(self, metric):
+        if metric > self.best * (1 + self.THRESHOLD):  # torch's 'rel' threshold in mode 'max'
+            self.best, self.bad_epochs = metric, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs > self.PATIENCE:
+            new = max(self.lr * self.FACTOR, self.MIN_LR)
+            if self.lr - new > self.EPS:
+                self.lr = new
+            self.bad_epochs = 0
+
+    def state_dict(self):
+        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state):
+        self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
+
+
 class CheckpointError(ValueError):
     """A checkpoint this engine cannot continue from (another version, or another pack)."""
 
@@ -52,8 +80,7 @@ class Member:
     fold: int
     train_idx: torch.Tensor
     val_idx: torch.Tensor
-    scheduler: object  # ReduceLROnPlateau over `holder`
-    holder: torch.optim.Optimizer  # carries this member's learning rate
+    scheduler: Plateau  # this member's learning rate and its plateau schedule
     generator: torch.Generator  # batch order
     best_metric: float = -math.inf
     best_epoch: int = 0
@@ -67,7 +94,7 @@ class Member:
 
     @property
     def lr(self):
-        return self.holder.param_groups[0]["lr"]
+        return self.scheduler.lr
 
 
 def update_member(m, result, epoch, logits, vals_pred, save_best):
@@ -167,10 +194,8 @@ class Engine:
         for t, (cfg, seed) in enumerate(self.trials):
             folds = folds_of.setdefault(seed, stratified_folds(data.splits["train"].emos, n_folds, seed))
             for k, (tr, va) in enumerate(folds):
-                holder = torch.optim.SGD([torch.zeros(())], lr=cfg.lr)
-                sched = torch.optim.lr_scheduler.ReduceLROnPlateau(holder, mode="max", factor=0.5, patience=10, min_lr=1e-6)
                 self.members.append(Member(len(self.members), t, cfg, seed, k, torch.as_tensor(tr, device=self.device),
-                                           torch.as_tensor(va, device=self.device), sched, holder,
+                                           torch.as_tensor(va, device=self.device), Plateau(cfg.lr),
                                            torch.Generator().manual_seed(seed * 1000 + k)))
         self.model = build_model(trials[0][0], data.dims, len(data.classes), [m.cfg for m in self.members],
                                  [(m.seed, m.fold) for m in self.members]).to(self.device, dtype)
@@ -319,7 +344,7 @@ class Engine:
                 "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
                 "trials": [(cfg.to_dict(), seed) for cfg, seed in self.trials], "live": list(self.live),
-                "members": [{**{k: getattr(m, k) for k in STOPPING_FIELDS}, "lr": m.lr,
+                "members": [{**{k: getattr(m, k) for k in STOPPING_FIELDS},
                              "scheduler": m.scheduler.state_dict(), "generator": m.generator.get_state()}
                             for m in self.members],
                 "model": {n: p.detach() for n, p in self.model.named_parameters()},
@@ -337,7 +362,6 @@ class Engine:
         for m, s in zip(self.members, state["members"]):
             for k in STOPPING_FIELDS:
                 setattr(m, k, s[k])
-            m.holder.param_groups[0]["lr"] = s["lr"]
             m.scheduler.load_state_dict(s["scheduler"])
             m.generator.set_state(s["generator"])
         self._leave([i for i in self.live if i not in set(state["live"])])

@@ -203,3 +203,19 @@ def test_stacked_adamw_is_torchs_adamw_for_every_member():
     for i in range(4):
         assert torch.allclose(w[i], refs[i][0], atol=1e-6) and torch.allclose(b[i], refs[i][1], atol=1e-6)
     assert stacked.steps == [5, 4, 5, 4]
+
+
+def test_plateau_schedule_is_torchs_reduce_lr_on_plateau():
+    from prmf.engine import Plateau
+    rng = np.random.default_rng(0)
+    for start in (-0.5, 0.3):  # emoval may be negative: torch's relative threshold then loosens
+        holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-4)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(holder, mode="max", factor=0.5, patience=10, min_lr=1e-6)
+        mine = Plateau(3e-4)
+        metric = start
+        for epoch in range(300):
+            metric += rng.normal(0, 0.01) if epoch < 40 else rng.normal(-0.001, 0.001)  # gains, then a plateau
+            ref.step(metric)
+            mine.step(metric)
+            assert mine.lr == holder.param_groups[0]["lr"], (start, epoch)
+        assert mine.lr < 3e-4 / 8 and mine.lr >= 1e-6  # it did reduce, down towards min_lr
