@@ -37,7 +37,8 @@ from sweeps import asha, checkpoints, lock, ray_local, trackers  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "runs"
 QUICK = dict(epochs=15, batch_size=64, lr=1e-3)  # demo settings: minutes on 2 cores
-AUTO_PACK_MAX = 27  # the paper's grid: the packed engine's gain levels off around here (benchmarks/RESULTS.md)
+AUTO_PACK_MAX = 27  # trials per pack on a GPU: the paper's grid in one batched model
+AUTO_PACK_MAX_CPU = 9  # on CPUs the step is memory-bound: packs of 9 were the fastest measured (benchmarks/RESULTS.md)
 
 
 class SweepError(Exception):
@@ -130,8 +131,9 @@ def add_common_args(ap: argparse.ArgumentParser):
                     "(default: from the model size, 0.25 for small models, 0.5 for paper-size inputs)")
     ap.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per Tune trial, i.e. per pack (default 1)")
     ap.add_argument("--pack", default="auto", help="trials trained together as one batched model: auto (default: "
-                    "as many as memory allows, spread over the free slots, at most %d), N, or 1 (none); only "
-                    "trials that differ in loss weights, temperatures, dropout, lr, weight decay or seed pack" % AUTO_PACK_MAX)
+                    "as many as memory allows, spread over the free slots, at most %d on a GPU, %d on CPUs), N, or 1 "
+                    "(none); only trials that differ in loss weights, temperatures, dropout, lr, weight decay or seed "
+                    "pack" % (AUTO_PACK_MAX, AUTO_PACK_MAX_CPU))
     ap.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS if set, else a new local Ray)")
     ap.add_argument("--storage", help=f"shared directory for results and Tune state (default {DEFAULT_STORAGE})")
     ap.add_argument("--name", help="the sweep's name, its folder under --storage (default: from the sweep and data)")
@@ -484,7 +486,8 @@ def _pack_size(arg) -> int | None:
 
 def _auto_pack_size(specs, data, slots, gpus_per_trial) -> int:
     """As many trials per pack as half the memory of one trial slot holds (weights, gradients, AdamW
-    moments and best states of every fold), spread over the free slots, at most AUTO_PACK_MAX."""
+    moments and best states of every fold), spread over the free slots, at most AUTO_PACK_MAX on a
+    GPU and AUTO_PACK_MAX_CPU on CPUs."""
     import ray
 
     from prmf.models import build_model, n_params
@@ -495,7 +498,8 @@ def _auto_pack_size(specs, data, slots, gpus_per_trial) -> int:
         budget = gpus_per_trial * gpu / 2
     else:
         budget = ray.cluster_resources().get("memory", 8 * 2 ** 30) / max(1, slots) / 2
-    return int(max(1, min(AUTO_PACK_MAX, budget // per_trial, math.ceil(len(specs) / max(1, slots)))))
+    cap = AUTO_PACK_MAX if gpus_per_trial else AUTO_PACK_MAX_CPU
+    return int(max(1, min(cap, budget // per_trial, math.ceil(len(specs) / max(1, slots)))))
 
 
 def make_packs(specs, size, root, data, slots, gpus_per_trial):
