@@ -169,7 +169,7 @@ class StackedAdamW:
 
 
 def _member_values(values, device):
-    """A per-member value for the model: a float when all are equal, else a tensor [M]; None if all 0."""
+    """A per-member value: a float when all members have the same (the fast path), else a tensor [M]."""
     if all(v == values[0] for v in values):
         return float(values[0])
     return torch.tensor(values, dtype=torch.float32, device=device)

@@ -82,7 +82,7 @@ class FusionModel(nn.Module):
         return features, self.fc_out_1(features), self.fc_out_2(features).squeeze(-1)
 
 
-def make_encoders(cfg, dims, n_members, variational=None):
+def make_encoders(cfg, dims, n_members):
     """One encoder per modality: MERBench's (MLP for utterance features, LSTM for frames)."""
     cls = MLPEncoder if cfg.feat_type == "utt" else LSTMEncoder
     return nn.ModuleList(cls(n_members, d, cfg.hidden_dim) for d in dims)

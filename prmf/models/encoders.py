@@ -31,7 +31,7 @@ class LSTMEncoder(nn.Module):
     MERBench runs the LSTM over zero pre-padding; here it stops at each sample's last real frame
     (packed sequence), so padding never reaches the state (docs/FIDELITY.md)."""
 
-    def __init__(self, n_members, in_size, hidden_size, n_layers=None):
+    def __init__(self, n_members, in_size, hidden_size):
         super().__init__()
         self.rnn = LSTM(n_members, in_size, hidden_size)
         self.linear_1 = Linear(n_members, hidden_size, hidden_size)
