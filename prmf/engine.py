@@ -222,7 +222,7 @@ class Engine:
         val_mse = ((vals_out - self.vals0[idx]).pow(2) * has_val).sum(1) / has_val.sum(1).clamp(min=1)
         return interloss + emo_w * ce.mean(1) + val_w * val_mse  # no valence in a batch: 0
 
-    def _train_epoch(self, live, epoch, modality_p):
+    def _train_epoch(self, live, modality_p):
         model, bs, grad_clip = self.model, self.trials[0][0].batch_size, self.trials[0][0].grad_clip
         model.train()
         device = self.device
@@ -295,7 +295,7 @@ class Engine:
         live = [self.members[i] for i in self.live]
         uses = self.model.uses_modality_dropout
         modality_p = [modality_dropout_rate(m.cfg, epoch) if uses and m.cfg.use_modality_dropout else 0.0 for m in live]
-        losses = self._train_epoch(live, epoch, modality_p)
+        losses = self._train_epoch(live, modality_p)
         results = self._validate(live, losses, epoch, modality_p)
         self.epoch = epoch
         self._leave([m.index for m in live if m.stopped or m.epochs_run >= m.cfg.epochs])
