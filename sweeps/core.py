@@ -623,7 +623,7 @@ def _run(sweep: Sweep) -> int:
                                         **{"max_concurrent_trials": max_concurrent or None,
                                            **(sweep.search.tune_config(search_ctx, done, pending) if sweep.search else {})}),
             run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
-                                      callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name)],
+                                      callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name, root)],
                                       failure_config=tune.FailureConfig(max_failures=run.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))  # 2: one may be cut short
         _RESUME_HINT.interrupted = False

@@ -9,7 +9,7 @@ its pack) it logs the final metrics of each split (the store's clean aggregate r
 metrics (also a whole sweep run before without --mlflow).
 
 Weights & Biases: Ray's WandbLoggerCallback on the driver, offline unless WANDB_MODE says
-otherwise (`wandb sync` uploads later). TensorBoard: Tune writes event files itself (with
+otherwise (`wandb sync` uploads later), the runs in STORAGE/NAME/wandb/. TensorBoard: Tune writes event files itself (with
 tensorboardX installed) under STORAGE/NAME/tune/: `tensorboard --logdir STORAGE/NAME/tune`.
 """
 import importlib
@@ -70,14 +70,18 @@ def prepare(args, sweep_name, data, root) -> dict:
     return out
 
 
-def callbacks(args, sweep_name) -> list:
-    """Driver-side Tune callbacks (W&B)."""
+def callbacks(args, sweep_name, root) -> list:
+    """Driver-side Tune callbacks (W&B). The runs are written straight into the sweep folder
+    (STORAGE/NAME/wandb/): left to Ray's staging folder, a short Tune trial's run was synced to the
+    storage before W&B had written it."""
     if not getattr(args, "wandb", None):
         return []
     os.environ.setdefault("WANDB_MODE", "offline")  # the driver's check of the API key
     from ray.air.integrations.wandb import WandbLoggerCallback
+    (Path(root) / "wandb").mkdir(parents=True, exist_ok=True)
     # the mode also as wandb.init's own argument: the logging actors do not inherit the driver's env
-    return [WandbLoggerCallback(project=args.wandb, group=sweep_name, log_config=True, mode=os.environ["WANDB_MODE"])]
+    return [WandbLoggerCallback(project=args.wandb, group=sweep_name, log_config=True, mode=os.environ["WANDB_MODE"],
+                                dir=str(Path(root) / "wandb"))]
 
 
 def _find_run(client, exp_id, trial_id):

@@ -86,5 +86,5 @@ def test_wandb_logs_offline_runs_under_the_trials_folders(tmp_path, data_dir, mo
     monkeypatch.delenv("WANDB_MODE", raising=False)
     sweep("ablation.py", "--experiments", "Exp1", "--epochs", "1", "--folds", "2", "--storage", str(tmp_path),
           "--name", "w", "--wandb", "test-project")
-    runs = list((tmp_path / "w" / "tune").glob("run-000/*/wandb/offline-run-*/*.wandb"))
+    runs = list((tmp_path / "w" / "wandb").glob("wandb/offline-run-*/*.wandb"))  # in the sweep folder itself
     assert len(runs) == 1 and runs[0].stat().st_size > 0
