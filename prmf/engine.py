@@ -315,7 +315,8 @@ class Engine:
     def _leave(self, indices):
         if not indices:
             return
-        stay = [pos for pos, i in enumerate(self.live) if i not in set(indices)]
+        leaving = set(indices)
+        stay = [pos for pos, i in enumerate(self.live) if i not in leaving]
         index = torch.tensor(stay, dtype=torch.long, device=self.device)
         self.model.keep(index)
         self.optimizer.keep(index, self.model.parameters())
@@ -324,7 +325,8 @@ class Engine:
     # --- results and checkpoints
 
     def best_model(self, indices):
-        """A model of the members `indices` at their best epochs (their current weights where none)."""
+        """A model of the members `indices` at their best epochs (their initial weights where a member
+        never had one: scoring leaves those out)."""
         cfgs = [self.members[i].cfg for i in indices]
         dtype = self.best[next(iter(self.best))].dtype
         model = build_model(self.trials[0][0], self.data.dims, len(self.data.classes), cfgs, init=False).to(self.device, dtype)
