@@ -2,16 +2,19 @@
 
 Defaults are the paper's best configuration (SPEC §5, Exp4 / `train_v2.sh`). A bad key, type or
 value raises ConfigError with one line naming the key, before any training starts. `fidelity`
-chooses between the code that produced the published numbers and the paper's equations
-(docs/FIDELITY.md lists every difference and the key that selects it).
+chooses what a dropped or missing modality does: the published file behind the table (default), the
+design plan's code, or the paper's equations; the training loop (optimiser, schedule, clipping) is
+set per preset (docs/FIDELITY.md lists every difference and the key that selects it).
 """
 import dataclasses
 from dataclasses import dataclass, fields
 
 MODELS = ("attention", "attention_robust", "attention_robust_v2")
 PROXY_ATTENTION_KINDS = ("per_modality", "joint")
-FIDELITY_MODES = ("seeds_code", "paper")
-RAMPS = ("auto", "warmup", "last_epoch")  # auto: 'warmup' under seeds_code, 'last_epoch' under paper
+FIDELITY_MODES = ("published", "design_plan", "paper")
+RAMPS = ("auto", "warmup", "last_epoch")  # auto: 'last_epoch' under paper, else 'warmup' (the seeds' code)
+OPTIMIZERS = ("adam", "adamw")  # adam: torch.optim.Adam(lr, weight_decay) = coupled L2 (MERBench); adamw: decoupled
+LR_SCHEDULES = ("constant", "plateau")
 FEAT_TYPES = ("utt", "frm_unalign")  # MERBench's names; 'frm_align' (align-to-text pooling) is not built
 
 
@@ -22,7 +25,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrialConfig:
     model: str = "attention_robust_v2"
-    fidelity: str = "seeds_code"  # 'seeds_code': as the published runs ran; 'paper': the paper's equations
+    fidelity: str = "published"  # 004's published file; 'design_plan': 000's code; 'paper': the equations
     feat_type: str = "utt"  # 'utt' (one vector per sample) or 'frm_unalign' (frame sequences, LSTM encoders)
     # architecture
     hidden_dim: int = 128
@@ -43,6 +46,7 @@ class TrialConfig:
     modality_dropout_warmup: int = 15
     modality_dropout_ramp: str = "auto"  # 'warmup': 0 to p_max over e_w..2e_w (code); 'last_epoch': to E (paper)
     modality_dropout_ramp_end: int = 150  # the paper's E; never --epochs, so a short run keeps the schedule
+    modality_dropout_z: bool = True  # published: a dropped modality's z is zeroed too (the decoders see zeros)
     # optimisation (SPEC §3)
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -50,7 +54,9 @@ class TrialConfig:
     epochs: int = 150
     patience: int = 40
     min_delta: float = 0.001
-    grad_clip: float = -1.0  # clip gradients by value; -1 = off (MERBench's default)
+    optimizer: str = "adamw"  # 'adam' (coupled L2, MERBench's main-release.py) or 'adamw'
+    lr_schedule: str = "plateau"  # 'constant' (MERBench) or 'plateau' (ReduceLROnPlateau, max, 0.5, 10, 1e-6)
+    grad_clip: float = 1.0  # clip gradients by value (MERBench's clip_grad_value_); -1 = off
     emo_weight: float = 1.0
     val_weight: float = 1.0
 
@@ -70,7 +76,12 @@ class TrialConfig:
                 raise ConfigError(f"config key {key!r}: must be {rule}, got {getattr(self, key)!r}")
 
         need(self.model in MODELS, "model", f"one of {', '.join(MODELS)}")
-        need(self.fidelity in FIDELITY_MODES, "fidelity", " or ".join(FIDELITY_MODES))
+        if self.fidelity == "seeds_code":
+            raise ConfigError("config key 'fidelity': 'seeds_code' is now called 'design_plan' (000's code: modality "
+                              "dropout reaches only the decoders); the default 'published' is 004's file (docs/FIDELITY.md)")
+        need(self.fidelity in FIDELITY_MODES, "fidelity", ", ".join(FIDELITY_MODES))
+        need(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS))
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
         need(self.modality_dropout_ramp in RAMPS, "modality_dropout_ramp", ", ".join(RAMPS))
         need(self.feat_type in FEAT_TYPES, "feat_type", f"one of {', '.join(FEAT_TYPES)} (frm_align is not supported)")
         need(self.ramp != "last_epoch" or self.modality_dropout_ramp_end > self.modality_dropout_warmup,
@@ -92,7 +103,7 @@ class TrialConfig:
     def ramp(self) -> str:
         if self.modality_dropout_ramp != "auto":
             return self.modality_dropout_ramp
-        return "warmup" if self.fidelity == "seeds_code" else "last_epoch"
+        return "last_epoch" if self.fidelity == "paper" else "warmup"
 
     def replace(self, **changes) -> "TrialConfig":
         return make_config(self.to_dict(), **changes)
@@ -149,12 +160,12 @@ def modality_dropout_rate(cfg, epoch: int) -> float:
 
 
 # Keys in which the members of one batched model may differ (prmf/engine.py): loss weights,
-# temperatures, dropout rates and their schedule, learning rate, weight decay, early-stopping
-# delta. Every other key (model, architecture, epochs, patience, batch size...) splits a grid
-# into packs.
+# temperatures, dropout rates and their schedule, optimiser, learning rate and its schedule, weight
+# decay, early-stopping delta. Every other key (model, architecture, fidelity, gradient clipping,
+# epochs, patience, batch size...) splits a grid into packs.
 MEMBER_KEYS = ("kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature", "dropout", "use_modality_dropout",
                "modality_dropout", "modality_dropout_warmup", "modality_dropout_ramp", "modality_dropout_ramp_end",
-               "lr", "weight_decay", "min_delta", "emo_weight", "val_weight")
+               "optimizer", "lr_schedule", "lr", "weight_decay", "min_delta", "emo_weight", "val_weight")
 
 
 def pack_key(cfg) -> tuple:
@@ -176,7 +187,7 @@ def for_data(cfg, data_feat_type: str):
 def effective_config(cfg) -> dict:
     """The config with every key that cannot change the run set to a canonical value (a switched-
     off part is off, its settings the defaults): two presets with equal effective configs train the
-    same model the same way (Exp5 == Exp1 under seeds_code)."""
+    same model the same way (Exp5 == Exp1 except under 'paper')."""
     d, default = cfg.to_dict(), TrialConfig().to_dict()
     v2 = cfg.model == "attention_robust_v2"
     vae = v2 and cfg.use_vae
@@ -195,61 +206,73 @@ def effective_config(cfg) -> dict:
                 "modality_dropout_ramp": "auto"}
     if not dropout or cfg.ramp == "warmup":
         off["modality_dropout_ramp_end"] = default["modality_dropout_ramp_end"]
+    if not (vae and dropout and cfg.fidelity == "published"):
+        off["modality_dropout_z"] = default["modality_dropout_z"]
     return d | off
 
 
 # The rows of the paper's table (seeds/004 §1, §4, §7; SPEC §5). Each preset writes out every
-# training setting; docs/FIDELITY.md gives the source of each value. `fidelity` is not part of a
-# preset: every preset runs in either mode.
+# training setting, its loop included: the baselines train in MERBench's main-release.py loop (Adam
+# with coupled L2, constant lr, no clipping: model-tune.yaml's attention grad_clip -1), the V2 rows
+# clip by value at 1.0 (000's model-tune.yaml) with AdamW and the plateau schedule (SPEC §3: the
+# seeds do not name the V2 runner's optimiser). docs/FIDELITY.md gives the source of each value.
+# `fidelity` is not part of a preset: every preset runs in every mode.
 PRESETS = {
     "attention": dict(
         model="attention", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
         use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
         use_modality_dropout=False, modality_dropout=0.0, modality_dropout_warmup=0,
-        lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, patience=100, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adam", lr_schedule="constant", grad_clip=-1.0,
+        lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, patience=100, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
     "attention_robust": dict(
         model="attention_robust", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
         use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
         use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
-        lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, patience=100, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adam", lr_schedule="constant", grad_clip=-1.0,
+        lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, patience=100, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
     "Exp1": dict(
         model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
         use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
         use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
-        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adamw", lr_schedule="plateau", grad_clip=1.0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
     "Exp2": dict(
         model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=True, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
         use_proxy_attention=False, proxy_attention="per_modality", fusion_temperature=1.0,
         use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
-        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adamw", lr_schedule="plateau", grad_clip=1.0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
     "Exp3": dict(
         model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=True, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
         use_proxy_attention=True, proxy_attention="per_modality", fusion_temperature=1.0,
         use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
-        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adamw", lr_schedule="plateau", grad_clip=1.0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
     "Exp4": dict(
         model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=True, kl_weight=0.005, recon_weight=0.15, cross_kl_weight=0.01,
         use_proxy_attention=True, proxy_attention="per_modality", fusion_temperature=0.8,
         use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=15,
-        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adamw", lr_schedule="plateau", grad_clip=1.0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
     "Exp5": dict(
         model="attention_robust_v2", hidden_dim=128, dropout=0.4, num_attention_heads=4,
         use_vae=False, kl_weight=0.01, recon_weight=0.1, cross_kl_weight=0.01,
         use_proxy_attention=True, proxy_attention="per_modality", fusion_temperature=1.0,
         use_modality_dropout=True, modality_dropout=0.2, modality_dropout_warmup=0,
-        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001, grad_clip=-1.0,
+        optimizer="adamw", lr_schedule="plateau", grad_clip=1.0,
+        lr=3e-4, weight_decay=1e-4, batch_size=32, epochs=150, patience=40, min_delta=0.001,
         emo_weight=1.0, val_weight=1.0),
 }
 PRESET_DESCRIPTIONS = {  # one line each, for help texts
@@ -259,7 +282,7 @@ PRESET_DESCRIPTIONS = {  # one line each, for help texts
     "Exp2": "VAE only: variational encoders + uncertainty-weighted proxy, no proxy attention",
     "Exp3": "VAE + proxy: Exp2 plus proxy cross-modal attention, default weights",
     "Exp4": "full P-RMF: the paper's tuned config (kl 0.005, recon 0.15, tau 0.8, warm-up 15)",
-    "Exp5": "no VAE: proxy attention without the VAE (seeds_code: the same run as Exp1)",
+    "Exp5": "no VAE: proxy attention without the VAE (published, design_plan: the same run as Exp1)",
 }
 EXPERIMENTS = PRESETS  # every preset is a row of the ablation suite
 

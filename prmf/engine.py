@@ -2,10 +2,10 @@
 
 A trial is one (config, seed) over its folds (SPEC §3-4); a pack is one or more trials that share
 an architecture (grid points and seeds differ only in loss weights, temperatures, dropout rates,
-learning rate and weight decay: config.MEMBER_KEYS), so their members' matmuls run as one. Each
-member keeps what makes it a fold of its trial: its batch order (a generator seeded by seed and
-fold), initial weights (models.build_model), AdamW state and learning rate, ReduceLROnPlateau,
-patience, best state and dropout masks. The engine owns the schedule: epochs, patience, the
+optimiser, learning rate and its schedule, weight decay: config.MEMBER_KEYS), so their members'
+matmuls run as one. Each member keeps what makes it a fold of its trial: its batch order (a
+generator seeded by seed and fold), initial weights (models.build_model), Adam/AdamW state and
+learning rate, its schedule (constant or ReduceLROnPlateau), patience, best state and dropout masks. The engine owns the schedule: epochs, patience, the
 learning rate and the modality-dropout rate per member and epoch (models receive it per step). A
 member that stops (patience, divergence, pruning) leaves the batch and costs nothing more.
 `state_dict()` checkpoints the pack between epochs (format version CHECKPOINT_VERSION).
@@ -22,8 +22,8 @@ from .config import modality_dropout_rate, pack_key
 from .evaluation import SplitTensors, metrics, predict, score
 from .models import build_model
 
-CHECKPOINT_VERSION = 2
-BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults
+CHECKPOINT_VERSION = 3  # 3: members' optimiser and schedule follow their config (adam/adamw, constant/plateau)
+BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's and AdamW's defaults
 STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run",
                    "diverged_epoch", "pruned")
 
@@ -56,6 +56,25 @@ class Plateau:
         self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
 
 
+class Constant:
+    """A learning rate that never changes: MERBench's main-release.py has no schedule."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def step(self, metric):
+        pass
+
+    def state_dict(self):
+        return {"lr": self.lr}
+
+    def load_state_dict(self, state):
+        self.lr = state["lr"]
+
+
+SCHEDULES = {"constant": Constant, "plateau": Plateau}
+
+
 class CheckpointError(ValueError):
     """A checkpoint this engine cannot continue from (another version, or another pack)."""
 
@@ -80,7 +99,7 @@ class Member:
     fold: int
     train_idx: torch.Tensor
     val_idx: torch.Tensor
-    scheduler: Plateau  # this member's learning rate and its plateau schedule
+    scheduler: Plateau | Constant  # this member's learning rate and its schedule (cfg.lr_schedule)
     generator: torch.Generator  # batch order
     best_metric: float = -math.inf
     best_epoch: int = 0
@@ -118,10 +137,11 @@ def update_member(m, result, epoch, logits, vals_pred, save_best):
     m.epochs_run = epoch
 
 
-class StackedAdamW:
-    """torch.optim.AdamW over parameters [M, ...], every member with its own learning rate, weight
-    decay and step count: torch's fused kernel on the whole stacks when every member steps alike
-    (the usual case), else on per-member views, one call per distinct (lr, weight decay, step)."""
+class StackedAdam:
+    """torch.optim.Adam (coupled L2: MERBench's `Adam(lr, weight_decay=l2)`) or torch.optim.AdamW
+    over parameters [M, ...], every member with its own kind, learning rate, weight decay and step
+    count: torch's fused kernel on the whole stacks when every member steps alike (the usual case),
+    else on per-member views, one call per distinct (kind, lr, weight decay, step)."""
 
     def __init__(self, params):
         self.params = list(params)
@@ -131,14 +151,15 @@ class StackedAdamW:
 
     @torch.no_grad()
     def step(self, positions, hyper):
-        """AdamW steps of the members at `positions`; hyper[i] = (lr, weight decay) of position i."""
+        """Steps of the members at `positions`; hyper[i] = (kind, lr, weight decay) of position i,
+        kind 'adam' or 'adamw'."""
         for i in positions:
             self.steps[i] += 1
         groups = {}
         for i in positions:
             groups.setdefault((*hyper[i], self.steps[i]), []).append(i)
         device = self.params[0].device
-        for (lr, wd, step), group in groups.items():
+        for (kind, lr, wd, step), group in groups.items():
             count = torch.tensor(float(step), device=device)  # read by the kernel for the bias corrections
             if len(group) == len(self.steps):  # every member: the stacks themselves
                 ps, gs, ms, vs = self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq
@@ -147,9 +168,9 @@ class StackedAdamW:
                 gs = [p.grad[i] for i in group for p in self.params]
                 ms = [a[i] for i in group for a in self.exp_avg]
                 vs = [a[i] for i in group for a in self.exp_avg_sq]
-            torch._fused_adamw_(ps, gs, ms, vs, [], [count] * len(ps), amsgrad=False, lr=lr, beta1=BETAS[0],
-                                beta2=BETAS[1], weight_decay=wd, eps=EPS, maximize=False, grad_scale=None,
-                                found_inf=None)
+            fused = torch._fused_adam_ if kind == "adam" else torch._fused_adamw_
+            fused(ps, gs, ms, vs, [], [count] * len(ps), amsgrad=False, lr=lr, beta1=BETAS[0], beta2=BETAS[1],
+                  weight_decay=wd, eps=EPS, maximize=False, grad_scale=None, found_inf=None)
 
     def keep(self, index, params):
         """Follow the model when it keeps only the members at `index` (a LongTensor)."""
@@ -195,12 +216,12 @@ class Engine:
             folds = folds_of.setdefault(seed, stratified_folds(data.splits["train"].emos, n_folds, seed))
             for k, (tr, va) in enumerate(folds):
                 self.members.append(Member(len(self.members), t, cfg, seed, k, torch.as_tensor(tr, device=self.device),
-                                           torch.as_tensor(va, device=self.device), Plateau(cfg.lr),
+                                           torch.as_tensor(va, device=self.device), SCHEDULES[cfg.lr_schedule](cfg.lr),
                                            torch.Generator().manual_seed(seed * 1000 + k)))
         self.model = build_model(trials[0][0], data.dims, len(data.classes), [m.cfg for m in self.members],
                                  [(m.seed, m.fold) for m in self.members]).to(self.device, dtype)
         self.live = [m.index for m in self.members]  # the members in the model, in its order
-        self.optimizer = StackedAdamW(self.model.parameters())
+        self.optimizer = StackedAdam(self.model.parameters())
         self.best = {n: p.detach().clone() for n, p in self.model.named_parameters()}  # every member's best state
 
     @property
@@ -230,7 +251,7 @@ class Engine:
         p_all = _member_values(modality_p, device)
         emo_all = _member_values([m.cfg.emo_weight for m in live], device)
         val_all = _member_values([m.cfg.val_weight for m in live], device)
-        hyper = [(m.lr, m.cfg.weight_decay) for m in live]
+        hyper = [(m.cfg.optimizer, m.lr, m.cfg.weight_decay) for m in live]
         params = list(model.parameters())
         totals = torch.zeros(len(live), dtype=torch.float64, device=device)
         for start in range(0, max(len(o) for o in orders), bs):
@@ -252,7 +273,7 @@ class Engine:
                     pick = [modality_p[i] for i in pos]
                     loss = self._loss(call, idx, _member_values(pick, device), _pick(emo_all, sub), _pick(val_all, sub))
                 loss.sum().backward()
-                if grad_clip > 0:
+                if grad_clip > 0:  # torch.nn.utils.clip_grad_value_ (MERBench): each element into [-c, c]
                     grads = [p.grad for p in params]
                     torch._foreach_clamp_min_(grads, -grad_clip)
                     torch._foreach_clamp_max_(grads, grad_clip)

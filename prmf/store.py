@@ -29,7 +29,11 @@ import pyarrow.parquet as pq
 #   1: aggregate rows had fold = -1; a robustness scenario 'all' repeated the clean rows; the epoch
 #      history's validation MSE was `val_val_mse` and it had no sweep or experiment.
 #   2: an `is_aggregate` column (fold is null there); no 'all' rows; `val_mse`; sweep and experiment.
-SCHEMA_VERSION = 2
+#   3: fidelity 'published' (the new default); the former default 'seeds_code' reads as 'design_plan'
+#      (what it trained: 000's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
+SCHEMA_VERSION = 3
+# What the config keys added in schema 3 were for every row written before them (docs/FIDELITY.md).
+BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
 SCHEMA_KEY = b"prmf_schema_version"
 RESULT_KEY = ["trial_id", "experiment", "seed", "is_aggregate", "fold", "split", "scenario"]  # identical presets share a trial
 
@@ -121,6 +125,13 @@ def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
         df = df[df.get("scenario", pd.Series("", index=df.index)) != "all"].copy()  # 'all' repeated clean
         df.insert(df.columns.get_loc("fold"), "is_aggregate", df["fold"] == -1)
         df["fold"] = df["fold"].astype("Int64").mask(df["is_aggregate"])
+    if version < 3:
+        df = df.copy()
+        # trained with the design plan's modality dropout (the default then), never the published file's
+        df["fidelity"] = df["fidelity"].replace({"seeds_code": "design_plan"}) if "fidelity" in df else "design_plan"
+        for key, value in BEFORE_V3.items():
+            if key not in df:
+                df[key] = value
     return df
 
 

@@ -3,10 +3,10 @@ the ablations Exp1-Exp5 of attention_robust_v2, each its preset (prmf.config.PRE
 
     python sweeps/ablation.py --num-gpus 8                 # all seven rows, the presets' settings
     python sweeps/ablation.py --experiments Exp1,Exp4 --quick
-    python sweeps/ablation.py --set fidelity=paper         # the paper's equations instead of the seeds' code
+    python sweeps/ablation.py --set fidelity=paper         # the paper's equations instead of the published file
 
 Every row is a table row, so none is pruned against another unless --asha is given. Presets
-whose effective configs are equal (Exp5 and Exp1 under fidelity seeds_code) are trained once and
+whose effective configs are equal (Exp5 and Exp1 except under fidelity paper) are trained once and
 stored under each name, with `identical_to` naming the other. Run the same command again to
 resume an interrupted sweep.
 

@@ -493,3 +493,28 @@ def test_script_runs_from_any_cwd(merbench, tmp_path):
     assert proc.stdout.startswith("## MER2023 · features") and "| P-RMF V2 (VAE) |" in proc.stdout
     assert proc.stderr.count("warning:") == 2
     assert not marker.exists()
+
+
+def test_rows_of_the_former_default_never_share_a_cell_with_the_published_default(store, tmp_path, capsys):
+    # an older store (schema 2) whose rows say fidelity 'seeds_code' (the design plan's modality
+    # dropout, the default then), with a better Exp4 than the published default's: it is its own row
+    import pyarrow.parquet as pq
+
+    from prmf.store import SCHEMA_KEY, read_results
+    old = tmp_path / "runs" / "old-ablation"
+    rows = make_results("o4", "attention_robust_v2", "Exp4", 0, {"cv": (0.80, 0.81, 0.6), "test1": (0.90, 0.91, 0.6)})
+    write_trial(old, "o4", rows.assign(fidelity="seeds_code"), make_epochs("o4"), predictions={})
+    part = old / "results" / "o4.parquet"
+    pq.write_table(pq.read_table(part).replace_schema_metadata({SCHEMA_KEY: b"2"}), part)
+    assert set(read_results(old).fidelity) == {"design_plan"} and set(read_results(old).optimizer) == {"adamw"}
+    write_trial(store, "t4p", make_results("t4p", "attention_robust_v2", "Exp4", 1, {"cv": (0.70, 0.71, 0.6)})
+                .assign(fidelity="published"), make_epochs("t4p"), predictions={})
+    rows = best_map(select_best(scan([tmp_path / "runs"]), by="experiment"))
+    assert rows[("P-RMF full (Exp4)", "cv")] == (0.7586, 0.7593)  # the published rows' best, not 0.81
+    assert rows[("P-RMF full (Exp4) [design_plan]", "cv")] == (0.80, 0.81)
+    by_model = select_best(scan([tmp_path / "runs"]))
+    assert list(dict.fromkeys(by_model.display_name)) == ["Baseline (v0)", "P-RMF V2 (VAE)", "P-RMF V2 (VAE) [design_plan]"]
+    assert best_results.main(["--result-dir", str(tmp_path / "runs"), "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)
+    assert {(c["display_name"], c["fidelity"]) for c in cells if c["split"] == "cv"} == {
+        ("Baseline (v0)", "published"), ("P-RMF V2 (VAE)", "published"), ("P-RMF V2 (VAE) [design_plan]", "design_plan")}

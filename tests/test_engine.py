@@ -88,7 +88,8 @@ def test_epoch_hook_sees_the_mean_validation_metric_and_can_stop(tiny_data):
 
 def test_checkpoint_resume_continues_bit_for_bit(tiny_data):
     cfg = experiment_config("Exp4", epochs=4, modality_dropout_warmup=1, **FAST)
-    trials = [(cfg, 0), (cfg.replace(kl_weight=0.05, lr=1e-3), 1)]  # a pack of two trials
+    # a pack of two trials, the second with MERBench's loop (Adam with coupled L2, constant lr)
+    trials = [(cfg, 0), (cfg.replace(kl_weight=0.05, lr=1e-3, optimizer="adam", lr_schedule="constant"), 1)]
     straight = Engine(trials, tiny_data)
     while not straight.done:
         straight.step()
@@ -116,11 +117,15 @@ QUIET = dict(lr=3e-3, batch_size=64, hidden_dim=16, dropout=0.0, modality_dropou
 
 @pytest.mark.parametrize("name", ["attention", "Exp1", "Exp4"])
 def test_members_trained_together_equal_the_same_members_trained_alone(name, tiny_data, fixed_noise):
-    # three trials differing in what packs may differ in (loss weights, temperature, lr, weight
-    # decay, seed), in float64 so that float noise cannot grow into a different early stop
+    # four trials differing in what packs may differ in (loss weights, temperature, lr, weight
+    # decay, optimiser and schedule, seed), in float64 so that float noise cannot grow into a
+    # different early stop
     base = preset_config(name, **QUIET, patience=2)
+    other_loop = dict(optimizer="adamw", lr_schedule="plateau") if base.optimizer == "adam" else dict(
+        optimizer="adam", lr_schedule="constant")
     trials = [(base, 0), (base.replace(kl_weight=0.05, fusion_temperature=0.5, weight_decay=0.01), 1),
-              (base.replace(lr=1e-3, recon_weight=0.5, cross_kl_weight=0.1), 0)]
+              (base.replace(lr=1e-3, recon_weight=0.5, cross_kl_weight=0.1), 0),
+              (base.replace(weight_decay=0.01, **other_loop), 1)]
     packed = train(trials, tiny_data, n_folds=3, device="cpu", dtype=torch.float64)
     for t, trial in enumerate(trials):
         alone = train([trial], tiny_data, n_folds=3, device="cpu", dtype=torch.float64)[0]
@@ -183,26 +188,38 @@ def test_scoring_on_shared_inputs_equals_every_members_own_forward(name):
         assert np.allclose(g, w.numpy(), atol=1e-5)
 
 
-def test_stacked_adamw_is_torchs_adamw_for_every_member():
-    # members with their own lr and weight decay, one step where only some members take part
-    from prmf.engine import StackedAdamW
+def test_stacked_adam_is_torchs_adam_or_adamw_for_every_member():
+    # members with their own kind (Adam with coupled L2 / AdamW), lr and weight decay, one step
+    # where only some members take part
+    from prmf.engine import StackedAdam
     torch.manual_seed(0)
     w, b = torch.randn(4, 5, 3, requires_grad=True), torch.randn(4, 5, requires_grad=True)
-    lrs, wds = [1e-2, 1e-2, 3e-3, 1e-2], [1e-4, 1e-4, 1e-4, 0.0]
+    kinds, lrs, wds = ["adamw", "adam", "adamw", "adam"], [1e-2, 1e-2, 3e-3, 1e-2], [1e-4, 1e-1, 1e-4, 0.0]
     refs = [[w[i].detach().clone().requires_grad_(), b[i].detach().clone().requires_grad_()] for i in range(4)]
-    opts = [torch.optim.AdamW(r, lr=lrs[i], weight_decay=wds[i]) for i, r in enumerate(refs)]
-    stacked = StackedAdamW([w, b])
+    torch_opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    opts = [torch_opt[kinds[i]](r, lr=lrs[i], weight_decay=wds[i]) for i, r in enumerate(refs)]
+    stacked = StackedAdam([w, b])
     for k in range(5):
         pos = [0, 2] if k == 2 else [0, 1, 2, 3]
         g = [torch.randn(4, 5, 3), torch.randn(4, 5)]
         w.grad, b.grad = g[0].clone(), g[1].clone()
-        stacked.step(pos, [(lrs[i], wds[i]) for i in range(4)])
+        stacked.step(pos, [(kinds[i], lrs[i], wds[i]) for i in range(4)])
         for i in pos:
             refs[i][0].grad, refs[i][1].grad = g[0][i].clone(), g[1][i].clone()
             opts[i].step()
     for i in range(4):
         assert torch.allclose(w[i], refs[i][0], atol=1e-6) and torch.allclose(b[i], refs[i][1], atol=1e-6)
     assert stacked.steps == [5, 4, 5, 4]
+    # member 1 (Adam, weight decay 0.1) would be off by ~1e-2 had it taken AdamW's decoupled step
+
+
+def test_constant_schedule_never_changes_the_rate():
+    from prmf.engine import SCHEDULES
+    const, plateau = SCHEDULES["constant"](1e-3), SCHEDULES["plateau"](1e-3)
+    for _ in range(30):  # a flat validation metric: the plateau halves at epochs 12 and 23
+        const.step(0.5)
+        plateau.step(0.5)
+    assert const.lr == 1e-3 and plateau.lr == 2.5e-4
 
 
 def test_plateau_schedule_is_torchs_reduce_lr_on_plateau():

@@ -1,7 +1,10 @@
-"""Fidelity to the sources (docs/FIDELITY.md): MERBench-exact baselines, the seeds' code
-(fidelity 'seeds_code', the default) and the paper's equations (fidelity 'paper'). Each mode's
-schedule, masking and dropout placement is pinned by a test that fails if the other mode's
-behaviour leaks in; parameter counts are pinned to the reference architectures' arithmetic."""
+"""Fidelity to the sources (docs/FIDELITY.md): MERBench-exact baselines in MERBench's loop, the
+published file (fidelity 'published', the default), the design plan's code ('design_plan') and the
+paper's equations ('paper'). Each mode's schedule, masking and dropout placement is pinned by a test
+that fails if another mode's behaviour leaks in; expected numbers come from the formulas and from
+torch's own optimisers, parameter counts from the reference architectures' arithmetic."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +13,7 @@ import torch
 from prmf import records, store
 from prmf.config import (PRESETS, ConfigError, effective_config, for_data, make_config, modality_dropout_rate,
                          preset_config)
-from prmf.engine import Engine, train_trial
+from prmf.engine import Engine, stratified_folds, train_trial
 from prmf.models import build_model, n_params
 from sweeps import ablation, core
 
@@ -44,13 +47,16 @@ def proxy_attention(h):
     return 3 * (3 * h * h + 3 * h + lin(h, h)) + 2 * h + lin(h, 2 * h) + lin(2 * h, h)
 
 
-@pytest.mark.parametrize("fidelity", ["seeds_code", "paper"])
+MODES = ["published", "design_plan", "paper"]
+
+
+@pytest.mark.parametrize("fidelity", MODES)
 def test_parameter_counts_are_the_reference_architectures(fidelity):
     want = {"attention": merbench_attention(DIMS, H, C), "attention_robust": merbench_attention(DIMS, H, C),
             "Exp1": merbench_attention(DIMS, H, C),  # forward_original: MERBench's encoders and attention
             "Exp2": seeds_vae(DIMS, H, C), "Exp3": seeds_vae(DIMS, H, C) + proxy_attention(H),
             "Exp4": seeds_vae(DIMS, H, C) + proxy_attention(H),
-            # seeds_code builds no proxy attention without the VAE; the paper's Exp5 has one
+            # the seeds' code builds no proxy attention without the VAE; the paper's Exp5 has one
             "Exp5": merbench_attention(DIMS, H, C) + (proxy_attention(H) if fidelity == "paper" else 0)}
     for name, n in want.items():
         model = build_model(preset_config(name, hidden_dim=H, fidelity=fidelity), DIMS, C)
@@ -68,12 +74,22 @@ def test_attention_at_paper_dims_has_merbenchs_parameter_count():
 
 def test_every_preset_writes_out_every_training_setting():
     keys = {"model", "hidden_dim", "dropout", "lr", "weight_decay", "batch_size", "epochs", "patience",
-            "grad_clip", "use_vae", "use_proxy_attention", "use_modality_dropout", "modality_dropout",
+            "optimizer", "lr_schedule", "grad_clip", "use_vae", "use_proxy_attention", "use_modality_dropout", "modality_dropout",
             "modality_dropout_warmup", "kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature"}
     for name, preset in PRESETS.items():
         assert keys <= set(preset), name
     assert preset_config("attention_robust").modality_dropout_warmup == 0  # not Exp4's 15
     assert (preset_config("attention").model, preset_config("attention_robust").model) == ("attention", "attention_robust")
+    for name in ("attention", "attention_robust"):  # MERBench's main-release.py loop, model-tune.yaml's grad_clip
+        assert (PRESETS[name]["optimizer"], PRESETS[name]["lr_schedule"], PRESETS[name]["grad_clip"]) == ("adam", "constant", -1.0)
+    for name in ("Exp1", "Exp2", "Exp3", "Exp4", "Exp5"):  # 000's model-tune.yaml grad_clip 1.0; SPEC §3
+        assert (PRESETS[name]["optimizer"], PRESETS[name]["lr_schedule"], PRESETS[name]["grad_clip"]) == ("adamw", "plateau", 1.0)
+
+
+def test_the_former_default_name_is_refused_with_its_new_name():
+    with pytest.raises(ConfigError, match="'seeds_code' is now called 'design_plan'"):
+        make_config(fidelity="seeds_code")
+    assert make_config().fidelity == "published"
 
 
 # ---------------------------------------------------------------- the modality-dropout schedule
@@ -84,23 +100,25 @@ def test_dropout_rate_per_epoch_in_both_modes_never_depends_on_epochs(epochs):
         cfg = preset_config(name, fidelity=fidelity, epochs=epochs)
         return [modality_dropout_rate(cfg, e) for e in range(1, epochs + 1)]
 
-    # seeds_code (train_v2.sh's warm-up 15): 0 through epoch 15, then 0.2*(e-15)/15, 0.2 from epoch 30 on
+    # the seeds' code (train_v2.sh's warm-up 15): 0 through epoch 15, then 0.2*(e-15)/15, 0.2 from epoch 30 on
     code = [0.0] * 15 + [0.2 * k / 15 for k in range(1, 16)] + [0.2] * 120
     # paper: 0 through epoch 15, then 0.2*(e-15)/(150-15), reaching 0.2 at E = 150
     paper = [0.0] * 15 + [0.2 * k / 135 for k in range(1, 136)]
-    assert rates("Exp4", "seeds_code") == pytest.approx(code[:epochs], abs=1e-12)
+    for code_mode in ("published", "design_plan"):
+        assert rates("Exp4", code_mode) == pytest.approx(code[:epochs], abs=1e-12)
+        # no warm-up: the code drops at p_max from epoch 1
+        assert rates("Exp1", code_mode) == [0.2] * epochs
+        assert rates("attention_robust", code_mode) == [0.2] * epochs
     assert rates("Exp4", "paper") == pytest.approx(paper[:epochs], abs=1e-12)
-    # no warm-up: the code drops at p_max from epoch 1; the paper's ramp starts from 0 at e = 0
-    assert rates("Exp1", "seeds_code") == [0.2] * epochs
+    # the paper's ramp starts from 0 at e = 0
     assert rates("Exp1", "paper") == pytest.approx([0.2 * e / 150 for e in range(1, epochs + 1)], abs=1e-12)
-    assert rates("attention_robust", "seeds_code") == [0.2] * epochs
     assert all(modality_dropout_rate(preset_config("Exp4", fidelity=f, epochs=epochs), e) == 0 for f in
-               ("seeds_code", "paper") for e in range(1, 16))
+               MODES for e in range(1, 16))
 
 
 def test_ramp_key_overrides_the_fidelity():
     cfg = preset_config("Exp4", modality_dropout_ramp="last_epoch")
-    assert cfg.fidelity == "seeds_code" and modality_dropout_rate(cfg, 30) == pytest.approx(0.2 * 15 / 135)
+    assert cfg.fidelity == "published" and modality_dropout_rate(cfg, 30) == pytest.approx(0.2 * 15 / 135)
     cfg = preset_config("Exp4", fidelity="paper", modality_dropout_ramp="warmup")
     assert modality_dropout_rate(cfg, 30) == pytest.approx(0.2)
 
@@ -124,36 +142,62 @@ def batch(n=16, seed=0):
     return [torch.randn(n, d, generator=g) for d in DIMS]
 
 
-@pytest.mark.parametrize("fidelity", ["seeds_code", "paper"])
-def test_dropped_modality_reaches_the_fusion_only_in_paper_mode(fidelity, fixed_noise):
-    # the VAE path in training, no other randomness: with modality dropout at 0.95 vs 0, the fused
-    # output is unchanged under seeds_code (z only, the decoders) and changed under paper (mu, std)
+@pytest.mark.parametrize("fidelity", MODES)
+def test_modality_dropout_reaches_the_classifier_except_under_the_design_plan(fidelity, fixed_noise):
+    # Exp4 on the VAE path in training, no other randomness: with modality dropout at 0.95 vs 0 the
+    # logits are unchanged under design_plan (z only: the decoders) and changed under published and
+    # paper (mu and std reach the fusion); the reconstruction sees the dropped z in every mode
     outs = {}
     for p in (0.0, 0.95):
         torch.manual_seed(0)
-        cfg = preset_config("Exp3", fidelity=fidelity, hidden_dim=H, dropout=0.0, modality_dropout=p)
+        cfg = preset_config("Exp4", fidelity=fidelity, hidden_dim=H, dropout=0.0, modality_dropout=p)
         model = build_model(cfg, DIMS, C).train()
         torch.manual_seed(1)
-        outs[p] = model(batch(), modality_p=modality_dropout_rate(cfg, 150))  # the full rate in both ramps
-    same_fusion = torch.equal(outs[0.0][1], outs[0.95][1])
-    assert same_fusion == (fidelity == "seeds_code")
-    assert not torch.equal(outs[0.0][3], outs[0.95][3])  # the reconstruction sees the dropped z in both
+        outs[p] = model(batch(), modality_p=modality_dropout_rate(cfg, 150))  # the full rate in every ramp
+    assert torch.equal(outs[0.0][1], outs[0.95][1]) == (fidelity == "design_plan")
+    assert not torch.equal(outs[0.0][3], outs[0.95][3])
 
 
-@pytest.mark.parametrize("name", ["attention", "attention_robust", "Exp1", "Exp2", "Exp4"])
-@pytest.mark.parametrize("fidelity", ["seeds_code", "paper"])
-def test_all_zero_inputs_are_masked_in_paper_mode_only(name, fidelity):
-    # eval; the text input is all zeros. Masked (paper): the text encoder cannot reach the output,
-    # so perturbing its weights changes nothing. Unmasked (seeds_code, MERBench): it does.
-    torch.manual_seed(0)
-    model = build_model(preset_config(name, fidelity=fidelity, hidden_dim=H), DIMS, C).eval()
-    x = batch()
-    x[1] = torch.zeros_like(x[1])
-    before = model(x)[1]
-    with torch.no_grad():
-        for p in model.encoders[1].parameters():
-            p.add_(0.5)
-    assert torch.allclose(model(x)[1], before) == (fidelity == "paper"), name
+def test_published_reading_without_z_leaves_the_decoders_the_intact_z(fixed_noise):
+    # modality_dropout_z=False: the classifier sees the drop, the VAE losses (KL on the undropped
+    # posteriors, reconstruction from the intact z) do not
+    outs = {}
+    for p in (0.0, 0.95):
+        torch.manual_seed(0)
+        cfg = preset_config("Exp4", hidden_dim=H, dropout=0.0, modality_dropout=p, modality_dropout_z=False)
+        model = build_model(cfg, DIMS, C).train()
+        torch.manual_seed(1)
+        outs[p] = model(batch(), modality_p=modality_dropout_rate(cfg, 150))
+    assert not torch.equal(outs[0.0][1], outs[0.95][1])
+    assert torch.equal(outs[0.0][3], outs[0.95][3])
+
+
+def seeds_fusion_weight(tau, std, others):
+    """The seeds' UncertaintyWeightedFusion for one dropped modality (std 1e6, mean std u = 1e6)
+    beside two of std `others`: softmax((1/(u+1e-6))/tau) over the three."""
+    logits = [1 / (std + 1e-6) / tau] + [1 / (others + 1e-6) / tau] * 2
+    return math.exp(logits[0]) / sum(math.exp(v) for v in logits)
+
+
+@pytest.mark.parametrize("others, published", [(1.0, 0.1253), (0.5, 0.0394), (0.1, 0.0)])
+def test_a_dropped_modality_keeps_the_seeds_fusion_weight_under_the_default(others, published):
+    # Exp4 (tau 0.8), audio dropped in every sample, the other modalities' stds all `others`
+    # (logvar head set to 2 ln others): the weight the proxy attention receives is 004's formula
+    assert seeds_fusion_weight(0.8, 1e6, others) == pytest.approx(published, abs=5e-5)  # the issue's numbers
+    seen = {}
+    for fidelity, want in (("published", seeds_fusion_weight(0.8, 1e6, others)), ("design_plan", 1 / 3), ("paper", 0.0)):
+        model = build_model(preset_config("Exp4", fidelity=fidelity, hidden_dim=H, dropout=0.0), DIMS, C).train()
+        with torch.no_grad():
+            for enc in model.encoders:
+                enc.heads.logvar_layer.weight.zero_()
+                enc.heads.logvar_layer.bias.fill_(2 * math.log(others))
+        model.proxy_attention.register_forward_hook(lambda mod, args, out: seen.update(w=args[2]))
+        keep = torch.tensor([[False, True, True]]).expand(1, 16, 3)
+        present = keep if fidelity == "paper" else None
+        model.forward_members([x[None] for x in batch()], [None] * 3, present, keep, True)
+        w = seen["w"][0].double()
+        assert torch.allclose(w[:, 0], torch.full((16,), want, dtype=torch.float64), atol=1e-6 if want else 1e-12), fidelity
+        assert torch.allclose(w[:, 1], w[:, 2])  # the two kept modalities share the rest
 
 
 def test_attention_is_merbenchs_raw_scores_and_robust_v1_the_softmax():
@@ -168,8 +212,10 @@ def test_attention_is_merbenchs_raw_scores_and_robust_v1_the_softmax():
         assert torch.allclose(w, torch.softmax(raw, -1) if softmax else raw)
 
 
-def test_exp5_is_exp1_under_seeds_code_and_the_proxy_variant_under_paper():
+def test_exp5_is_exp1_in_the_seeds_code_and_the_proxy_variant_under_paper():
     assert effective_config(preset_config("Exp5")) == effective_config(preset_config("Exp1"))
+    assert (effective_config(preset_config("Exp5", fidelity="design_plan"))
+            == effective_config(preset_config("Exp1", fidelity="design_plan")))
     assert effective_config(preset_config("Exp5", fidelity="paper")) != effective_config(preset_config("Exp1", fidelity="paper"))
     torch.manual_seed(0)
     m5 = build_model(preset_config("Exp5", hidden_dim=H), DIMS, C)
@@ -180,13 +226,61 @@ def test_exp5_is_exp1_under_seeds_code_and_the_proxy_variant_under_paper():
     assert hasattr(build_model(preset_config("Exp5", hidden_dim=H, fidelity="paper"), DIMS, C), "proxy_attention")
 
 
+# ---------------------------------------------------------------- the training loop
+
+def reference_epoch(cfg, data, seed, fold, n_folds):
+    """One epoch of MERBench's main-release.py loop on one fold, in float64: the fold's model built
+    alone, torch.optim.Adam(lr, weight_decay=l2) (or torch's AdamW), clip_grad_value_ unless
+    grad_clip is -1, on the engine's batches (its fold split and per-fold batch order). Returns the
+    model and how many gradient entries the clip changed."""
+    model = build_model(cfg, data.dims, len(data.classes), seeds=[(seed, fold)]).double().train()
+    train = data.splits["train"]
+    tr, _ = stratified_folds(train.emos, n_folds, seed)[fold]
+    order = torch.as_tensor(tr)[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed * 1000 + fold))]
+    xs = [torch.as_tensor(x, dtype=torch.float64) for x in train.inputs]
+    emos, vals = torch.as_tensor(train.emos), torch.as_tensor(train.vals, dtype=torch.float64)
+    optim = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    opt = optim(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    clipped = 0
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        _, emos_out, vals_out, interloss = model([x[idx] for x in xs])
+        has = ~torch.isnan(vals[idx])  # samples without valence are left out (SPEC §3)
+        val_mse = ((vals_out - torch.nan_to_num(vals[idx])) ** 2 * has).sum() / has.sum().clamp(min=1)
+        loss = interloss + torch.nn.functional.cross_entropy(emos_out, emos[idx]) + val_mse
+        opt.zero_grad()
+        loss.backward()
+        if cfg.grad_clip != -1:
+            clipped += sum(int((p.grad.abs() > cfg.grad_clip).sum()) for p in model.parameters())
+            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    return model, clipped
+
+
+@pytest.mark.parametrize("name, changes", [("attention", {}), ("attention_robust", {}),
+                                           ("Exp1", {"grad_clip": 0.02}), ("Exp4", {"grad_clip": 0.02})])
+def test_one_epoch_equals_torchs_optimiser_and_clipping_on_the_same_batches(name, changes, tiny_data, fixed_noise):
+    # the presets' loops: baselines Adam with coupled L2 (MERBench), constant lr, no clipping; V2
+    # AdamW with clip_grad_value_ (a small clip here, so that it acts). No dropout: deterministic.
+    cfg = preset_config(name, hidden_dim=H, dropout=0.0, modality_dropout=0.0, epochs=2, **changes)
+    engine = Engine([(cfg, 3)], tiny_data, n_folds=2, device="cpu", dtype=torch.float64)
+    engine.step()
+    for fold in range(2):
+        ref, clipped = reference_epoch(cfg, tiny_data, 3, fold, 2)
+        assert (clipped > 0) == (cfg.grad_clip != -1)
+        for (pname, mine), theirs in zip(engine.model.named_parameters(), ref.parameters()):
+            assert torch.allclose(mine[fold], theirs[0], rtol=0, atol=1e-10), (name, fold, pname)
+    lrs = {type(m.scheduler).__name__ for m in engine.members}
+    assert lrs == ({"Constant"} if name.startswith("attention") else {"Plateau"})
+
+
 # ---------------------------------------------------------------- the suite, records, the CLI
 
 def sweep_args(*extra):
     return ablation.build_parser().parse_args(list(extra))
 
 
-def test_ablation_suite_has_every_row_and_trains_exp5_once_under_seeds_code():
+def test_ablation_suite_has_every_row_and_trains_exp5_once_by_default():
     sweep = ablation.make_sweep(sweep_args("--quick"))
     assert [p.label for p in sweep.points] == ["attention", "attention_robust", "Exp1", "Exp2", "Exp3", "Exp4"]
     assert [p for p in sweep.points if p.label == "Exp1"][0].identical == ("Exp5",)

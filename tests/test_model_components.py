@@ -75,7 +75,7 @@ def test_missing_modality_gets_negligible_weight():
     present = torch.tensor([[True, False, True], [True, False, True]])
     proxy, w = uncertainty_fusion(mus, stds, present, 1.0)
     assert (w[:, 1] < 1e-6).all() and torch.allclose(w.sum(1), torch.ones(2))
-    # without the mask the seeds' std=1e6 alone leaves a large weight: the reason the mask exists
+    # without the mask (the published file: std 1e6 alone) a large weight is left when the stds are near 1
     _, w_unmasked = uncertainty_fusion(mus, stds, None, 1.0)
     assert (w_unmasked[:, 1] > 0.1).all()
 

@@ -1,12 +1,15 @@
 """AttentionRobustV2 (P-RMF): variational encoders, uncertainty-weighted proxy, proxy cross-modal
 attention, VAE auxiliary losses and progressive modality dropout (SPEC §2).
 
-Two fidelities (docs/FIDELITY.md). 'seeds_code', the code behind the published table: modality
-dropout zeroes only z, which reaches the decoders and never the fusion (mu and std pass
-untouched); all-zero inputs are not masked; use_vae=False is the seeds' forward_original, which
-ignores use_proxy_attention (Exp5 trains Exp1). 'paper', the equations: a dropped or all-zero
-modality has mu and z zeroed and std set to 1e6, so its fusion weight collapses; use_vae=False
-with use_proxy_attention runs the proxy attention on the attention-fused vector.
+Three fidelities (docs/FIDELITY.md) decide what a dropped modality does on the VAE path.
+'published' (default), the file behind the table (004 §3.1): its mu (and, with modality_dropout_z,
+its z) is zeroed, its std set to 1e6 where the dropped mu is all zero (lines 244-249), and the
+fusion is the plain softmax of UncertaintyWeightedFusion, so the classifier sees the drop; nothing
+is masked at evaluation. 'design_plan' (000's code): only z is zeroed, which reaches the decoders
+and never the fusion. 'paper', the equations: mu and z zeroed, std 1e6 and the fusion logit masked,
+all-zero inputs treated as missing. use_vae=False is the seeds' forward_original, which ignores
+use_proxy_attention (Exp5 trains Exp1) except under 'paper', where the proxy attention runs on the
+attention-fused vector.
 """
 import torch
 
@@ -51,9 +54,13 @@ class AttentionRobustV2(FusionModel):
             return self.forward_original(inputs, lengths, keep if present is None else present, present, training)
         encoded = [enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)]
         zs, mus, logvars, stds = map(list, zip(*encoded))
-        if present is None:  # seeds_code: the dropout mask reaches z (the decoders) only
+        if cfg.fidelity == "published":  # 004 §3.1: mu dropped, std 1e6 where the dropped mu is all zero
+            mus_d = mask_hiddens(mus, keep)
+            zs_d = mask_hiddens(zs, keep) if cfg.modality_dropout_z else zs
+            stds_d = [torch.where(mu.abs().sum(-1, keepdim=True) == 0, MISSING_STD, s) for mu, s in zip(mus_d, stds)]
+        elif cfg.fidelity == "design_plan":  # 000: the dropout mask reaches z (the decoders) only
             zs_d, mus_d, stds_d = mask_hiddens(zs, keep), mus, stds
-        else:
+        else:  # paper
             cols = [present[..., i:i + 1] for i in range(3)]
             zs_d = [z * c for z, c in zip(zs, cols)]
             mus_d = [mu * c for mu, c in zip(mus, cols)]
