@@ -14,14 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:  # run as a script from any cwd
-    sys.path.insert(0, REPO_ROOT)
-
-from analysis.export import FORMATS, to_csv, to_latex  # noqa: E402
-from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, SPLITS, filter_candidates,  # noqa: E402
-                              render_json, render_markdown, scan, select_best)
-from prmf.store import StoreError, check_writable  # noqa: E402
+from analysis.export import FORMATS, to_csv, to_latex
+from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, SPLITS, filter_candidates, render_json,
+                              render_markdown, scan, select_best)
+from prmf.store import StoreError, check_writable
 
 
 def parse_args(argv):

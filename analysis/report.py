@@ -28,16 +28,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if REPO_ROOT not in sys.path:  # run as a script from any cwd
-    sys.path.insert(0, REPO_ROOT)
-
-from analysis import export  # noqa: E402
-from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key,  # noqa: E402
-                              read_store_table, split_key, stderr_warn)
-from prmf.config import TrialConfig  # noqa: E402
-from prmf.data import dataset_name  # noqa: E402
-from prmf.robustness import missing_patterns, noise_level  # noqa: E402
+from analysis import export
+from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key, read_store_table, split_key,
+                              stderr_warn)
+from prmf.config import TrialConfig
+from prmf.data import dataset_name
+from prmf.robustness import missing_patterns, noise_level
 from prmf.store import StoreError, check_writable, is_store  # noqa: E402
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion

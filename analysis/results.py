@@ -19,8 +19,7 @@ from prmf.data import dataset_name
 from prmf.records import NOT_COUNTED
 from prmf.store import StoreError, is_store, read_part
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULT_DIR = REPO_ROOT / "runs"
+DEFAULT_RESULT_DIR = Path("runs")  # where the sweeps store by default: runs/ under the current folder
 SPLITS = ("cv", "test1", "test2", "test3")
 CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "fidelity", "split", "f1", "acc",
                      "val", "source", "run", "status", "commit"]

@@ -13,7 +13,7 @@ compare     the same trial (seed 0, 5 folds) on the CPU and on --device: the fir
             compared sample by sample); batch order and initial weights come from CPU generators
             in both runs.
 checkpoint  the same trial trained on --device to the end, and trained there for all but one
-            epoch, checkpointed (Engine.state_dict(), torch.save as sweeps/core.py does), then
+            epoch, checkpointed (Engine.state_dict(), torch.save as sweeps/checkpoints.py does), then
             resumed, finished and scored by a fresh CPU-only process (CUDA_VISIBLE_DEVICES
             empty, torch.load(map_location='cpu', weights_only=True)): cv and test metrics within
             METRIC_TOL of the uninterrupted run.
@@ -31,12 +31,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from prmf.config import experiment_config  # noqa: E402
+from prmf.config import preset_config  # noqa: E402
 from prmf.data import load_data  # noqa: E402
 from prmf.engine import Engine  # noqa: E402
 
@@ -46,7 +45,7 @@ SPLITS = ("test1", "test2", "test3")
 
 
 def deterministic_config(epochs):
-    return experiment_config("Exp1", epochs=epochs, patience=10 ** 6, dropout=0.0, use_modality_dropout=False)
+    return preset_config("Exp1", epochs=epochs, patience=10 ** 6, dropout=0.0, use_modality_dropout=False)
 
 
 def fold_metrics(engine):
@@ -86,7 +85,7 @@ def checkpoint(args):
     engine = Engine([(cfg, 0)], data, 5, args.device)
     while not engine.done:
         engine.step()
-    straight = trial_scores(engine.finish()[0])
+    straight = trial_scores(engine.score()[0])
     engine = Engine([(cfg, 0)], data, 5, args.device)
     for _ in range(args.epochs - 1):
         engine.step()
@@ -116,7 +115,7 @@ def resume(args):
     while not engine.done:
         engine.step()
     print(json.dumps({"device": engine.device.type, "cuda": torch.cuda.is_available(),
-                      "scores": trial_scores(engine.finish()[0])}))
+                      "scores": trial_scores(engine.score()[0])}))
     return True
 
 
@@ -133,7 +132,7 @@ def share_trial(config):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     data = load_data("synthetic", profile=config["profile"])
-    cfg = experiment_config("Exp4", epochs=config["epochs"], kl_weight=config["kl_weight"])
+    cfg = preset_config("Exp4", epochs=config["epochs"], kl_weight=config["kl_weight"])
     result = train_trial(cfg, data, seed=0, device=device)
     tune.report({"start": t0, "end": time.time(), "cv_acc": float(result.splits["cv"].metrics["acc"]),
                  "peak_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else 0.0})

@@ -66,14 +66,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import prmf.models.attention as model_base  # noqa: E402
-from prmf.config import experiment_config, modality_dropout_rate  # noqa: E402
+from prmf.config import preset_config  # noqa: E402
+from prmf.schedules import modality_dropout_rate  # noqa: E402
 from prmf.data import load_data  # noqa: E402
 from prmf.engine import Engine, stratified_folds  # noqa: E402
 from prmf.evaluation import EVAL_CHUNK, metrics  # noqa: E402
@@ -95,7 +95,7 @@ def grid_trials(path, epochs, seeds=1):
         raise ValueError("expected a mapping with a non-empty 'grid:' of key -> list of values")
     changes = {**(spec.get("set") or {}), "epochs": epochs, "patience": 10 ** 6, "modality_dropout_warmup": 0}
     grid = spec["grid"]
-    cfgs = [experiment_config(spec.get("base", "Exp4"), **changes, **dict(zip(grid, combo)))
+    cfgs = [preset_config(spec.get("base", "Exp4"), **changes, **dict(zip(grid, combo)))
             for combo in itertools.product(*grid.values())]
     return [(cfg, seed) for seed in range(seeds) for cfg in cfgs]
 

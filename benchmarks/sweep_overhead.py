@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from prmf import store  # noqa: E402
 from prmf.data import synthetic  # noqa: E402

@@ -148,17 +148,6 @@ def parse_sets(items) -> dict:
     return out
 
 
-def modality_dropout_rate(cfg, epoch: int) -> float:
-    """p(e), epochs counted from 1. 'warmup' (the seeds' code): 0 through e_w, then
-    p_max*min(1, (e-e_w)/e_w), p_max from 2*e_w on; no warm-up: p_max throughout. 'last_epoch' (the
-    paper's text): 0 through e_w, then p_max*min(1, (e-e_w)/(E-e_w)) with E = modality_dropout_ramp_end.
-    Neither depends on cfg.epochs."""
-    p_max, warm = cfg.modality_dropout, cfg.modality_dropout_warmup
-    if cfg.ramp == "warmup":
-        return p_max if warm <= 0 else p_max * min(1.0, max(0, epoch - warm) / warm)
-    return p_max * min(1.0, max(0, epoch - warm) / (cfg.modality_dropout_ramp_end - warm))
-
-
 # Keys in which the members of one batched model may differ (prmf/engine.py): loss weights,
 # temperatures, dropout rates and their schedule, optimiser, learning rate and its schedule, weight
 # decay, early-stopping delta. Every other key (model, architecture, fidelity, gradient clipping,
@@ -284,7 +273,6 @@ PRESET_DESCRIPTIONS = {  # one line each, for help texts
     "Exp4": "full P-RMF: the paper's tuned config (kl 0.005, recon 0.15, tau 0.8, warm-up 15)",
     "Exp5": "no VAE: proxy attention without the VAE (published, design_plan: the same run as Exp1)",
 }
-EXPERIMENTS = PRESETS  # every preset is a row of the ablation suite
 
 
 def preset_config(name: str, **changes) -> TrialConfig:
@@ -293,8 +281,6 @@ def preset_config(name: str, **changes) -> TrialConfig:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     return make_config(PRESETS[name], **changes)
 
-
-experiment_config = preset_config
 
 
 def experiments_help() -> str:

@@ -18,61 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import modality_dropout_rate, pack_key
+from .config import pack_key
 from .evaluation import SplitTensors, metrics, predict, score
 from .models import build_model
+from .optim import StackedAdam
+from .schedules import SCHEDULES, modality_dropout_rate
 
 CHECKPOINT_VERSION = 3  # 3: members' optimiser and schedule follow their config (adam/adamw, constant/plateau)
-BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's and AdamW's defaults
 STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run",
                    "diverged_epoch", "pruned")
-
-
-class Plateau:
-    """torch.optim.lr_scheduler.ReduceLROnPlateau(mode='max', factor=0.5, patience=10, min_lr=1e-6),
-    the seeds' schedule, for one member's learning rate. Written out because any torch.optim object
-    imports torch._dynamo (~1.2 s of every trial's start); tests/test_engine.py pins it to torch's."""
-
-    FACTOR, PATIENCE, MIN_LR, THRESHOLD, EPS = 0.5, 10, 1e-6, 1e-4, 1e-8
-
-    def __init__(self, lr):
-        self.lr, self.best, self.bad_epochs = lr, -math.inf, 0
-
-    def step(self, metric):
-        if metric > self.best * (1 + self.THRESHOLD):  # torch's 'rel' threshold in mode 'max'
-            self.best, self.bad_epochs = metric, 0
-        else:
-            self.bad_epochs += 1
-        if self.bad_epochs > self.PATIENCE:
-            new = max(self.lr * self.FACTOR, self.MIN_LR)
-            if self.lr - new > self.EPS:
-                self.lr = new
-            self.bad_epochs = 0
-
-    def state_dict(self):
-        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state):
-        self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
-
-
-class Constant:
-    """A learning rate that never changes: MERBench's main-release.py has no schedule."""
-
-    def __init__(self, lr):
-        self.lr = lr
-
-    def step(self, metric):
-        pass
-
-    def state_dict(self):
-        return {"lr": self.lr}
-
-    def load_state_dict(self, state):
-        self.lr = state["lr"]
-
-
-SCHEDULES = {"constant": Constant, "plateau": Plateau}
 
 
 class CheckpointError(ValueError):
@@ -99,7 +53,7 @@ class Member:
     fold: int
     train_idx: torch.Tensor
     val_idx: torch.Tensor
-    scheduler: Plateau | Constant  # this member's learning rate and its schedule (cfg.lr_schedule)
+    scheduler: object  # schedules.Plateau or Constant: this member's learning rate and its schedule (cfg.lr_schedule)
     generator: torch.Generator  # batch order
     best_metric: float = -math.inf
     best_epoch: int = 0
@@ -135,58 +89,6 @@ def update_member(m, result, epoch, logits, vals_pred, save_best):
         m.bad_epochs += 1
         m.stopped = m.bad_epochs >= m.cfg.patience
     m.epochs_run = epoch
-
-
-class StackedAdam:
-    """torch.optim.Adam (coupled L2: MERBench's `Adam(lr, weight_decay=l2)`) or torch.optim.AdamW
-    over parameters [M, ...], every member with its own kind, learning rate, weight decay and step
-    count: torch's fused kernel on the whole stacks when every member steps alike (the usual case),
-    else on per-member views, one call per distinct (kind, lr, weight decay, step)."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [0] * self.params[0].shape[0]  # per member, as AdamW's `step`
-
-    @torch.no_grad()
-    def step(self, positions, hyper):
-        """Steps of the members at `positions`; hyper[i] = (kind, lr, weight decay) of position i,
-        kind 'adam' or 'adamw'."""
-        for i in positions:
-            self.steps[i] += 1
-        groups = {}
-        for i in positions:
-            groups.setdefault((*hyper[i], self.steps[i]), []).append(i)
-        device = self.params[0].device
-        for (kind, lr, wd, step), group in groups.items():
-            count = torch.tensor(float(step), device=device)  # read by the kernel for the bias corrections
-            if len(group) == len(self.steps):  # every member: the stacks themselves
-                ps, gs, ms, vs = self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq
-            else:
-                ps = [p[i] for i in group for p in self.params]
-                gs = [p.grad[i] for i in group for p in self.params]
-                ms = [a[i] for i in group for a in self.exp_avg]
-                vs = [a[i] for i in group for a in self.exp_avg_sq]
-            fused = torch._fused_adam_ if kind == "adam" else torch._fused_adamw_
-            fused(ps, gs, ms, vs, [], [count] * len(ps), amsgrad=False, lr=lr, beta1=BETAS[0], beta2=BETAS[1],
-                  weight_decay=wd, eps=EPS, maximize=False, grad_scale=None, found_inf=None)
-
-    def keep(self, index, params):
-        """Follow the model when it keeps only the members at `index` (a LongTensor)."""
-        self.params = list(params)
-        self.exp_avg = [a.index_select(0, index) for a in self.exp_avg]
-        self.exp_avg_sq = [a.index_select(0, index) for a in self.exp_avg_sq]
-        self.steps = [self.steps[i] for i in index.tolist()]
-
-    def state_dict(self):
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
-
-    @torch.no_grad()
-    def load_state_dict(self, state):
-        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
-            mine.copy_(saved)
-        self.steps = state["steps"].tolist()
 
 
 def _member_values(values, device):
@@ -357,9 +259,13 @@ class Engine:
                 p.copy_(self.best[name].index_select(0, index))
         return model.eval()
 
-    def finish(self, scenarios=None, trials=None) -> dict:
+    def score(self, scenarios=None, trials=None) -> dict:
         """{trial: TrialResult} of `trials` (default all), scored at their members' best epochs."""
-        return score(self, range(len(self.trials)) if trials is None else trials, scenarios)
+        trials = range(len(self.trials)) if trials is None else trials
+        members = [m for m in self.members if m.trial in trials]
+        with_best = [m.index for m in members if m.best_val is not None]
+        model = self.best_model(with_best) if with_best else None
+        return score(model, members, self.splits, self.data, self.history, self.train_seconds, trials, scenarios)
 
     def state_dict(self):
         """Everything needed to continue this pack bit for bit after a restart."""
@@ -412,7 +318,7 @@ def train(trials, data, n_folds=5, device=None, on_epoch=None, scenarios=None, d
         scores = engine.step()
         if on_epoch is not None and on_epoch(engine.epoch, scores):
             break
-    return engine.finish(scenarios)
+    return engine.score(scenarios)
 
 
 def train_trial(cfg, data, seed=0, n_folds=5, device=None, on_epoch=None, scenarios=None):

@@ -100,18 +100,18 @@ def _nan_metrics():
     return dict.fromkeys(("f1", "acc", "val_mse", "emoval"), math.nan)
 
 
-def score(engine, trials, scenarios=None) -> dict:
-    """TrialResult of each trial index in `trials` (engine.trials' order), from its members' best
-    epochs: the best models of all their members predict every test split and scenario at once."""
+def score(model, members, splits, data, history, train_seconds, trials, scenarios=None) -> dict:
+    """TrialResult of each trial index in `trials`, from its members' best epochs: `members` (of
+    those trials; engine.Member) with a best epoch have their best weights in `model`, in order
+    (None: no member has one), which predicts every test split (`splits`: SplitTensors) and
+    scenario at once. `history`: the pack's per-epoch rows; `train_seconds`: its training time."""
     from .models import n_params
     from .models.layers import shared_input_cache
-    data, scenarios = engine.data, scenarios or {}
-    members = [m for m in engine.members if m.trial in trials]
+    scenarios = scenarios or {}
     with_model = [m for m in members if m.best_val is not None]  # diverged before a best epoch: none
-    model = engine.best_model([m.index for m in with_model]) if with_model else None
     preds = {}  # (split, scenario) -> (logits [M', N, C], vals [M', N]) of the members with a model
     with shared_input_cache():
-        for name, split in engine.splits.items():
+        for name, split in splits.items():
             if name == "train" or model is None:
                 continue
             preds[(name, "clean")] = predict(model, split.inputs, split.lengths)
@@ -122,13 +122,13 @@ def score(engine, trials, scenarios=None) -> dict:
     out = {}
     for t in trials:
         folds = sorted((m for m in members if m.trial == t), key=lambda m: m.fold)
-        out[t] = _trial_result(engine, folds, preds, row, n_cls, scenarios)
+        out[t] = _trial_result(data, history, train_seconds, folds, preds, row, n_cls)
         out[t].n_params = n_params(model) if model is not None else 0
     return out
 
 
-def _trial_result(engine, folds, preds, row, n_cls, scenarios):
-    train = engine.data.splits["train"]
+def _trial_result(data, history, train_seconds, folds, preds, row, n_cls):
+    train = data.splits["train"]
     best_val = [f.best_val or {"metrics": _nan_metrics(), "logits": np.full((len(f.val_idx), n_cls), np.nan, np.float32),
                                "vals": np.full(len(f.val_idx), np.nan, np.float32)} for f in folds]
     order = np.concatenate([f.val_idx.cpu().numpy() for f in folds])
@@ -139,7 +139,7 @@ def _trial_result(engine, folds, preds, row, n_cls, scenarios):
         train.emos[order], train.vals[order], np.concatenate([np.full(len(f.val_idx), f.fold) for f in folds]))}
     scen = {}
     for (name, scenario), (logits, vals) in preds.items():
-        sp = engine.data.splits[name]
+        sp = data.splits[name]
         rows = [row[f.index] for f in folds if f.index in row]
         mean_logits = logits[rows].mean(0) if rows else np.full((len(sp.names), n_cls), np.nan, np.float32)
         mean_vals = vals[rows].mean(0) if rows else np.full(len(sp.names), np.nan, np.float32)
@@ -151,7 +151,7 @@ def _trial_result(engine, folds, preds, row, n_cls, scenarios):
                                        np.full(len(sp.names), -1))
         else:
             scen[(name, scenario)] = agg
-    history = [h for h in engine.history if (h["trial"], h["fold"]) in {(f.trial, f.fold) for f in folds}]
+    history = [h for h in history if (h["trial"], h["fold"]) in {(f.trial, f.fold) for f in folds}]
     return TrialResult(splits, scen, [f.best_epoch for f in folds], [f.epochs_run for f in folds],
-                       [{k: v for k, v in h.items() if k != "trial"} for h in history], engine.train_seconds,
+                       [{k: v for k, v in h.items() if k != "trial"} for h in history], train_seconds,
                        0, [f.diverged_epoch for f in folds])

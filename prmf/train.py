@@ -127,7 +127,12 @@ def check_device(text):
     return str(device)
 
 
-if __name__ == "__main__":
+def cli():
+    """The console command `prmf-train` (and `python -m prmf.train`)."""
     rc = main()
     gc.freeze()  # exit would spend ~1 s collecting torch's and pandas' objects one by one (measured at paper dims)
     sys.exit(rc)
+
+
+if __name__ == "__main__":
+    cli()

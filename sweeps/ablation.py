@@ -14,13 +14,11 @@ Presets (--experiments):
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prmf.config import (PRESETS, ConfigError, effective_config, experiments_help,  # noqa: E402
-                         modality_dropout_rate, preset_config)
-from sweeps import core  # noqa: E402
+from prmf.config import PRESETS, ConfigError, effective_config, experiments_help, preset_config
+from prmf.schedules import full_rate_epoch, modality_dropout_rate
+from sweeps import cli
+from sweeps.definition import Point, Sweep
 
 
 def build_parser():
@@ -30,7 +28,7 @@ def build_parser():
     ap.add_argument("--experiments", default=",".join(PRESETS),
                     help="comma-separated presets, listed below (default: all seven rows)")
     ap.add_argument("--asha", action="store_true", help="let ASHA prune weak experiments (off: each is a table row)")
-    return core.add_common_args(ap)
+    return cli.add_common_args(ap)
 
 
 def cannot_differ_yet(cfg) -> bool:
@@ -39,14 +37,14 @@ def cannot_differ_yet(cfg) -> bool:
             and all(modality_dropout_rate(cfg, e) == 0 for e in range(1, cfg.epochs + 1)))
 
 
-def make_sweep(args) -> core.Sweep:
+def make_sweep(args) -> Sweep:
     names = list(dict.fromkeys(n.strip() for n in args.experiments.split(",") if n.strip()))  # once each
     if not names:
         raise ConfigError(f"--experiments {args.experiments!r} names no experiment (known: {', '.join(PRESETS)})")
     for n in names:
         if n not in PRESETS:
             raise ConfigError(f"unknown experiment {n!r} (known: {', '.join(PRESETS)})")
-    changes = core.config_changes(args)
+    changes = cli.config_changes(args)
     points, by_effective, notes = [], {}, []
     for n in names:
         cfg = preset_config(n, **changes)
@@ -57,18 +55,17 @@ def make_sweep(args) -> core.Sweep:
             notes.append(f"{n} is identical in configuration to {first.label} (fidelity {cfg.fidelity}): "
                          f"trained once, rows stored for both")
             continue
-        points.append(core.Point(n, cfg, tag=n))
+        points.append(Point(n, cfg, tag=n))
         by_effective[key] = points[-1]
         if cannot_differ_yet(cfg):
-            full = 2 * cfg.modality_dropout_warmup if cfg.ramp == "warmup" else cfg.modality_dropout_ramp_end
             notes.append(f"{n}: modality dropout starts after epoch {cfg.modality_dropout_warmup} (ramp {cfg.ramp}, "
-                         f"p={cfg.modality_dropout:g} from epoch {full}); in {cfg.epochs} epochs it never drops a "
+                         f"p={cfg.modality_dropout:g} from epoch {full_rate_epoch(cfg)}); in {cfg.epochs} epochs it never drops a "
                          f"modality, so what modality dropout adds to this row cannot show yet")
-    return core.Sweep("ablation", points, args, asha=args.asha, notes=notes)
+    return Sweep("ablation", points, args, asha=args.asha, notes=notes)
 
 
 def main(argv=None):
-    return core.main(build_parser, make_sweep, argv)
+    return cli.main(build_parser, make_sweep, argv)
 
 
 if __name__ == "__main__":

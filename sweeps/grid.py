@@ -15,13 +15,12 @@ import itertools
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import yaml  # noqa: E402
-
-from prmf.config import (EXPERIMENTS, MODELS, ConfigError, experiment_config, experiments_help,  # noqa: E402
-                         make_config, parse_sets, parse_value)
-from sweeps import core, search  # noqa: E402
+from prmf.config import (MODELS, PRESETS, ConfigError, experiments_help, make_config, parse_sets, parse_value,
+                         preset_config)
+from sweeps import cli, search
+from sweeps.definition import Point, Sweep
 
 DEFAULT_GRID = Path(__file__).resolve().parent / "configs" / "prmf_grid.yaml"
 
@@ -34,7 +33,7 @@ def build_parser():
                     "kl_weight x recon_weight x fusion_temperature on Exp4, 27 points)")
     ap.add_argument("--no-asha", dest="asha", action="store_false", help="run every point to the end (no pruning)")
     search.add_args(ap)  # --search grid|random|optuna, --num-samples, --search-seed
-    return core.add_common_args(ap)
+    return cli.add_common_args(ap)
 
 
 def load_grid(path):
@@ -52,8 +51,8 @@ def load_grid(path):
     if extra:
         raise ConfigError(f"{path}: unknown top-level key {sorted(extra)[0]!r} (known: base, set, grid, search)")
     base = spec.get("base", "Exp4")
-    if not isinstance(base, str) or (base not in EXPERIMENTS and base not in MODELS):
-        raise ConfigError(f"{path}: base {base!r} must be one experiment ({', '.join(EXPERIMENTS)}) "
+    if not isinstance(base, str) or (base not in PRESETS and base not in MODELS):
+        raise ConfigError(f"{path}: base {base!r} must be one experiment ({', '.join(PRESETS)}) "
                           f"or one model ({', '.join(MODELS)})")
     fixed = spec.get("set") or {}
     if not isinstance(fixed, dict):
@@ -93,14 +92,14 @@ def _value(path, where, key, value):
 
 
 def point_config(base, changes):
-    return experiment_config(base, **changes) if base in EXPERIMENTS else make_config({"model": base}, **changes)
+    return preset_config(base, **changes) if base in PRESETS else make_config({"model": base}, **changes)
 
 
-def make_sweep(args) -> core.Sweep:
+def make_sweep(args) -> Sweep:
     base, fixed, grid = load_grid(args.grid)
     if "model" in parse_sets(args.set):
         raise ConfigError("--set model: a grid over model: run one grid per model, with the model as base: in the YAML")
-    changes = core.config_changes(args, fixed)
+    changes = cli.config_changes(args, fixed)
     if args.search != "grid" or search.has_distributions(args.grid):  # random / optuna: sweeps/search.py
         return search.make_sweep(args, base, grid, lambda values: point_config(base, {**changes, **values}))
     points = []
@@ -108,12 +107,12 @@ def make_sweep(args) -> core.Sweep:
         values = dict(zip(grid, combo))
         cfg = point_config(base, {**changes, **values})
         label = ",".join(f"{k}={v}" for k, v in values.items())
-        points.append(core.Point(label, cfg, tag="grid"))
-    return core.Sweep("grid", points, args, asha=args.asha, settings={"grid_base": base})
+        points.append(Point(label, cfg, tag="grid"))
+    return Sweep("grid", points, args, asha=args.asha, settings={"grid_base": base})
 
 
 def main(argv=None):
-    return core.main(build_parser, make_sweep, argv)
+    return cli.main(build_parser, make_sweep, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from ray.tune.search import Searcher
 
 from prmf.config import ConfigError, make_config
 from prmf.store import atomic_write
-from sweeps import core
+from sweeps import plan
+from sweeps.definition import Point, Sweep
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 MAX_REPEATS = 50  # proposals in a row that repeat a known point before the space counts as exhausted
@@ -118,7 +119,7 @@ def random_points(space, n, seed, make_point):
 
 
 class OptunaSearch:
-    """core._run's hooks for a search whose points are proposed while it runs (see the module doc)."""
+    """sweeps/driver.py's hooks for a search whose points are proposed while it runs (see the module doc)."""
 
     def __init__(self, space, num_samples, seed, make_point, base_cfg):
         self.space, self.n, self.seed, self.make_point = space, num_samples, seed, make_point
@@ -127,7 +128,7 @@ class OptunaSearch:
     def _spec(self, ctx, values):
         p = self.make_point(values)
         sweep = dataclasses.replace(ctx["sweep"], points=[p])
-        spec = core.trial_specs(sweep, ctx["name"], ctx["root"], ctx["milestones"], ctx.get("data"))[0]
+        spec = plan.trial_specs(sweep, ctx["name"], ctx["root"], ctx["milestones"], ctx.get("data"))[0]
         spec.update(ctx["tracking"], search_values=values)
         return spec
 
@@ -218,7 +219,7 @@ def has_distributions(path) -> bool:
 
 
 def make_sweep(args, base, grid, make_cfg):
-    """The core.Sweep of a random or optuna search over the grid YAML's space."""
+    """The Sweep of a random or optuna search over the grid YAML's space."""
     if args.search == "grid":
         raise ConfigError(f"{args.grid}: search: distributions need --search random or --search optuna")
     if args.num_samples < 1:
@@ -229,7 +230,7 @@ def make_sweep(args, base, grid, make_cfg):
     tag = args.search
 
     def make_point(values):
-        return core.Point(label(values), make_cfg(values), tag=tag)
+        return Point(label(values), make_cfg(values), tag=tag)
 
     settings = {"grid_base": base, "search": args.search, "search_seed": args.search_seed,
                 "search_space": plain}
@@ -237,8 +238,8 @@ def make_sweep(args, base, grid, make_cfg):
         points = random_points(space, args.num_samples, args.search_seed, make_point)
         if len(points) < args.num_samples:
             print(f"note: the space holds {len(points)} distinct points; running those", file=sys.stderr)
-        return core.Sweep("random", points, args, asha=args.asha, settings=settings)
+        return Sweep("random", points, args, asha=args.asha, settings=settings)
     if args.seeds != 1:
         raise ConfigError("--search optuna runs one seed per point (--seeds 1); repeat the best points as a grid")
-    return core.Sweep("optuna", [], args, asha=args.asha, settings=settings,
+    return Sweep("optuna", [], args, asha=args.asha, settings=settings,
                       search=OptunaSearch(space, args.num_samples, args.search_seed, make_point, make_cfg({})))

@@ -12,6 +12,18 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+# Modules whose every test starts a real Ray, Slurm or MLflow server, or runs whole sweeps in
+# subprocesses: the slow tier. `pytest -m "not slow"` runs the rest (the pack runner's pruning,
+# storing and resume in process included) in about a minute; `make test` runs both.
+SLOW_MODULES = {"test_sweeps", "test_search", "test_trackers", "test_integrity", "test_ray_cluster", "test_security",
+                "test_slurm_launch", "test_install"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

@@ -16,12 +16,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `analysis` and `sweeps` are not installed packages
-    sys.path.insert(0, str(REPO))
 
 from analysis import best_results, report  # noqa: E402
 from prmf import train  # noqa: E402
-from sweeps import ablation, asha, core, grid  # noqa: E402
+from sweeps import ablation, asha, driver, grid, plan, tune_adapter  # noqa: E402
 
 FEATS = ("a-UTT", "t-UTT", "v-UTT")
 EMOS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -219,13 +217,13 @@ def test_grid_with_a_model_as_base_builds_that_model(tmp_path):
 def test_grace_period_is_clamped_to_the_epochs(argv, grace, note, tmp_path):
     sweep = sweep_of(tmp_path, "grid: {kl_weight: [0.1]}", *argv)
     epochs = sweep.points[0].cfg.epochs
-    assert core.asha_horizon(sweep) == (epochs, 40, grace, f" {note}" if note else "")
+    assert plan.asha_horizon(sweep) == (epochs, 40, grace, f" {note}" if note else "")
     assert asha.milestones(grace, epochs) == ([] if grace == epochs else [40])
 
 
 def test_epochs_may_vary_without_pruning(tmp_path):
     sweep = sweep_of(tmp_path, "grid: {epochs: [5, 10]}", "--no-asha")
-    assert core.asha_horizon(sweep)[0] == 10
+    assert plan.asha_horizon(sweep)[0] == 10
 
 
 def test_quick_line_shows_the_settings_in_use(tmp_path, capsys):
@@ -251,13 +249,13 @@ def test_stale_temp_files_are_removed_when_a_sweep_starts(tmp_path):
     old = time.time() - 60
     for p in stale + keep[:1]:
         os.utime(p, (old, old))
-    assert core._clean_stale_temp(root, started=time.time() - 30) == 3
+    assert driver._clean_stale_temp(root, started=time.time() - 30) == 3
     assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
 
 
 def test_tunes_restore_hint_is_replaced_by_ours(capsys):
     log = logging.getLogger("ray.tune.tune")
-    hint = core._ResumeHint()
+    hint = tune_adapter._ResumeHint()
     log.addFilter(hint)
     try:
         assert not hint.filter(log.makeRecord(log.name, logging.WARNING, __file__, 1,

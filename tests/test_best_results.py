@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `analysis` is not an installed package; plain `pytest` must find it
-    sys.path.insert(0, str(REPO))
 
 from analysis import best_results  # noqa: E402
 from analysis.results import JSON_KEYS, features_key, parse_name, scan, select_best  # noqa: E402

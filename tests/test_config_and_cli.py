@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from prmf import store
-from prmf.config import EXPERIMENTS, ConfigError, experiment_config, make_config, parse_sets
+from prmf.config import PRESETS, ConfigError, make_config, parse_sets, preset_config
 from prmf.train import main
 
 
@@ -13,7 +13,7 @@ def test_defaults_are_the_papers_best_config():
     c = make_config()
     assert (c.hidden_dim, c.dropout, c.lr, c.weight_decay, c.batch_size, c.epochs, c.patience) == \
         (128, 0.4, 3e-4, 1e-4, 32, 150, 40)
-    assert experiment_config("Exp4") == c
+    assert preset_config("Exp4") == c
 
 
 def test_ablation_presets_match_the_spec_table():
@@ -21,9 +21,9 @@ def test_ablation_presets_match_the_spec_table():
         "Exp1": (False, False, None, None, None, 0), "Exp2": (True, False, 0.01, 0.1, 1.0, 0),
         "Exp3": (True, True, 0.01, 0.1, 1.0, 0), "Exp4": (True, True, 0.005, 0.15, 0.8, 15),
         "Exp5": (False, True, None, None, 1.0, 0)}
-    assert set(table) | {"attention", "attention_robust"} == set(EXPERIMENTS)
+    assert set(table) | {"attention", "attention_robust"} == set(PRESETS)
     for name, (vae, proxy, kl, recon, tau, warm) in table.items():
-        c = experiment_config(name)
+        c = preset_config(name)
         assert (c.use_vae, c.use_proxy_attention, c.modality_dropout, c.modality_dropout_warmup) == (vae, proxy, 0.2, warm)
         if kl is not None:
             assert (c.kl_weight, c.recon_weight, c.cross_kl_weight) == (kl, recon, 0.01)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from prmf.config import experiment_config, make_config, preset_config
+from prmf.config import make_config, preset_config
 from prmf.engine import CheckpointError, Engine, stratified_folds, train, train_trial
 from prmf.evaluation import metrics, predict
 from prmf.models import build_model
@@ -16,7 +16,7 @@ FAST = dict(lr=3e-3, batch_size=64, hidden_dim=32, dropout=0.1)
 
 
 def test_learns_the_built_in_set_well_above_chance(tiny_data):
-    r = train_trial(experiment_config("Exp4", epochs=8, **FAST), tiny_data, seed=0)
+    r = train_trial(preset_config("Exp4", epochs=8, **FAST), tiny_data, seed=0)
     majority = np.bincount(tiny_data.splits["test1"].emos).max() / len(tiny_data.splits["test1"].emos)
     assert r.splits["test1"].metrics["acc"] > majority + 0.2
     assert r.splits["cv"].metrics["acc"] > majority + 0.2
@@ -45,7 +45,7 @@ def test_cv_is_the_mean_of_fold_metrics_and_tests_average_fold_logits(tiny_data)
     runner = Engine([(cfg, 0)], tiny_data)
     while not runner.done:
         runner.step()
-    r = runner.finish()[0]
+    r = runner.score()[0]
     cv = r.splits["cv"]
     assert cv.metrics["acc"] == pytest.approx(np.mean([m["acc"] for m in cv.fold_metrics]))
     assert sorted(cv.names) == sorted(tiny_data.splits["train"].names)  # every sample predicted once
@@ -71,7 +71,7 @@ def test_folds_are_seeded_and_stratified(tiny_data):
 
 
 def test_same_seed_gives_same_numbers(tiny_data):
-    cfg = experiment_config("Exp4", epochs=2, **FAST)
+    cfg = preset_config("Exp4", epochs=2, **FAST)
     a, b = train_trial(cfg, tiny_data, seed=3), train_trial(cfg, tiny_data, seed=3)
     assert np.array_equal(a.splits["test2"].logits, b.splits["test2"].logits)
     assert a.history == b.history
@@ -87,7 +87,7 @@ def test_epoch_hook_sees_the_mean_validation_metric_and_can_stop(tiny_data):
 
 
 def test_checkpoint_resume_continues_bit_for_bit(tiny_data):
-    cfg = experiment_config("Exp4", epochs=4, modality_dropout_warmup=1, **FAST)
+    cfg = preset_config("Exp4", epochs=4, modality_dropout_warmup=1, **FAST)
     # a pack of two trials, the second with MERBench's loop (Adam with coupled L2, constant lr)
     trials = [(cfg, 0), (cfg.replace(kl_weight=0.05, lr=1e-3, optimizer="adam", lr_schedule="constant"), 1)]
     straight = Engine(trials, tiny_data)
@@ -103,7 +103,7 @@ def test_checkpoint_resume_continues_bit_for_bit(tiny_data):
     while not resumed.done:
         resumed.step()
     assert resumed.history == straight.history
-    a, b = resumed.finish(), straight.finish()
+    a, b = resumed.score(), straight.score()
     assert all(np.array_equal(a[t].splits["test1"].logits, b[t].splits["test1"].logits) for t in (0, 1))
     other = Engine([(cfg, 2)], tiny_data)
     with pytest.raises(CheckpointError, match="another pack"):
@@ -141,10 +141,10 @@ def test_a_members_start_is_torchs_own_draw_alone_or_in_a_pack():
     cfg = preset_config("Exp4", hidden_dim=16)
     torch.manual_seed(5)
     first = torch.nn.Linear(16, 6)  # the first layer a model builds: fc_out_1
-    alone = build_model(cfg, [10, 20, 8], 6, seeds=[(5, 0)])
+    alone = build_model(cfg, [10, 20, 8], 6, seed_folds=[(5, 0)])
     assert torch.equal(alone.fc_out_1.weight[0], first.weight) and torch.equal(alone.fc_out_1.bias[0], first.bias)
-    pack = build_model(cfg, [10, 20, 8], 6, members=[cfg, cfg.replace(kl_weight=0.1), cfg], seeds=[(5, 1), (5, 0), (7, 1)])
-    fold1 = build_model(cfg, [10, 20, 8], 6, seeds=[(5, 1)])
+    pack = build_model(cfg, [10, 20, 8], 6, members=[cfg, cfg.replace(kl_weight=0.1), cfg], seed_folds=[(5, 1), (5, 0), (7, 1)])
+    fold1 = build_model(cfg, [10, 20, 8], 6, seed_folds=[(5, 1)])
     for (name, p), q in zip(pack.named_parameters(), fold1.parameters()):
         assert torch.equal(p[0], q[0]), name
     assert torch.equal(pack.fc_out_1.weight[1], first.weight)
@@ -176,7 +176,7 @@ def test_scoring_on_shared_inputs_equals_every_members_own_forward(name):
     # per input while scoring, the bias alone for an all-zero (missing) modality
     from prmf.models.layers import shared_input_cache
     cfg = preset_config(name, hidden_dim=16)
-    model = build_model(cfg, [10, 20, 8], 6, members=[cfg, cfg.replace(dropout=0.1), cfg], seeds=[(0, 0), (0, 1), (1, 0)])
+    model = build_model(cfg, [10, 20, 8], 6, members=[cfg, cfg.replace(dropout=0.1), cfg], seed_folds=[(0, 0), (0, 1), (1, 0)])
     xs = [torch.randn(50, d) for d in (10, 20, 8)]
     xs[1][5] = 0
     missing = [xs[0], torch.zeros_like(xs[1]), xs[2]]
@@ -191,7 +191,7 @@ def test_scoring_on_shared_inputs_equals_every_members_own_forward(name):
 def test_stacked_adam_is_torchs_adam_or_adamw_for_every_member():
     # members with their own kind (Adam with coupled L2 / AdamW), lr and weight decay, one step
     # where only some members take part
-    from prmf.engine import StackedAdam
+    from prmf.optim import StackedAdam
     torch.manual_seed(0)
     w, b = torch.randn(4, 5, 3, requires_grad=True), torch.randn(4, 5, requires_grad=True)
     kinds, lrs, wds = ["adamw", "adam", "adamw", "adam"], [1e-2, 1e-2, 3e-3, 1e-2], [1e-4, 1e-1, 1e-4, 0.0]
@@ -214,7 +214,7 @@ def test_stacked_adam_is_torchs_adam_or_adamw_for_every_member():
 
 
 def test_constant_schedule_never_changes_the_rate():
-    from prmf.engine import SCHEDULES
+    from prmf.schedules import SCHEDULES
     const, plateau = SCHEDULES["constant"](1e-3), SCHEDULES["plateau"](1e-3)
     for _ in range(30):  # a flat validation metric: the plateau halves at epochs 12 and 23
         const.step(0.5)
@@ -223,7 +223,7 @@ def test_constant_schedule_never_changes_the_rate():
 
 
 def test_plateau_schedule_is_torchs_reduce_lr_on_plateau():
-    from prmf.engine import Plateau
+    from prmf.schedules import Plateau
     rng = np.random.default_rng(0)
     for start in (-0.5, 0.3):  # emoval may be negative: torch's relative threshold then loosens
         holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-4)

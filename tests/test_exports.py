@@ -2,18 +2,12 @@
 import io
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from analysis import best_results  # noqa: E402
-from prmf import provenance  # noqa: E402
+from analysis import best_results
+from prmf import provenance
 
 FEATS = "Baichuan-13B-Base-UTT+chinese-hubert-large-UTT+CLIP-ViT-large-patch14-UTT"
 CELLS = {  # (model, split) -> (f1, acc), MERBench-named files

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from prmf import records, store
-from prmf.config import (PRESETS, ConfigError, effective_config, for_data, make_config, modality_dropout_rate,
-                         preset_config)
+from prmf.config import PRESETS, ConfigError, effective_config, for_data, make_config, preset_config
 from prmf.engine import Engine, stratified_folds, train_trial
 from prmf.models import build_model, n_params
-from sweeps import ablation, core
+from prmf.schedules import modality_dropout_rate
+from sweeps import ablation, plan
+from sweeps.definition import DEFAULT_STORAGE
 
 DIMS, H, C = [10, 20, 8], 16, 6
 PAPER_DIMS = [1024, 5120, 768]  # chinese-hubert-large, Baichuan-13B-Base, clip-vit-large-patch14 (UTT)
@@ -233,7 +234,7 @@ def reference_epoch(cfg, data, seed, fold, n_folds):
     alone, torch.optim.Adam(lr, weight_decay=l2) (or torch's AdamW), clip_grad_value_ unless
     grad_clip is -1, on the engine's batches (its fold split and per-fold batch order). Returns the
     model and how many gradient entries the clip changed."""
-    model = build_model(cfg, data.dims, len(data.classes), seeds=[(seed, fold)]).double().train()
+    model = build_model(cfg, data.dims, len(data.classes), seed_folds=[(seed, fold)]).double().train()
     train = data.splits["train"]
     tr, _ = stratified_folds(train.emos, n_folds, seed)[fold]
     order = torch.as_tensor(tr)[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed * 1000 + fold))]
@@ -289,7 +290,7 @@ def test_ablation_suite_has_every_row_and_trains_exp5_once_by_default():
     assert "Exp4: modality dropout starts after epoch 15" in notes and "attention_robust:" not in notes
     paper = ablation.make_sweep(sweep_args("--set", "fidelity=paper"))
     assert len(paper.points) == 7 and not any(p.identical for p in paper.points) and not paper.notes
-    specs = core.trial_specs(sweep, "t", core.DEFAULT_STORAGE, [])
+    specs = plan.trial_specs(sweep, "t", DEFAULT_STORAGE, [])
     assert [s["identical"] for s in specs if s["experiment"] == "Exp1"] == [["Exp5"]]
 
 

@@ -72,7 +72,7 @@ def test_a_fold_with_non_finite_outputs_stops_marked_diverged(tiny_data):
         runner.step()
     assert [f.diverged_epoch for f in runner.members] == [0, 2] and runner.epoch == 3
     assert runner.live == []  # the diverged fold left the batch at once, the other at its last epoch
-    res = runner.finish()[0]
+    res = runner.score()[0]
     results, _, _ = records.tables(res, tid="t", sweep="s", experiment="e", cfg=cfg, seed=0, dataset=tiny_data,
                                    status="finished", wall_time_s=1.0)
     assert (results.status == "diverged").all()

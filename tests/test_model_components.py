@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from prmf.config import EXPERIMENTS, experiment_config, make_config, modality_dropout_rate
+from prmf.config import PRESETS, make_config, preset_config
+from prmf.schedules import modality_dropout_rate
 from prmf.models import build_model
 from prmf.models.encoders import VariationalEncoder
 from prmf.models.fusion import (DROP_PATTERNS, kl_gaussians, kl_to_standard_normal, modality_dropout_keep, present_mask,
@@ -50,9 +51,9 @@ def test_vae_losses_are_means_over_the_modalities_per_member():
 
 def test_interloss_is_the_weighted_sum_of_its_parts_with_each_members_weights(fixed_noise):
     # two members with the same weights but other loss weights: the interloss is linear in them
-    cfgs = [experiment_config("Exp2", dropout=0.0, modality_dropout=0.0, kl_weight=w[0], recon_weight=w[1],
+    cfgs = [preset_config("Exp2", dropout=0.0, modality_dropout=0.0, kl_weight=w[0], recon_weight=w[1],
                               cross_kl_weight=w[2]) for w in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (0.1, 0.2, 0.3))]
-    model = build_model(cfgs[0], DIMS, 6, members=cfgs, seeds=[(0, 0)] * 4).train()
+    model = build_model(cfgs[0], DIMS, 6, members=cfgs, seed_folds=[(0, 0)] * 4).train()
     x = [t.expand(4, *t.shape) for t in batch(8)]
     kl, recon, cross, mixed = model(x)[3]
     assert torch.allclose(mixed, 0.1 * kl + 0.2 * recon + 0.3 * cross, atol=1e-6)
@@ -82,7 +83,7 @@ def test_missing_modality_gets_negligible_weight():
 
 def test_all_zero_input_is_treated_as_missing_by_the_model():
     torch.manual_seed(0)
-    model = build_model(experiment_config("Exp4", fidelity="paper"), DIMS, 6).eval()  # masking: paper mode
+    model = build_model(preset_config("Exp4", fidelity="paper"), DIMS, 6).eval()  # masking: paper mode
     x = batch(4)
     x[2][1] = 0
     assert present_mask(x)[1].tolist() == [True, True, False]
@@ -109,7 +110,7 @@ def test_logvar_is_clamped_and_initial_variance_is_one():
 
 def test_eval_is_deterministic_and_training_samples():
     torch.manual_seed(0)
-    model = build_model(experiment_config("Exp4"), DIMS, 6)
+    model = build_model(preset_config("Exp4"), DIMS, 6)
     x = batch()
     model.eval()
     assert torch.equal(model(x)[1], model(x)[1])
@@ -118,10 +119,10 @@ def test_eval_is_deterministic_and_training_samples():
     assert not torch.equal(model(x)[1], model(x)[1])
 
 
-@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+@pytest.mark.parametrize("experiment", sorted(PRESETS))
 def test_gradients_reach_every_parameter_that_should_learn(experiment):
     torch.manual_seed(0)
-    cfg = experiment_config(experiment, modality_dropout=0.0)
+    cfg = preset_config(experiment, modality_dropout=0.0)
     model = build_model(cfg, DIMS, 6).train()
     _, emos_out, vals_out, interloss = model(batch(32))
     (emos_out.sum() + vals_out.sum() + interloss).backward()
@@ -152,7 +153,7 @@ def test_progressive_dropout_schedule():
 
 def test_dropped_modality_has_zero_mu_in_the_proxy():
     torch.manual_seed(0)
-    model = build_model(experiment_config("Exp2", modality_dropout=0.0, fidelity="paper"), DIMS, 6).eval()
+    model = build_model(preset_config("Exp2", modality_dropout=0.0, fidelity="paper"), DIMS, 6).eval()
     x = batch(4)
     x_no_text = [x[0], torch.zeros_like(x[1]), x[2]]
     # Exp2's fused feature is the proxy: with text absent, it is a weighted sum of audio and video mu only

@@ -9,7 +9,7 @@ import pytest
 
 from analysis import report
 from prmf import records, robustness, store
-from prmf.config import experiment_config
+from prmf.config import preset_config
 from prmf.engine import train_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ def sweep(tmp_path_factory, tiny_data):
     """A store of Exp1 and Exp4 x seeds 0, 1 (5 folds, 2 epochs), with robustness rows."""
     d = tmp_path_factory.mktemp("sweep")
     for exp in ("Exp1", "Exp4"):
-        cfg = experiment_config(exp, **FAST)
+        cfg = preset_config(exp, **FAST)
         for seed in (0, 1):
             result = train_trial(cfg, tiny_data, seed=seed, scenarios=robustness.scenarios())
             tid = records.trial_id(exp, cfg, seed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prmf import records, robustness, store
-from prmf.config import experiment_config
+from prmf.config import preset_config
 from prmf.train import main as train_main
 from prmf.engine import train_trial
 
@@ -57,7 +57,7 @@ def test_noise_is_seeded_scaled_and_keeps_missing_rows(device, frames):
 
 @pytest.fixture(scope="module")
 def trial(tiny_data):
-    cfg = experiment_config("Exp4", **FAST)
+    cfg = preset_config("Exp4", **FAST)
     return cfg, train_trial(cfg, tiny_data, seed=0, scenarios=robustness.scenarios())
 
 

@@ -25,7 +25,7 @@ from clusters import REPO, slurm_cluster_in, wait_until  # noqa: E402
 
 LAUNCHER = REPO / "slurm" / "launch_ray.sh"
 SWEEP_ARGS = "--data synthetic --profile small --experiments Exp1,Exp4 --epochs 2 --folds 5 --seeds 1"
-EXPERIMENTS = {"Exp1", "Exp4"}
+PRESETS = {"Exp1", "Exp4"}
 FOLDS = 5
 SPLITS = {"cv", "test1", "test2", "test3"}
 # columns that differ between two runs of the same trial by design
@@ -95,8 +95,8 @@ def ray_leftovers(job_id):
 
 def check_store(df):
     assert not df.empty, "no results"
-    assert set(df.experiment) == EXPERIMENTS
-    assert df.trial_id.nunique() == len(EXPERIMENTS)
+    assert set(df.experiment) == PRESETS
+    assert df.trial_id.nunique() == len(PRESETS)
     assert set(df.status) == {"finished"}
     assert set(df.split) == SPLITS
     assert set(df.fold.dropna()) == set(range(FOLDS)) and df.fold.isna().equals(df.is_aggregate)

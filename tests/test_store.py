@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from prmf import records, store
-from prmf.config import experiment_config
+from prmf.config import preset_config
 from prmf.engine import train_trial
 
 FAST = dict(lr=3e-3, batch_size=64, hidden_dim=32, dropout=0.1, epochs=2)
@@ -16,7 +16,7 @@ FAST = dict(lr=3e-3, batch_size=64, hidden_dim=32, dropout=0.1, epochs=2)
 
 @pytest.fixture(scope="module")
 def trial(tiny_data):
-    cfg = experiment_config("Exp2", **FAST)
+    cfg = preset_config("Exp2", **FAST)
     return cfg, train_trial(cfg, tiny_data, seed=0)
 
 

@@ -147,7 +147,7 @@ def test_same_name_with_other_settings_is_refused_until_restart(tmp_path, data_d
 
 def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp_path, tiny_data):
     from prmf.config import preset_config
-    from sweeps import core
+    from sweeps import plan
 
     def spec(tid, cfg):
         return {"trial_id": tid, "cfg": cfg.to_dict(), "folds": 5}
@@ -155,9 +155,9 @@ def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp
     base = preset_config("Exp4", hidden_dim=16)
     specs = [spec(f"k{i}", base.replace(kl_weight=0.01 * i, lr=1e-3 * (i + 1))) for i in range(5)]
     specs.append(spec("wide", base.replace(hidden_dim=32)))  # another architecture: its own pack
-    packs = core.make_packs(specs, 2, tmp_path, tiny_data, slots=1, gpus_per_trial=0)
+    packs = plan.make_packs(specs, 2, tmp_path, tiny_data, slots=1, gpus_per_trial=0)
     members = sorted(sorted(s["trial_id"] for s in m) for _, m in packs)
     assert members == [["k0", "k3"], ["k1", "k4"], ["k2"], ["wide"]]  # 5 in 3 packs of 2/2/1, balanced
     assert {pid for pid, m in packs if len(m) == 1} == {"k2", "wide"}  # a pack of one is named by its trial
-    again = core.make_packs(specs[::-1], 3, tmp_path, tiny_data, slots=4, gpus_per_trial=0)  # resumed: packs.json
+    again = plan.make_packs(specs[::-1], 3, tmp_path, tiny_data, slots=4, gpus_per_trial=0)  # resumed: packs.json
     assert sorted(sorted(s["trial_id"] for s in m) for _, m in again) == members

@@ -15,9 +15,9 @@ from .encoders import LSTMEncoder, MLPEncoder
 from .fusion import modality_dropout_keep, present_mask
 from .layers import Linear, dropout
 
-# Config keys the models read per member (the engine owns lr, weight decay, loss weights of the
-# heads and the modality-dropout schedule); every other key is the same for all members.
-MEMBER_KEYS = ("dropout", "kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature")
+# The per-member config keys the models read themselves (the engine owns the optimiser, lr, weight
+# decay, the heads' loss weights and the modality-dropout schedule): a subset of config.MEMBER_KEYS.
+MODEL_KEYS = ("dropout", "kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature")
 
 
 class FusionModel(nn.Module):
@@ -36,7 +36,7 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         self.frames = cfg.feat_type != "utt"
         self.n_members = len(members or [cfg])
-        self.hp = {key: [float(getattr(c, key)) for c in members or [cfg]] for key in MEMBER_KEYS}
+        self.hp = {key: [float(getattr(c, key)) for c in members or [cfg]] for key in MODEL_KEYS}
         for key, values in self.hp.items():  # buffers: they follow the device and a member subset
             self.register_buffer(key, torch.tensor(values, dtype=torch.float64), persistent=False)
         self.fc_out_1 = Linear(self.n_members, cfg.hidden_dim, n_classes)

@@ -1,0 +1,279 @@
+"""The driver of a sweep: the up-front checks (nothing is written before a refusal can be decided),
+the sweep folder (one driver per sweep, its settings, --restart), Ray's start, the run, the summary.
+
+A trial is one (config, seed) over its folds. Trials that share an architecture are packed
+(sweeps/plan.py), and a pack is one Tune trial (sweeps/tune_adapter.py) that runs the pack's loop
+(sweeps/pack_runner.py): it stores every trial under STORAGE/NAME/ as soon as it ends. Resume =
+run the same command again: the same packs (packs.json) run in a fresh Tuner, each from its last
+checkpoint, leaving out the trials already stored.
+"""
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # trials sharing cores: spinning threads cost 2-7x (benchmarks/RESULTS.md)
+
+import torch  # noqa: E402
+
+from cluster.address import resolve_address  # noqa: E402
+from prmf import provenance, records, store  # noqa: E402
+from prmf.config import ConfigError, for_data  # noqa: E402
+from prmf.data import DataError, check_folds, load_data  # noqa: E402
+from sweeps import asha, checkpoints, lock, plan, ray_local, trackers  # noqa: E402
+from sweeps.definition import DEFAULT_STORAGE, SweepError, parse_pack  # noqa: E402
+
+LATER_SETTINGS = {"pack": "auto"}  # settings added since sweeps began to record them: their default matches
+
+
+def run(sweep) -> int:
+    """Run (or resume) a sweep; returns the process exit code."""
+    try:
+        return _run(sweep)
+    except (SweepError, ConfigError, DataError, trackers.TrackerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume sweep {sweep.run.name!r}", file=sys.stderr)
+        return 130
+
+
+def _run(sweep) -> int:
+    data, root, settings, horizon = _prepare(sweep)
+    epochs, patience, grace, grace_note = horizon
+    run = sweep.run
+    milestones = asha.milestones(grace, epochs) if sweep.asha else []
+    specs = plan.trial_specs(sweep, run.name, root, milestones, data)
+    tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}
+    ctx = dict(sweep=sweep, name=run.name, root=root, milestones=milestones, tracking=tracking, data=data)
+    if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
+        specs = sweep.search.recorded(ctx)
+    for s in specs:
+        s.update(tracking)
+    done = store.completed_trials(root)
+    pending = [s for s in specs if s["trial_id"] not in done]
+    gpus_per_trial = (run.gpus_per_trial or (0.5 if sum(data.dims) > 2048 else 0.25)) if run.num_gpus else 0
+    for note in sweep.notes:  # after the up-front checks: a refused sweep prints its error alone
+        print(f"note: {note}", file=sys.stderr)
+    print(f"sweep {run.name}: {len(specs)} trials ({len(sweep.points)} points x {run.seeds} seeds x {run.folds} folds), "
+          f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
+          f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
+          f"{gpus_per_trial:g} GPU + {run.cpus_per_trial:g} CPU per pack; store {root}", file=sys.stderr)
+    if sweep.search.todo(done) if sweep.search else pending:
+        _save_settings(root, settings)  # before Ray starts: a second driver checks against it
+        provenance.write_run(root, provenance.collect(), {s["trial_id"]: {k: s[k] for k in ("experiment", "seed", "cfg")}
+                                                         for s in specs})
+        _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx)
+    return _finish(sweep, root, specs, ctx)
+
+
+def _prepare(sweep):
+    """The checks that need no Ray, the data, the sweep folder (locked, settings checked, --restart
+    applied, a killed writer's temporary files removed): (data, root, settings, ASHA horizon)."""
+    run = sweep.run
+    started = time.time()
+    run.check()
+    horizon = plan.asha_horizon(sweep)
+    _check_ray_start(run)
+    data = load_data(run.data, run.features, run.profile, name=run.dataset_name)
+    check_folds(data, run.folds)
+    for p in sweep.points:  # -FRA folders: frame-level encoders
+        p.cfg = for_data(p.cfg, data.feat_type)
+    data_tag = "synthetic-" + run.profile if run.data == "synthetic" else Path(run.data).name
+    run.name = run.name or f"{sweep.kind}-{data_tag}"
+    root = (Path(run.storage) if run.storage else DEFAULT_STORAGE).resolve() / run.name
+    try:
+        store.check_writable(root.parent, "storage")
+        lock.acquire(root)  # one driver per sweep, held until this process exits
+    except (store.StoreError, lock.LockedError) as e:
+        raise SweepError(str(e)) from None
+    ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
+    settings = {"kind": sweep.kind, "data": run.data, "features": list(data.features), "profile": run.profile,
+                "folds": run.folds, "seeds": run.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
+                **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings,
+                "pack": run.pack}
+    _check_settings(root, settings, run.restart)
+    if run.restart:
+        for p in root.iterdir():  # all but the lock this driver holds
+            if p.name != lock.LOCK_FILE:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    cleaned = _clean_stale_temp(root, started)
+    if cleaned:
+        print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
+    return data, root, settings, horizon
+
+
+def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx):
+    """Start (or join) Ray, pack the trials and run one Tuner over them."""
+    from sweeps import tune_adapter
+    run = sweep.run
+    _init_ray(run, run.num_gpus, root)
+    if gpus_per_trial:
+        _check_cuda_on_workers(gpus_per_trial)
+    max_concurrent = int(run.num_gpus // gpus_per_trial) if gpus_per_trial else 0
+    slots = max_concurrent or int(_ray_resource("CPU", 1) // run.cpus_per_trial)
+    packs = [] if sweep.search else [  # all of a pack's trials: its checkpoint's
+        (pid, trials) for pid, trials in plan.make_packs(specs, parse_pack(run.pack), root, data, slots, gpus_per_trial,
+                                                         _ray_resource("memory", 8 * 2 ** 30))
+        if any(s["trial_id"] not in done for s in trials)]
+    if packs and len(packs) < len(pending):
+        sizes = sorted({len(t) for _, t in packs})
+        print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "
+              f"(--pack {run.pack}; trials that differ in more than {', '.join(plan.MEMBER_NOTE)} never share one)",
+              file=sys.stderr)
+    progress = tune_adapter.Progress(run.name, root, sweep.search.n if sweep.search else len(specs),
+                                     len(packs) or len(pending) or 1, epochs)
+    search_config = sweep.search.tune_config(ctx, done, pending) if sweep.search else None
+    if tune_adapter.fit(sweep, root, data, packs, progress, {"cpu": run.cpus_per_trial, "gpu": gpus_per_trial},
+                        max_concurrent, search_config):
+        raise KeyboardInterrupt
+
+
+def _finish(sweep, root, specs, ctx) -> int:
+    """After the run (or with nothing to run): old checkpoints removed, trackers filled in, the
+    summary, and exit status 1 if a trial did not finish."""
+    results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
+    done = store.completed_trials(root)
+    saved = root / "packs.json"
+    checkpoints.remove_finished(root, json.loads(saved.read_text()) if saved.exists() else {}, done)
+    specs = sweep.search.recorded(ctx) if sweep.search else specs
+    trackers.sync(specs, done)  # MLflow: stored trials whose run was never closed (or never made)
+    missing = sweep.search.missing(ctx, done) if sweep.search else [s["trial_id"] for s in specs if s["trial_id"] not in done]
+    summary(results)
+    if missing:
+        print(f"error: {len(missing)} trial(s) did not finish ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
+              f"run the same command again to retry them", file=sys.stderr)
+        return 1
+    print(f"results: {root}  (prmf-best-results --result-dir {root})", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- checks and the sweep folder
+
+def _check_ray_start(run):
+    """What ray.init would only find out slowly or with a traceback: a dashboard without its
+    packages, an address where nothing listens (Ray retries it for many minutes)."""
+    address = resolve_address(run.address)
+    if run.dashboard and address in (None, "local"):
+        try:
+            import ray.dashboard.optional_deps  # noqa: F401  Ray's own list of the dashboard's packages
+        except ImportError as e:
+            raise SweepError(f"--dashboard needs Ray's dashboard packages ({e.name} is missing): "
+                             f"pip install 'ray[default]'") from None
+    if address in (None, "local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise SweepError(f"cannot reach Ray at {hostport} ({e.strerror or e}); is a Ray head running there "
+                         f"(ray start --head --port {port})?") from None
+
+
+def _clean_stale_temp(root: Path, started: float):
+    """Temporary files a killed writer left in the sweep folder (a checkpoint's `.NAME.pt.XXX.tmp` is
+    megabytes). A sweep folder has one driver at a time, and this runs before it starts any worker,
+    so every temp file older than this driver (`started`) belongs to a dead writer."""
+    if not root.is_dir():
+        return 0
+    n = 0
+    for path in list(root.rglob(".*.tmp")) + list(root.glob(".pred-*")):
+        try:
+            if path.lstat().st_mtime >= started:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def _check_settings(root: Path, settings: dict, restart: bool):
+    """An existing sweep of this name must have been started with the same settings."""
+    path = root / "sweep.json"
+    if path.exists() and not restart:
+        old = json.loads(path.read_text())
+        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)
+                and not (k not in old and settings.get(k) == LATER_SETTINGS.get(k))]  # a sweep started before it existed
+        if diff:
+            k = diff[0]
+            raise SweepError(f"sweep {root.name!r} at {root.parent} was started with other settings "
+                             f"({k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}"
+                             f"{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); "
+                             f"use --name NEW for a new sweep or --restart to start over")
+
+
+def _save_settings(root: Path, settings: dict):
+    store.atomic_write(root / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True)))
+
+
+# ---------------------------------------------------------------- Ray
+
+def _init_ray(run, num_gpus, root):
+    import ray
+    address = resolve_address(run.address) or "local"
+    try:
+        if address == "local":  # loopback only, token auth, PIDs kept (sweeps/ray_local.py)
+            ray_local.start(root, max(1, os.cpu_count() or 1), torch.cuda.device_count() if num_gpus else 0,
+                            run.dashboard)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SweepError(f"cannot join Ray at {address!r}: {str(e).splitlines()[0]}") from None
+    have = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > have:
+        ray.shutdown()
+        raise SweepError(f"--num-gpus {num_gpus:g} is more than the cluster has ({have:g} GPUs at {address})")
+
+
+def _check_cuda_on_workers(gpus_per_trial):
+    """GPUs asked for, but a torch without CUDA where the trials run (a venv built on a GPU-less
+    login node) would train every trial on CPUs: one probe task on a GPU refuses that up front.
+    PRMF_SKIP_CUDA_CHECK=1 skips it, as in slurm/launch_ray.sh."""
+    import ray
+    if os.environ.get("PRMF_SKIP_CUDA_CHECK") == "1":
+        return
+
+    @ray.remote(num_cpus=0, num_gpus=gpus_per_trial)
+    def probe():
+        import torch
+        return torch.cuda.is_available(), torch.__version__, socket.gethostname()
+
+    ok, version, host = ray.get(probe.remote(), timeout=300)
+    if not ok:
+        ray.shutdown()
+        raise SweepError(f"GPUs were asked for (--num-gpus), but torch {version} on {host} has no CUDA: build the "
+                         f"nodes' venv with a CUDA torch (make venv CUDA=12.4), or set PRMF_SKIP_CUDA_CHECK=1")
+
+
+def _ray_resource(name, default):
+    import ray
+    return ray.cluster_resources().get(name, default)
+
+
+def summary(results):
+    """ACC per experiment and split, mean ± std over folds (and seeds) of the per-fold clean rows of
+    the trials that ran to their end; a line says so when the data are generated."""
+    if results is None or results.empty:
+        return
+    stopped = results["status"].isin(records.NOT_COUNTED)
+    folds = results[~stopped & ~results.is_aggregate & (results.scenario == "clean")]
+    if not folds.empty:
+        stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"]).fillna(0.0)
+        table = stats.apply(lambda r: f"{r['mean']:.4f} ± {r['std']:.4f}", axis=1).unstack("split")
+        print("ACC, mean ± std over folds:\n" + table.fillna("–").to_string(), file=sys.stderr)
+    if stopped.any():
+        print(f"({results[stopped].trial_id.nunique()} pruned/failed/diverged trials left out)", file=sys.stderr)
+    names = sorted(results["dataset"].dropna().unique()) if "dataset" in results else []
+    if any("synthetic" in n for n in names):
+        print(f"data: {', '.join(names)} is generated; these numbers show the pipeline works, "
+              f"not the paper's claims", file=sys.stderr)

@@ -1,0 +1,123 @@
+"""Ray Tune around the pack runner: the function trainable (a pack per Tune trial), its reporter
+(tune.report, checkpoints kept by Tune: sweeps/checkpoints.py), the live progress line, and the
+Tuner of one run of a sweep."""
+import logging
+import math
+import socket
+import sys
+import time
+
+from prmf import store
+from sweeps import checkpoints, pack_runner, trackers
+from sweeps.plan import pack_config, pack_id, solo_pack
+
+
+class TuneReporter:
+    """pack_runner's reporter inside a Tune trial."""
+
+    def __init__(self, pack):
+        self.pack = pack
+
+    def restore(self, engine) -> float:
+        return checkpoints.restore(engine, self.pack["store"], self.pack["id"])
+
+    def node(self) -> dict:
+        import ray
+        return {"node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def report(self, metrics, engine, wall_time_s):
+        checkpoints.report(metrics, engine, wall_time_s, self.pack["id"])  # Tune keeps the checkpoint
+
+
+def trainable(config, data=None):
+    """Tune function trainable: one pack (a grid's) or one trial (a search's proposal)."""
+    pack = config.get("pack") or solo_pack(config["trial"])
+    pack_runner.run(pack, data, TuneReporter(pack))
+
+
+class Progress:
+    """A live line: trials stored/total, packs running and pending, best validation score so far,
+    ETA from the epochs the packs have run."""
+
+    def __init__(self, name, root, n_trials, packs, epochs):
+        from ray.tune import Callback
+
+        outer = self
+
+        class _Callback(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.epochs[pack_id(trial.config)] = result.get("epoch", 0)
+                score = result.get("val_emoval")
+                if score is not None and not math.isnan(score) and score > outer.best:
+                    outer.best = score
+                outer.show(trials)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.epochs[pack_id(trial.config)] = outer.total_epochs  # counts as done for the ETA
+                outer.show(trials, force=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.errors.append(pack_id(trial.config))
+                outer.show(trials, force=True)
+
+        self.callback = _Callback()
+        self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
+        self.epochs, self.best, self.errors = {}, -math.inf, []
+        self.t0, self.last = time.time(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def show(self, trials, force=False):
+        now = time.time()
+        if not force and now - self.last < (1 if self.tty else 15):
+            return
+        self.last = now
+        states = [t.status for t in trials]
+        done = len(store.completed_trials(self.root))
+        frac = sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs)
+        eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
+        best = f"best {self.best:.4f}" if self.best > -math.inf else "best -"
+        line = (f"[{self.name}] trials done {done}/{self.n_trials} | packs "
+                f"running {states.count('RUNNING')} pending {states.count('PENDING')} errors {len(self.errors)} | "
+                f"{best} (val emoval) | ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+class _ResumeHint(logging.Filter):
+    """Ray Tune ends an interrupted run with 'Resume experiment with: Tuner.restore(...)'; here resuming
+    is running the same command again, so its hint is dropped (and ours printed)."""
+    interrupted = False
+
+    def filter(self, record):
+        if "Tuner.restore" in record.getMessage():
+            self.interrupted = True
+            return False
+        return True
+
+
+_RESUME_HINT = _ResumeHint()
+logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps a process runs
+
+
+def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_config) -> bool:
+    """One Tuner run (run-NNN under STORAGE/NAME/tune) of the packs [(id, trial specs)], or of a
+    search's proposals (`search_config`: its TuneConfig arguments). True if it was interrupted
+    (Ctrl-C, SIGUSR1): Tune stopped its trials and returned."""
+    from ray import tune
+    run = sweep.run
+    trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data), resources)
+    run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
+    tuner = tune.Tuner(
+        trainable_,
+        param_space={} if search_config else {"pack": tune.grid_search([pack_config(pid, t) for pid, t in packs])},
+        tune_config=tune.TuneConfig(metric="val_emoval", mode="max", reuse_actors=True,
+                                    **{"max_concurrent_trials": max_concurrent or None, **(search_config or {})}),
+        run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
+                                  callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name, root)],
+                                  failure_config=tune.FailureConfig(max_failures=run.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))  # 2: one may be cut short
+    _RESUME_HINT.interrupted = False
+    tuner.fit()
+    if progress.tty:
+        print(file=sys.stderr)
+    return _RESUME_HINT.interrupted

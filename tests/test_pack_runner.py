@@ -1,0 +1,145 @@
+"""A pack's loop (sweeps/pack_runner.py) in this process, no Ray: pruning at ASHA's rungs, storing
+on prune and at the end, resuming from a checkpoint, leaving stored trials out, the trackers'
+calls. The reporter keeps metrics and checkpoints in memory; the store and the rung records are
+real files in a temp folder."""
+import io
+import json
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+
+from prmf import store
+from prmf.config import preset_config
+from sweeps import pack_runner, plan, trackers
+from sweeps.definition import Point, RunSettings, Sweep
+
+SMALL = dict(hidden_dim=8, batch_size=128, lr=3e-3, epochs=4, patience=4)
+
+
+class Killed(Exception):
+    """What a worker killed mid-pack looks like to the loop: it stops wherever it is."""
+
+
+class MemoryReporter:
+    """pack_runner's reporter without Ray: every report kept, the last checkpoint as bytes (what Tune
+    would have persisted); `stop_after`: raise Killed after that epoch's report."""
+
+    def __init__(self, checkpoint=None, stop_after=None):
+        self.reports, self.checkpoint, self.stop_after = [], checkpoint, stop_after
+
+    def restore(self, engine):
+        if self.checkpoint is None:
+            return 0.0
+        state = torch.load(io.BytesIO(self.checkpoint), weights_only=True)
+        engine.load_state_dict(state["engine"])
+        return state["wall"]
+
+    def node(self):
+        return {"node_ip": "127.0.0.1", "hostname": "here", "node_id": "n0"}
+
+    def report(self, metrics, engine, wall_time_s):
+        self.reports.append(metrics)
+        if engine is not None:
+            buf = io.BytesIO()
+            torch.save({"engine": engine.state_dict(), "wall": wall_time_s}, buf)
+            self.checkpoint = buf.getvalue()
+        if self.stop_after is not None and metrics["epoch"] >= self.stop_after:
+            raise Killed
+
+
+def make_pack(root, points, milestones=(), checkpoint_every=2, robustness=False):
+    """The pack of `points` [(label, cfg)] over 2 folds, stored under `root`, as the driver plans it."""
+    sweep = Sweep("grid", [Point(label, cfg, tag="grid") for label, cfg in points], None,
+                  run=RunSettings(folds=2, checkpoint_every=checkpoint_every))
+    specs = plan.trial_specs(sweep, "t", root, list(milestones))
+    for s in specs:
+        s["robustness"] = robustness
+    return plan.pack_config("pack-t", specs)
+
+
+def points(n=3):
+    base = preset_config("Exp4", **SMALL)
+    return [(f"p{i}", base.replace(kl_weight=0.01 * (i + 1))) for i in range(n)]
+
+
+def metrics_of(root):
+    df = store.read_results(root).sort_values(store.RESULT_KEY).reset_index(drop=True)
+    return df[store.RESULT_KEY + ["status", "f1", "acc", "val_mse", "emoval", "best_epoch", "epochs_run"]]
+
+
+def test_every_trial_is_stored_once_when_it_ends(tmp_path, tiny_data):
+    pack = make_pack(tmp_path, points())
+    reporter = MemoryReporter()
+    pack_runner.run(pack, tiny_data, reporter)
+    df = store.read_results(tmp_path)
+    assert sorted(df.trial_id.unique()) == sorted(s["trial_id"] for s in pack["trials"])
+    assert not df.duplicated(store.RESULT_KEY).any() and set(df.status) == {"finished"}
+    assert [r["epoch"] for r in reporter.reports] == [1, 2, 3, 4]
+    assert reporter.reports[-1]["trials_running"] == 0 and reporter.reports[0]["trials_running"] == 3
+    again = MemoryReporter()  # everything stored: the pack is never trained again
+    pack_runner.run(pack, tiny_data, again)
+    assert again.reports == [{"epoch": 0, "val_emoval": pytest.approx(float("nan"), nan_ok=True), "already_done": True}]
+
+
+@pytest.mark.parametrize("recorded, pruned", [(10.0, True), (-10.0, False)])
+def test_a_trial_below_the_rung_is_pruned_and_stored_at_once(tmp_path, tiny_data, recorded, pruned):
+    # earlier trials recorded `recorded` at rung 2 (ASHA keeps the top third): every trial of this
+    # pack scores below 10 (pruned at epoch 2, stored then) and above -10 (runs to its end)
+    (tmp_path / "asha_rungs.json").write_text(json.dumps({"2": {"a": recorded, "b": recorded, "c": recorded}}))
+    pack = make_pack(tmp_path, points(2), milestones=[2])
+    reporter = MemoryReporter()
+    pack_runner.run(pack, tiny_data, reporter)
+    df = store.read_results(tmp_path)
+    assert set(df.status) == {"pruned" if pruned else "finished"} and not df.duplicated(store.RESULT_KEY).any()
+    assert set(df[~df.is_aggregate].epochs_run) == ({2} if pruned else {4})
+    assert [r["epoch"] for r in reporter.reports] == ([1, 2] if pruned else [1, 2, 3, 4])
+    rungs = json.loads((tmp_path / "asha_rungs.json").read_text())
+    assert set(rungs.get("stopped", {})) == ({s["trial_id"] for s in pack["trials"]} if pruned else set())
+
+
+def test_a_killed_pack_resumes_from_its_checkpoint_bit_for_bit(tmp_path, tiny_data):
+    straight = tmp_path / "straight"
+    pack_runner.run(make_pack(straight, points()), tiny_data, MemoryReporter())
+    killed = tmp_path / "killed"
+    first = MemoryReporter(stop_after=3)  # checkpoint at epoch 2, killed after epoch 3
+    with pytest.raises(Killed):
+        pack_runner.run(make_pack(killed, points()), tiny_data, first)
+    assert not (killed / "results").exists()  # nothing stored before a trial ends
+    second = MemoryReporter(checkpoint=first.checkpoint)
+    pack_runner.run(make_pack(killed, points()), tiny_data, second)
+    assert [r["epoch"] for r in second.reports] == [3, 4]  # from the checkpoint, epoch 3 run again
+    a, b = metrics_of(straight), metrics_of(killed)
+    assert a.equals(b), (a.compare(b) if a.shape == b.shape else (a.shape, b.shape))
+
+
+def test_trials_stored_before_leave_the_batch(tmp_path, tiny_data):
+    pack = make_pack(tmp_path, points(2))
+    pack_runner.run(plan.pack_config("solo", pack["trials"][:1]), tiny_data, MemoryReporter())
+    stored_before = store.read_results(tmp_path)
+    reporter = MemoryReporter()
+    pack_runner.run(pack, tiny_data, reporter)
+    assert reporter.reports[0]["trials_running"] == 1  # only the trial not stored yet trains
+    df = store.read_results(tmp_path)
+    assert not df.duplicated(store.RESULT_KEY).any() and df.trial_id.nunique() == 2
+    first = df[df.trial_id == pack["trials"][0]["trial_id"]].reset_index(drop=True)
+    assert np.array_equal(first.acc, stored_before.acc) and np.array_equal(first.f1, stored_before.f1)
+
+
+def test_each_trial_is_one_tracker_run_with_its_epochs_and_final_metrics(tmp_path, tiny_data):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    pack = make_pack(tmp_path, points(2))
+    tracking = trackers.prepare(Namespace(mlflow=uri, wandb=None, restart=False), "t", tiny_data, tmp_path)
+    for s in pack["trials"]:
+        s.update(tracking)
+    pack_runner.run(pack, tiny_data, MemoryReporter())
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([tracking["mlflow"]["experiment_id"]])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(s["trial_id"] for s in pack["trials"])
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["status"] == "finished"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_emoval")] == [1, 2, 3, 4]
+        assert {"cv_acc", "test1_acc", "test1_f1"} <= set(r.data.metrics)
