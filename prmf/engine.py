@@ -175,10 +175,8 @@ class Engine:
                     pick = [modality_p[i] for i in pos]
                     loss = self._loss(call, idx, _member_values(pick, device), _pick(emo_all, sub), _pick(val_all, sub))
                 loss.sum().backward()
-                if grad_clip > 0:  # torch.nn.utils.clip_grad_value_ (MERBench): each element into [-c, c]
-                    grads = [p.grad for p in params]
-                    torch._foreach_clamp_min_(grads, -grad_clip)
-                    torch._foreach_clamp_max_(grads, grad_clip)
+                if grad_clip > 0:  # MERBench's call: each gradient element into [-c, c]
+                    torch.nn.utils.clip_grad_value_(params, grad_clip)
                 self.optimizer.step(pos, hyper)
                 for p in params:
                     p.grad = None

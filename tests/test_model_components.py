@@ -186,3 +186,23 @@ def test_baselines_are_looked_up_by_merbench_names():
             torch.manual_seed(0)
             outs.append(model(batch(), modality_p=p)[1])
         assert torch.equal(*outs) != drops, name
+
+
+def test_the_member_lstm_is_torchs_lstm_on_packed_sequences():
+    # each member's last real hidden state equals nn.LSTM's on the packed sequence, with its weights
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from prmf.models.layers import LSTM
+    torch.manual_seed(0)
+    lstm = LSTM(2, 5, 7)
+    for m in range(2):
+        lstm.reset_member([m], None)
+    x, lengths = torch.randn(2, 4, 6, 5), torch.tensor([[6, 2, 4, 1], [3, 6, 6, 5]])
+    got = lstm(x, lengths)
+    for m in range(2):
+        ref = torch.nn.LSTM(5, 7, batch_first=True)
+        with torch.no_grad():
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                getattr(ref, name).copy_(getattr(lstm, name)[m])
+        _, (h, _) = ref(pack_padded_sequence(x[m], lengths[m], batch_first=True, enforce_sorted=False))
+        assert torch.allclose(got[m], h[0], atol=1e-6)

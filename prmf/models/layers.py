@@ -214,7 +214,9 @@ class MultiheadAttention(nn.Module):
 
 class LSTM(nn.Module):
     """One-layer batch-first nn.LSTM per member (weights [M, 4H, ...]); the members run one after
-    another over their own packed sequences, so padding never reaches the state."""
+    another over their own packed sequences, so padding never reaches the state. It calls the
+    kernel behind nn.LSTM (`_VF.lstm`) with each member's weights, which no public call takes
+    without a module per member; tests/test_model_components.py pins it to nn.LSTM."""
 
     def __init__(self, n_members, in_size, hidden_size):
         super().__init__()
