@@ -119,6 +119,19 @@ def completed_trials(store_dir):
     return {p.stem for p in d.glob("*.parquet")} if d.is_dir() else set()
 
 
+def trial_result(store_dir, trial_id):
+    """A stored trial's result, the number a search maximises: its aggregate clean cv emoval (the
+    mean over folds of each fold's best-epoch validation emoval); None while it is not stored, or
+    when it has none (diverged)."""
+    path = Path(store_dir) / "results" / f"{trial_id}.parquet"
+    if not path.exists():
+        return None
+    df = read_part(path)
+    row = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")]
+    value = float(row.emoval.iloc[0]) if len(row) else float("nan")
+    return value if np.isfinite(value) else None
+
+
 def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
     """Result rows of schema `version` as this version's."""
     if version < 2 and "fold" in df:

@@ -19,6 +19,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # trials sharing cores: spinning threads cost 2-7x (benchmarks/RESULTS.md)
+# Tune snapshots its state whenever a trial has saved num_to_keep (2) checkpoints since the last
+# snapshot, and warns when that happens more than once in 30 s: here that is the design (Tune keeps
+# every pack's checkpoints; the storage is a local or shared filesystem), so the warning only alarms
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import torch  # noqa: E402
 
@@ -61,8 +65,10 @@ def _run(sweep) -> int:
     gpus_per_trial = (run.gpus_per_trial or (0.5 if sum(data.dims) > 2048 else 0.25)) if run.num_gpus else 0
     for note in sweep.notes:  # after the up-front checks: a refused sweep prints its error alone
         print(f"note: {note}", file=sys.stderr)
-    print(f"sweep {run.name}: {len(specs)} trials ({len(sweep.points)} points x {run.seeds} seeds x {run.folds} folds), "
-          f"{len(specs) - len(pending)} already done; {epochs} epochs, patience {patience}, "
+    points = f"{sweep.search.n} points proposed one at a time" if sweep.search else f"{len(sweep.points)} points"
+    print(f"sweep {run.name}: {sweep.search.n if sweep.search else len(specs)} trials ({points} x {run.seeds} seeds x "
+          f"{run.folds} folds), {len(done) if sweep.search else len(specs) - len(pending)} already done; "
+          f"{epochs} epochs, patience {patience}, "
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
           f"{gpus_per_trial:g} GPU + {run.cpus_per_trial:g} CPU per pack; store {root}", file=sys.stderr)
     if sweep.search.todo(done) if sweep.search else pending:
@@ -127,8 +133,8 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
         print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "
               f"(--pack {run.pack}; trials that differ in more than {', '.join(plan.MEMBER_NOTE)} never share one)",
               file=sys.stderr)
-    progress = tune_adapter.Progress(run.name, root, sweep.search.n if sweep.search else len(specs),
-                                     len(packs) or len(pending) or 1, epochs)
+    to_run = sweep.search.todo(done) if sweep.search else len(packs) or len(pending)  # Tune trials this run: packs
+    progress = tune_adapter.Progress(run.name, root, sweep.search.n if sweep.search else len(specs), to_run or 1, epochs)
     search_config = sweep.search.tune_config(ctx, done, pending) if sweep.search else None
     if tune_adapter.fit(sweep, root, data, packs, progress, {"cpu": run.cpus_per_trial, "gpu": gpus_per_trial},
                         max_concurrent, search_config):

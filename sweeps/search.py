@@ -14,9 +14,14 @@ draws the same points and trial ids; from then on it is a grid (ASHA, resume, sk
 
 optuna: Ray Tune's OptunaSearch (TPE) proposes the points one at a time, its study persisted in
 STORAGE/NAME/optuna.db; each proposed point is recorded in STORAGE/NAME/search/ before it runs.
-A resumed search tells the study that its interrupted trials failed, proposes their points again
-first (they continue from their checkpoints under the same trial ids), and runs only N minus the
-stored trials; a proposal equal to a trial already stored or running is refused and asked again.
+The value the study gets for a point is the trial's stored result, its cv emoval (the mean over
+folds of each fold's best-epoch validation emoval: the store's aggregate cv row), so the study and
+the results table agree; a trial that ends unstored is FAIL. A resumed search first brings the
+study in line with the store: a trial stored while the last run was interrupted (still RUNNING, or
+FAIL, in the study) becomes COMPLETE with its stored result; the other interrupted ones fail and
+their points are proposed again first (they continue from their checkpoints under the same trial
+ids). It runs only N minus the stored trials; a proposal equal to a trial already stored or
+running is refused and asked again.
 """
 import dataclasses
 import json
@@ -28,6 +33,7 @@ import numpy as np
 import ray
 from ray.tune.search import Searcher
 
+from prmf import store
 from prmf.config import ConfigError, make_config
 from prmf.store import atomic_write
 from sweeps import plan
@@ -154,12 +160,12 @@ class OptunaSearch:
         storage = optuna.storages.RDBStorage(f"sqlite:///{ctx['root'] / 'optuna.db'}")
         try:
             study = optuna.load_study(study_name=ctx["name"], storage=storage)
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted: re-proposed below
+            reconcile(study, lambda params: self._spec(ctx, params)["trial_id"], lambda tid: store.trial_result(ctx["root"], tid))
             asked = len(study.trials)
         except KeyError:
             asked = 0
-        inner = RayOptunaSearch(RayOptunaSearch.convert_search_space(self.space), metric="val_emoval", mode="max", study_name=ctx["name"], storage=storage,
+        inner = RayOptunaSearch(RayOptunaSearch.convert_search_space(self.space), metric=OBJECTIVE, mode="max",
+                                study_name=ctx["name"], storage=storage,
                                 sampler=optuna.samplers.TPESampler(seed=self.seed + asked),  # no replay of old draws
                                 points_to_evaluate=[s["search_values"] for s in pending] or None)
         limit = max(1, int(ray.cluster_resources().get("CPU", 1) // ctx["sweep"].run.cpus_per_trial))
@@ -167,14 +173,45 @@ class OptunaSearch:
                 "max_concurrent_trials": limit}  # no more proposals than can run: each learns from the last
 
 
+OBJECTIVE = "cv_emoval"  # what the study maximises: the trial's stored result
+
+
+def reconcile(study, trial_id_of, result_of):
+    """The study as the store says, before a resumed search asks it for points: a RUNNING or FAIL
+    trial whose point was stored (while the last run was interrupted) is COMPLETE with the stored
+    result (a FAIL one cannot change state, so a COMPLETE twin is added); the other RUNNING ones
+    fail, and their points are proposed again. Returns the trial ids made COMPLETE."""
+    import optuna
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    complete = {trial_id_of(t.params) for t in trials if t.state == state.COMPLETE and t.params}
+    made = set()
+    for t in trials:
+        if t.state not in (state.RUNNING, state.FAIL):
+            continue
+        tid = trial_id_of(t.params) if t.params else None
+        value = result_of(tid) if tid and tid not in complete else None
+        if value is not None and t.state == state.RUNNING:
+            study.tell(t.number, value)
+        elif value is not None:
+            study.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
+        elif t.state == state.RUNNING:
+            study.tell(t.number, state=state.FAIL)
+        if value is not None:
+            complete.add(tid)
+            made.add(tid)
+    return made
+
+
 class SpecSearcher(Searcher):
-    """Optuna's point -> the sweep's trial spec (trial id, config, store paths), recorded first."""
+    """Optuna's point -> the sweep's trial spec (trial id, config, store paths), recorded first; a
+    trial's end -> the study gets its stored result (FAIL when it ended unstored)."""
 
     def __init__(self, inner, search, ctx, done):
         super().__init__()
         self.inner, self.search, self.ctx = inner, search, ctx
         self.taken = set(done)  # trial ids stored or handed out in this run
-        self.keys = {}  # Tune trial id -> the inner searcher's id of its point
+        self.keys = {}  # Tune trial id -> (the inner searcher's id of its point, the sweep's trial id)
 
     def set_search_properties(self, metric, mode, config, **spec):
         return True
@@ -194,7 +231,7 @@ class SpecSearcher(Searcher):
                 self.inner.on_trial_complete(key, error=True)
                 continue
             self.taken.add(spec["trial_id"])
-            self.keys[trial_id] = key
+            self.keys[trial_id] = (key, spec["trial_id"])
             record = self.ctx["root"] / "search" / f"{spec['trial_id']}.json"
             if not record.exists():
                 atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(
@@ -203,12 +240,14 @@ class SpecSearcher(Searcher):
         return Searcher.FINISHED  # the space holds no new point
 
     def on_trial_result(self, trial_id, result):
-        if trial_id in self.keys and not math.isnan(result.get("val_emoval", math.nan)):
-            self.inner.on_trial_result(self.keys[trial_id], result)
+        pass  # the study learns from results, not epochs: pruning is ASHA's, inside the packs
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self.keys:
-            self.inner.on_trial_complete(self.keys[trial_id], result=result, error=error)
+            key, tid = self.keys[trial_id]
+            value = store.trial_result(self.ctx["root"], tid)
+            self.inner.on_trial_complete(key, result=None if value is None else {OBJECTIVE: value},
+                                         error=value is None)
 
 
 

@@ -37,8 +37,9 @@ def trainable(config, data=None):
 
 
 class Progress:
-    """A live line: trials stored/total, packs running and pending, best validation score so far,
-    ETA from the epochs the packs have run."""
+    """A live line: trials stored/total, packs running and pending, the best validation emoval of
+    the whole sweep (the stored trials' results, earlier runs included, and this run's epochs),
+    ETA from the epochs this run's packs have run of the `packs` it has to run."""
 
     def __init__(self, name, root, n_trials, packs, epochs):
         from ray.tune import Callback
@@ -63,7 +64,7 @@ class Progress:
 
         self.callback = _Callback()
         self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
-        self.epochs, self.best, self.errors = {}, -math.inf, []
+        self.epochs, self.best, self.errors, self.results = {}, -math.inf, [], {}
         self.t0, self.last = time.time(), 0.0
         self.tty = sys.stderr.isatty()
 
@@ -73,14 +74,23 @@ class Progress:
             return
         self.last = now
         states = [t.status for t in trials]
-        done = len(store.completed_trials(self.root))
-        frac = sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs)
+        done = self.stored_best()
+        frac = min(1.0, sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs))
         eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
         best = f"best {self.best:.4f}" if self.best > -math.inf else "best -"
         line = (f"[{self.name}] trials done {done}/{self.n_trials} | packs "
                 f"running {states.count('RUNNING')} pending {states.count('PENDING')} errors {len(self.errors)} | "
                 f"{best} (val emoval) | ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def stored_best(self) -> int:
+        """Bring `best` up to the stored trials' results (each file read once); how many are stored."""
+        stored = store.completed_trials(self.root)
+        for tid in stored - set(self.results):
+            self.results[tid] = store.trial_result(self.root, tid)
+            if self.results[tid] is not None and self.results[tid] > self.best:
+                self.best = self.results[tid]
+        return len(stored)
 
 
 class _ResumeHint(logging.Filter):

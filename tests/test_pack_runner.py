@@ -78,6 +78,10 @@ def test_every_trial_is_stored_once_when_it_ends(tmp_path, tiny_data):
     assert not df.duplicated(store.RESULT_KEY).any() and set(df.status) == {"finished"}
     assert [r["epoch"] for r in reporter.reports] == [1, 2, 3, 4]
     assert reporter.reports[-1]["trials_running"] == 0 and reporter.reports[0]["trials_running"] == 3
+    for tid, rows in df[df.split == "cv"].groupby("trial_id"):  # a search's objective: the stored cv emoval
+        folds = rows[~rows.is_aggregate & (rows.scenario == "clean")]
+        assert store.trial_result(tmp_path, tid) == pytest.approx(folds.emoval.mean(), abs=1e-12)
+    assert store.trial_result(tmp_path, "never-stored") is None
     again = MemoryReporter()  # everything stored: the pack is never trained again
     pack_runner.run(pack, tiny_data, again)
     assert again.reports == [{"epoch": 0, "val_emoval": pytest.approx(float("nan"), nan_ok=True), "already_done": True}]

@@ -59,6 +59,14 @@ def test_bad_search_spaces_are_config_errors(tmp_path, text, argv, message):
         make(tmp_path, text, *argv)
 
 
+def recorded_id(root, params):
+    """The trial id a proposed point was recorded under (search/ID.json holds its values)."""
+    for p in (root / "search").glob("*.json"):
+        if json.loads(p.read_text())["values"] == params:
+            return p.stem
+    raise AssertionError(f"no recorded point {params}")
+
+
 def checkpointed(root):
     """Packs (here: one trial each, named by it) with a checkpoint in the sweep's Tune storage."""
     markers = []
@@ -114,6 +122,11 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
 
     study = optuna.load_study(study_name="opt", storage=f"sqlite:///{root / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in complete:  # what the study learnt is the stored result, as the results table has it
+        assert t.value == pytest.approx(store.trial_result(root, recorded_id(root, t.params)), abs=1e-12)
+    first_line = next(line for line in log.read_text().splitlines() if line.startswith("sweep opt:"))
+    assert first_line.startswith(f"sweep opt: {n} trials ({n} points proposed one at a time x 1 seeds x 2 folds)")
+    assert "ETA 23:" not in log.read_text() + again.stderr  # the ETA never wraps below zero
     recorded = {json.dumps(json.loads(p.read_text())["values"], sort_keys=True): p.stem for p in (root / "search").glob("*.json")}
     assert sorted(recorded.values()) == sorted(df.trial_id.unique())  # every proposed point stored, once
     assert sorted(recorded[json.dumps(t.params, sort_keys=True)] for t in complete) == sorted(df.trial_id.unique())
