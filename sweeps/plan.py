@@ -1,10 +1,15 @@
-"""The plan of a sweep: its trials (one config x one seed, as spec dicts that travel to the
+"""The plan of a sweep: its trials (one config x one seed, as TrialSpec dicts that travel to the
 workers), the packs they are trained in (trials that share config.pack_key, one batched model
-each), and ASHA's horizon. Nothing here starts Ray or trains."""
+each), and ASHA's horizon. Nothing here starts Ray or trains.
+
+Words: a *trial* is one (config, seed) over its folds; a *pack* is the trials trained together as
+one batched model (one Tune trial); a *member* is one (trial, fold) of a pack's model (prmf/engine.py).
+"""
 import hashlib
 import json
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -40,8 +45,28 @@ def asha_horizon(sweep: Sweep):
     return max(epochs), min(patience), grace, note
 
 
-def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None) -> list:
-    """One spec dict per (point, seed): what a worker needs to train and store that trial."""
+class TrialSpec(TypedDict, total=False):
+    """What a worker needs to train and store one trial: a plain dict (it travels through Tune's
+    param space, JSON records and tracker params), so this is its one type."""
+    trial_id: str  # EXPERIMENT-sSEED-HASH (prmf.records.trial_id): its results file's name
+    experiment: str  # the point's label (a preset, or a grid point's key=value list)
+    identical: list  # other presets with this effective config, stored from the same run
+    seed: int
+    cfg: dict  # prmf.config.TrialConfig.to_dict()
+    sweep: str  # the sweep's name
+    store: str  # the sweep folder
+    folds: int
+    checkpoint_every: int
+    milestones: list  # ASHA's rungs (epochs); empty: no pruning
+    cpus: float  # per pack: torch's threads
+    robustness: bool  # score the robustness scenarios
+    commit: str  # the code's git commit (prmf.provenance)
+    mlflow: dict  # trackers.prepare's settings, when --mlflow is given
+    search_values: dict  # a search's proposed values for this point
+
+
+def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None) -> list[TrialSpec]:
+    """One TrialSpec per (point, seed)."""
     run = sweep.run
     specs = []
     for p in sweep.points:
