@@ -38,6 +38,23 @@ def test_feature_file_rewritten_in_place_is_read_again(tmp_path, capsys):
     assert len(list((root / ".prmf-cache").iterdir())) == 1  # replaced, not piled up
 
 
+def test_features_replaced_with_their_mtimes_kept_are_read_again(tmp_path):
+    """`cp -p`, `rsync -a`, `tar x`: new data of the same size under the old mtimes."""
+    root = make_root(tmp_path, LABELS, FEATS)
+    load_merbench(root, FEATS)
+    time.sleep(0.05)  # past the kernel's timestamp tick (at most 10 ms), as any later copy is
+    files = sorted((root / "features").rglob("*.npy"))
+    for f in files:
+        st = f.stat()
+        old = np.load(f)
+        np.save(f, old + 7.0)  # same shape and dtype: the same size
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    ds = load_merbench(root, FEATS)
+    assert ds.splits["train"].inputs[0][:, 0].tolist() == [8.0, 9.0]  # 1, 2 as written, plus 7
+    assert ds.splits["test3"].inputs[2][0].tolist() == [8.0, 8.0]
+
+
 def test_store_files_get_the_umask_modes(tmp_path):
     old = os.umask(0o022)
     try:

@@ -7,8 +7,9 @@ The label pickle is read with a restricted unpickler (plain containers, numbers 
 array wrapper only). The first load writes a consolidated cache next to the data
 (ROOT/.prmf-cache/NAME-KEY/, one plain .npy per array, no pickle) that later loads map into
 memory (milliseconds, not a copy of every feature), instead of reopening thousands of small files.
-KEY covers the name, size and mtime of every file read: a changed file means a new folder, the
-data is read again (with a line on stderr) and the old folder removed.
+KEY covers the name, inode, ctime, mtime and size of every file read (git's index check; a tool
+that keeps mtimes still changes the ctime): a changed file means a new folder, the data is read
+again (with a line on stderr) and the old folder removed.
 """
 import hashlib
 import io
@@ -160,17 +161,22 @@ def _cache_name(root: Path, features):
     return hashlib.sha1("|".join([str(root.resolve()), *features]).encode()).hexdigest()[:16]
 
 
+def _stat_key(st) -> str:
+    """What git's index compares: inode, ctime, mtime and size. mtime alone is kept by `cp -p`,
+    `rsync -a` and `tar x`, and fixed-dim features keep the size; ctime is set by the kernel on
+    every write, rename or utime and cannot be set back, and a file replaced by rename has a new inode."""
+    return f"{st.st_ino}:{st.st_ctime_ns}:{st.st_mtime_ns}:{st.st_size}"
+
+
 def _cache_key(root: Path, features):
-    """Name, size and mtime of the label file and of every feature file (one scandir per folder):
-    a file re-extracted in place changes the key even where its folder's mtime does not."""
+    """_stat_key of the label file and of every feature file (one scandir per folder): a file
+    replaced in place changes the key even where its folder's mtime, or its own, does not."""
     h = hashlib.sha1()
-    st = (root / "label-6way.npz").stat()
-    h.update(f"label-6way.npz:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    h.update(f"label-6way.npz:{_stat_key((root / 'label-6way.npz').stat())}\n".encode())
     for f in features:
         with os.scandir(root / "features" / f) as it:
             for e in sorted(it, key=lambda e: e.name):
-                st = e.stat()
-                h.update(f"{f}/{e.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                h.update(f"{f}/{e.name}:{_stat_key(e.stat())}\n".encode())
     return h.hexdigest()
 
 
