@@ -661,6 +661,10 @@ def summary(results):
         print("ACC, mean ± std over folds:\n" + table.fillna("–").to_string(), file=sys.stderr)
     if stopped.any():
         print(f"({results[stopped].trial_id.nunique()} pruned/failed/diverged trials left out)", file=sys.stderr)
+    diverged = [f"{r.trial_id} at epoch {r.diverged_epoch}" for r in records.diverged_trials(results).itertuples()]
+    if diverged:
+        print(f"diverged (left out): {', '.join(diverged[:10])}{f' and {len(diverged) - 10} more' if len(diverged) > 10 else ''}",
+              file=sys.stderr)
     names = sorted(results["dataset"].dropna().unique()) if "dataset" in results else []
     if any("synthetic" in n for n in names):
         print(f"data: {', '.join(names)} is generated; these numbers show the pipeline works, "

@@ -58,6 +58,7 @@ class Dataset:
     splits: dict = field(default_factory=dict)
     classes: tuple = CLASSES
     profile: str = ""  # the built-in set's profile ('' for a MERBench root)
+    warnings: list = field(default_factory=list)  # said on stderr at every load, the cached ones too
 
     @property
     def dims(self):
@@ -156,6 +157,25 @@ def _load_feature(folder: Path, names):
     return out, lengths
 
 
+ABSURD = 1e6  # |feature| above this: no encoder writes it. MERBench's are layer outputs of order
+# 1-100; an LLM's rare "massive activations" reach ~1e4 (Sun et al., 2024). Beyond it lie export and
+# unit errors (a 1e30 sentinel, uninitialised memory) that overflow float32 sums and diverge training.
+
+
+def _absurd_values(root: Path, ds: "Dataset") -> list:
+    """One warning per feature folder holding values beyond ABSURD, naming its first such file."""
+    out = []
+    for i, f in enumerate(ds.features):
+        peaks = {s: np.abs(sp.inputs[i]).reshape(len(sp), -1).max(1) for s, sp in ds.splits.items()}  # per sample
+        names = [n for s, sp in ds.splits.items() for n in sp.names[peaks[s] > ABSURD]]
+        if names:
+            top = max(float(p.max()) for p in peaks.values())
+            out.append(f"{root / 'features' / f / f'{names[0]}.npy'}: values up to {top:.0e} (|x| > {ABSURD:.0e}) in "
+                       f"{len(names)} of {sum(map(len, peaks.values()))} files of this folder; "
+                       f"features this large make training diverge")
+    return out
+
+
 def _cache_name(root: Path, features):
     """The cache file of (root, features): one per pair, replaced when its files change."""
     return hashlib.sha1("|".join([str(root.resolve()), *features]).encode()).hexdigest()[:16]
@@ -196,7 +216,7 @@ def _save_cache(folder: Path, ds: Dataset, key: str):
             for k, a in zip(CACHE_ARRAYS, (sp.names, sp.emos, sp.vals, *sp.inputs, *sp.lengths)):
                 np.save(tmp / f"{s}.{k}.npy", a, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type,
-                                                   "key": key, "splits": list(ds.splits)}))
+                                                   "key": key, "splits": list(ds.splits), "warnings": ds.warnings}))
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; teammates may share a data root
         os.rename(tmp, folder)  # fails where a concurrent load renamed its (identical) folder first
     except OSError:
@@ -223,7 +243,7 @@ def _load_cache(folder: Path, key: str):
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("key") != key:
             return None
-        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
+        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"], warnings=meta.get("warnings", []))
         for s in meta["splits"]:
             # the features mapped (each mapping holds a file descriptor; the small arrays are read), and
             # np.asarray: plain ndarrays over the mapping, which pickle (Ray) like any array
@@ -254,6 +274,7 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
     if use_cache:
         ds = _load_cache(cache, files_key)
         if ds is not None:
+            _warn(ds)
             return ds
         stale = [p for p in _stale_caches(cache) if p.is_dir()]
         if stale:
@@ -279,6 +300,13 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
         dims = {s: sp.inputs[i].shape[-1] for s, sp in ds.splits.items()}
         if len(set(dims.values())) > 1:
             raise DataError(f"{root / 'features' / f}: feature dimension differs between splits {dims}")
+    ds.warnings = _absurd_values(root, ds)
+    _warn(ds)
     if use_cache:
         _save_cache(cache, ds, files_key)
     return ds
+
+
+def _warn(ds: Dataset):
+    for w in ds.warnings:
+        print(f"warning: {w}", file=sys.stderr)
