@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # trials sharing cores: spi
 
 import torch  # noqa: E402
 
-from cluster.address import resolve_address  # noqa: E402
+from cluster.address import grpc_problem, resolve_address  # noqa: E402
 from prmf import provenance, records, store  # noqa: E402
 from prmf.config import ConfigError, for_data, make_config, pack_key, parse_sets  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
@@ -263,8 +263,9 @@ def _check_storage(root: Path):
 
 
 def _check_ray_start(run):
-    """What ray.init would only find out slowly or with a traceback: a dashboard without its
-    packages, an address where nothing listens (Ray retries it for many minutes)."""
+    """What ray.init would only find out slowly or with a traceback, decided before anything is
+    written: a dashboard without its packages, more GPUs than a local Ray would get, an address
+    where nothing listens or something else than Ray does (Ray retries either for many minutes)."""
     address = resolve_address(run.address)
     if run.dashboard and address in (None, "local"):
         try:
@@ -272,6 +273,8 @@ def _check_ray_start(run):
         except ImportError as e:
             raise SweepError(f"--dashboard needs Ray's dashboard packages ({e.name} is missing): "
                              f"pip install 'ray[default]'") from None
+    if address in (None, "local") and run.num_gpus > torch.cuda.device_count():  # the local Ray gets only these
+        raise SweepError(f"--num-gpus {run.num_gpus:g} is more than this machine has ({torch.cuda.device_count()} GPUs)")
     if address in (None, "local", "auto"):
         return
     hostport = address.split("://", 1)[-1]
@@ -279,10 +282,13 @@ def _check_ray_start(run):
     if not host or not port.isdigit():
         raise SweepError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        problem = grpc_problem(host.strip("[]"), int(port), tls=os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"))
     except OSError as e:
         raise SweepError(f"cannot reach Ray at {hostport} ({e.strerror or e}); is a Ray head running there "
                          f"(ray start --head --port {port})?") from None
+    if problem:
+        raise SweepError(f"{hostport} is not a Ray GCS ({problem}); give the address that ray start --head prints "
+                         f"(its default port is 6379)")
 
 
 def _clean_stale_temp(root: Path, started: float):

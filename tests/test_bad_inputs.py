@@ -154,6 +154,45 @@ def test_address_where_nothing_listens_fails_fast(tmp_path, capsys):
     assert time.time() - t0 < 10 and no_ray() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_address_where_something_else_listens_fails_fast_writing_nothing(answer, tmp_path, capsys):
+    """A listener that is not Ray (silent, or an HTTP/1 server): Ray itself would retry for > 300 s."""
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted = []
+
+    def serve():
+        try:
+            while True:
+                conn, _ = server.accept()
+                accepted.append(conn)  # held open, as a busy service would
+                conn.sendall(answer)
+        except OSError:  # the socket closed at the end of the test
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.time()
+    try:
+        rc = ablation.main(["--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "runs")])
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    assert rc == 2
+    one_error_line(capsys, f"127.0.0.1:{port} is not a Ray GCS")
+    assert time.time() - t0 < 15 and no_ray() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_more_gpus_than_this_machine_has_are_refused_before_writing(tmp_path, capsys, data_dir):
+    t0 = time.time()
+    assert grid.main(["--num-gpus", "1", "--storage", str(tmp_path / "runs"), "--epochs", "3"]) == 2
+    one_error_line(capsys, "--num-gpus 1 is more than this machine has (0 GPUs")
+    assert time.time() - t0 < 10 and no_ray() and not (tmp_path / "runs").exists()
+
+
 def test_dashboard_without_its_packages_is_one_line(tmp_path, capsys):
     try:
         import ray.dashboard.optional_deps  # noqa: F401
