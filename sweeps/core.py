@@ -291,6 +291,21 @@ def _check_ray_start(run):
                          f"(its default port is 6379)")
 
 
+def _restart(root: Path):
+    """--restart: say what goes (stored trials, files), then delete all but the lock this driver holds."""
+    doomed = sorted(p for p in root.iterdir() if p.name != lock.LOCK_FILE)
+    if not doomed:
+        return
+    trials = sorted(store.completed_trials(root))
+    files = sum(1 for p in doomed for f in ([p] if not p.is_dir() or p.is_symlink() else p.rglob("*")) if not f.is_dir())
+    named = f" ({', '.join(trials[:5])}{f' and {len(trials) - 5} more' if len(trials) > 5 else ''})" if trials else ""
+    print(f"--restart: deleting sweep {root.name!r} at {root}: {len(trials)} stored trial{'s' if len(trials) != 1 else ''}"
+          f"{named}, {files} files in {', '.join(p.name + ('/' if p.is_dir() and not p.is_symlink() else '') for p in doomed)}",
+          file=sys.stderr)
+    for p in doomed:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def _clean_stale_temp(root: Path, started: float):
     """Temporary files a killed writer left in the sweep folder (a checkpoint's `.NAME.pt.XXX.tmp` is
     megabytes). A sweep folder has one driver at a time, and this runs before it starts any worker,
@@ -573,17 +588,15 @@ def _run(sweep: Sweep) -> int:
                 **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings,
                 "pack": run.pack}
     _check_settings(root, settings, run.restart)
+    tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}; refused before --restart deletes
     if run.restart:
-        for p in root.iterdir():  # all but the lock this driver holds
-            if p.name != lock.LOCK_FILE:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        _restart(root)
     cleaned = _clean_stale_temp(root, started)
     if cleaned:
         print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
 
     milestones = asha.milestones(grace, epochs) if sweep.asha else []
     specs = trial_specs(sweep, run.name, root, milestones, data)
-    tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}
     search_ctx = dict(sweep=sweep, name=run.name, root=root, milestones=milestones, tracking=tracking, data=data)
     if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
         specs = sweep.search.recorded(search_ctx)

@@ -193,6 +193,21 @@ def test_more_gpus_than_this_machine_has_are_refused_before_writing(tmp_path, ca
     assert time.time() - t0 < 10 and no_ray() and not (tmp_path / "runs").exists()
 
 
+def test_a_restart_refused_for_its_tracker_deletes_nothing(tmp_path, capsys, data_dir, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    kept = tmp_path / "runs" / "n" / "results" / "t.parquet"  # an earlier sweep's result
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"results")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert ablation.main(["--experiments", "Exp1", "--profile", "tiny", "--storage", str(tmp_path / "runs"),
+                          "--name", "n", "--restart", "--mlflow", f"http://127.0.0.1:{port}"]) == 2
+    one_error_line(capsys, "cannot reach the tracking server")
+    assert kept.read_bytes() == b"results" and no_ray()
+
+
 def test_dashboard_without_its_packages_is_one_line(tmp_path, capsys):
     try:
         import ray.dashboard.optional_deps  # noqa: F401

@@ -140,7 +140,14 @@ def test_same_name_with_other_settings_is_refused_until_restart(tmp_path, data_d
                  check=False)
     assert proc.returncode == 2
     assert "Exp1.epochs: 2 -> 3" in proc.stderr and "--restart" in proc.stderr
-    sweep("ablation.py", "--experiments", "Exp1", "--epochs", "3", "--storage", str(tmp_path), "--name", "n", "--restart")
+    old = store.completed_trials(tmp_path / "n")
+    n_files = sum(1 for p in (tmp_path / "n").rglob("*") if p.is_file() and p.name != "driver.lock")
+    proc = sweep("ablation.py", "--experiments", "Exp1", "--epochs", "3", "--storage", str(tmp_path), "--name", "n",
+                 "--restart")
+    said = [line for line in proc.stderr.splitlines() if line.startswith("--restart: deleting")]
+    assert said == [f"--restart: deleting sweep 'n' at {tmp_path / 'n'}: 1 stored trial ({', '.join(old)}), "
+                    f"{n_files} files in {said[0].split(' files in ')[1]}"], proc.stderr[-2000:]
+    assert "results/" in said[0] and "sweep.json" in said[0]
     df = store.read_results(tmp_path / "n")
     assert (df.epochs_run <= 3).all() and df.epochs_run.max() == 3 and df.trial_id.nunique() == 1
 
