@@ -90,6 +90,15 @@ def test_train_refuses_a_missing_label_file(tmp_path, capsys):
     one_error_line(capsys, "label-6way.npz: label file not found")
 
 
+def test_a_label_corpus_that_is_not_an_object_array_says_so(tmp_path, capsys):
+    root = merbench_root(tmp_path / "root")
+    train_corpus = {f"s{i}": {"emo": EMOS[i % 6], "val": 0.0} for i in range(12)}
+    np.savez(root / "label-6way.npz", train_corpus=np.array(train_corpus, dtype=object), test1_corpus=np.arange(3))
+    assert train.main(["--data", str(root), "--features", ",".join(FEATS), "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, "label-6way.npz:test1_corpus: expected a pickled object array ({name: {'emo', 'val'}}), "
+                           "got an array of int64, shape (3,)")
+
+
 def test_sweep_refuses_a_bad_dataset_before_ray(tmp_path, capsys):
     root = merbench_root(tmp_path / "root", feature=write_zero_bytes)
     storage = tmp_path / "runs"

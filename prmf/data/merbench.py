@@ -90,9 +90,13 @@ def read_label_file(path) -> dict:
                 raw = io.BytesIO(z.read(member))
                 major, _ = np.lib.format.read_magic(raw)
                 read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                read_header(raw)
+                shape, _, dtype = read_header(raw)
+                key = member.removesuffix(".npy")
+                if dtype != object:  # plain numbers: no pickle to read (the unpickler's errors would be noise)
+                    raise DataError(f"{path}:{key}: expected a pickled object array ({{name: {{'emo', 'val'}}}}), "
+                                    f"got an array of {dtype}, shape {shape}")
                 obj = _LabelUnpickler(raw).load()
-                out[member.removesuffix(".npy")] = obj.item() if isinstance(obj, np.ndarray) else obj
+                out[key] = obj.item() if isinstance(obj, np.ndarray) else obj
     except (zipfile.BadZipFile, pickle.UnpicklingError, ValueError, EOFError) as e:
         raise DataError(f"{path}: unreadable label file ({e})") from None
     return out
