@@ -1,6 +1,7 @@
 """Sweeps on real Ray Tune (a local Ray, 2 CPUs, tiny built-in data, few epochs)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +169,35 @@ def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp
     assert {pid for pid, m in packs if len(m) == 1} == {"k2", "wide"}  # a pack of one is named by its trial
     again = core.make_packs(specs[::-1], 3, tmp_path, tiny_data, slots=4, gpus_per_trial=0)  # resumed: packs.json
     assert sorted(sorted(s["trial_id"] for s in m) for _, m in again) == members
+
+
+def test_a_worker_killed_mid_trial_is_one_line_counted_in_the_progress(tmp_path, data_dir):
+    """Tune retries the pack from its checkpoint; the user sees one line, not Ray's traceback, and
+    the progress line counts the error."""
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "ablation.py"), *TINY, "--experiments", "Exp1",
+                             "--folds", "2", "--epochs", "200", "--patience", "200", "--storage", str(tmp_path),
+                             "--name", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+
+    def training_worker():
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "ray::ImplicitFunc" in " ".join(p.cmdline()):
+                    return p
+            except psutil.Error:
+                pass
+    deadline = time.time() + 120
+    while (worker := training_worker()) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert worker is not None, "no training worker appeared"
+    time.sleep(2)  # mid-trial: past its first checkpoints
+    worker.kill()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "ActorDiedError" in err, err[-3000:]
+    died = [line for line in err.splitlines() if "ActorDiedError" in line]
+    assert len(died) == 1 and "retried from its last checkpoint" in died[0], err[-3000:]
+    assert re.search(r"errors 1 \|", err), err[-3000:]
+    assert len(store.completed_trials(tmp_path / "k")) == 1
