@@ -120,7 +120,7 @@ def test_sigkilled_packed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_p
 def test_bad_inputs_are_one_line_errors_that_leave_nothing(tmp_path, data_dir):
     cases = [
         (["ablation.py", "--experiments", "Exp1,Exp9"], "unknown experiment 'Exp9'"),
-        (["ablation.py", "--num-gpus", "64"], "--num-gpus 64 is more than the cluster has"),
+        (["ablation.py", "--num-gpus", "64"], "--num-gpus 64 is more than this machine has"),  # before Ray starts
         (["ablation.py", "--storage", "/proc/no-such-dir/x"], "cannot be written"),
         (["ablation.py", "--set", "dropout=1.5"], "config key 'dropout'"),
     ]
