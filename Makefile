@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(CUDA),torch,$(if $(shell command -v nvidia-smi 2>/dev/null)
 TORCH_INDEX := $(if $(CUDA),--index-url https://download.pytorch.org/whl/$(if $(filter cpu,$(CUDA)),cpu,cu$(subst .,,$(CUDA))))
 DEMO_ARGS ?= --quick
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean clean-runs
 
 venv: $(VENV)/.installed
 
@@ -37,5 +37,11 @@ test: venv
 bench: venv
 	$(PY) benchmarks/grid_throughput.py
 
+# clean: the venv (make venv rebuilds it); results are never part of it.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV)
+
+# clean-runs: every sweep's results, checkpoints and Tune state under runs/ (no rebuild brings them back).
+clean-runs:
+	@echo "deleting runs/ ($$(find runs -type f 2>/dev/null | wc -l) files: every sweep's results under it)"
+	rm -rf runs

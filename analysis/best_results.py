@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from analysis.export import FORMATS, to_csv, to_latex
-from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, SPLITS, filter_candidates, render_json,
-                              render_markdown, scan, select_best)
+from analysis.results import (DEFAULT_RESULT_DIR, SELECTION_NOTES, SPLITS, diverged_note, filter_candidates,
+                              render_json, render_markdown, scan, select_best)
 from prmf.store import StoreError, check_writable
 
 
@@ -62,18 +62,19 @@ def main(argv=None) -> int:
     candidates, left_out = filter_candidates(scan(dirs), args.dataset, args.features, args.experiment,
                                              args.include_pruned)
     best = select_best(candidates, metric=args.metric, by=args.by, select_by=args.select_by)
-    if best.empty:
+    diverged = diverged_note(candidates)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(left_out.items()))
+    left = f"Left out (stopped before the end; --include-pruned counts them): {counts} trials." if counts else ""
+    if best.empty and not diverged:
         filters = [f"--{k} {v}" for k, v in (("dataset", args.dataset), ("features", args.features),
                                             ("experiment", args.experiment)) if v]
-        print(f"error: no results found in {', '.join(map(str, dirs))}"
-              f"{' matching ' + ' '.join(filters) if filters else ''}", file=sys.stderr)
+        print(f"error: no results found in {', '.join(map(str, dirs))}{' matching ' + ' '.join(filters) if filters else ''}"
+              f"{f' (left out: {counts} trials; --include-pruned counts them)' if counts else ''}", file=sys.stderr)
         return 2
-    notes = [SELECTION_NOTES[args.select_by].format(metric=args.metric.upper())]
-    if left_out:
-        notes.append("Left out (stopped before the end; --include-pruned counts them): "
-                     + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.")
+    selection = SELECTION_NOTES[args.select_by].format(metric=args.metric.upper()) if not best.empty else ""
+    notes = [n for n in (selection, left, diverged) if n]
     if args.format == "md":
-        text = render_markdown(best) + "\n\n" + "\n".join(notes)
+        text = "\n\n".join(t for t in (render_markdown(best), "\n".join(notes)) if t)
     else:  # notes on stderr: stdout stays one CSV, LaTeX or JSON document
         text = {"csv": to_csv, "latex": to_latex}[args.format](best, SPLITS) if args.format != "json" else render_json(best)
         for n in notes:

@@ -31,10 +31,11 @@ from scipy import stats
 from analysis import export
 from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key, read_store_table, split_key,
                               stderr_warn)
+from prmf import records
 from prmf.config import TrialConfig
 from prmf.data import dataset_name
 from prmf.robustness import missing_patterns, noise_level
-from prmf.store import StoreError, check_writable, is_store  # noqa: E402
+from prmf.store import StoreError, check_writable, is_store
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
@@ -263,6 +264,17 @@ def _lookup(df, keys: dict, col):
     return hit.iloc[0] if len(hit) else np.nan
 
 
+def diverged_section(results: pd.DataFrame) -> list:
+    """Markdown lines listing the diverged trials with the epoch a fold went non-finite ([] if none)."""
+    div = records.diverged_trials(results)
+    if div.empty:
+        return []
+    return ["## Diverged trials", "", "A fold's loss or outputs went non-finite at this epoch. NaN scores are left "
+            "out of every table below; a fold with a best epoch before that keeps its scores.", ""] + \
+        _table(["trial", "experiment", "seed", "diverged at epoch"],
+               [[r.trial_id, r.experiment, r.seed, r.diverged_epoch] for r in div.itertuples()]) + [""]
+
+
 # ---------------------------------------------------------------- the report
 
 def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=False, dataset=None,
@@ -272,8 +284,17 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
     from analysis import plots
 
     results, epochs, left_out = load(result_dir, include_pruned, dataset, features)
+    left = ", ".join(f"{n} {k}" for k, n in sorted(left_out.items()))
     if results.empty:
-        raise ValueError(f"no store results under {result_dir}")
+        raise ValueError(f"no store results under {result_dir}"
+                         f"{f' that count (left out: {left} trials; --include-pruned counts them)' if left else ''}")
+    diverged = diverged_section(results)
+    results = results[results["f1"].notna() | results["acc"].notna()]  # a diverged fold's NaN: listed, not averaged
+    if results.empty:  # nothing but diverged trials: the list is the report
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "report.md"
+        path.write_text("\n".join([f"# Sweep report: {result_dir}", "", *diverged]), encoding="utf-8")
+        return path
     results, groups, varying = add_groups(results)
     folds = fold_rows(results)
     if folds.empty:
@@ -295,8 +316,8 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
     md += [f"{results['trial_id'].nunique()} trials, {len(groups)} experiment/grid points, "
           f"seeds {sorted(results['seed'].unique().tolist())}. Reference: **{ref}**{ref_note}.", ""]
     if left_out:
-        md += ["Left out (stopped before the end; --include-pruned counts them): "
-               + ", ".join(f"{n} {k}" for k, n in sorted(left_out.items())) + " trials.", ""]
+        md += [f"Left out (stopped before the end; --include-pruned counts them): {left} trials.", ""]
+    md += diverged
 
     md += ["## Per-fold metrics", "",
            "Mean ± std over seeds × folds (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]

@@ -22,7 +22,7 @@ from prmf.store import StoreError, is_store, read_part
 DEFAULT_RESULT_DIR = Path("runs")  # where the sweeps store by default: runs/ under the current folder
 SPLITS = ("cv", "test1", "test2", "test3")
 CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "fidelity", "split", "f1", "acc",
-                     "val", "source", "run", "status", "commit"]
+                     "val", "source", "run", "status", "commit", "diverged_epoch"]
 JSON_KEYS = ["dataset", "features", "model", "experiment", "fidelity", "split", "f1", "acc", "val", "display_name",
              "source", "n_runs", "commit"]
 # MERBench's own files ran the real code, so they count as the published behaviour; store rows say
@@ -148,7 +148,7 @@ def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
     return {"dataset": dataset_name(info["dataset"] or UNNAMED), "features": features_key(info["features"]),
             "profile": "", "model": model, "experiment": None, "fidelity": DEFAULT_FIDELITY, "split": info["split"],
             "f1": info["f1"], "acc": info["acc"], "val": info["val"], "source": str(path),
-            "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished", "commit": None}
+            "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished", "commit": None, "diverged_epoch": 0}
 
 
 def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataFrame:
@@ -164,7 +164,9 @@ def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataF
             continue
         if table == "results" and {"f1", "acc"} <= set(df.columns):
             val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
-            bad = [metric_problem(f, a, v) for f, a, v in zip(df["f1"].astype(float), df["acc"].astype(float), val)]
+            diverged = df["status"] == "diverged" if "status" in df else pd.Series(False, index=df.index)
+            bad = [not (d and math.isnan(f) and math.isnan(a)) and metric_problem(f, a, v)  # NaN: no scores, not damage
+                   for f, a, v, d in zip(df["f1"].astype(float), df["acc"].astype(float), val, diverged)]
             if any(bad):
                 warn(f"skipped {sum(map(bool, bad))} row(s) of {part}: {next(b for b in bad if b)}")
                 df = df[[not b for b in bad]]
@@ -214,6 +216,7 @@ def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
         "run": source + "@" + col("seed", "").astype(str),
         "status": col("status", "finished").fillna("finished").astype(str),
         "commit": col("commit", None),  # None: a store written before rows carried it
+        "diverged_epoch": col("diverged_epoch", 0).fillna(0).astype(int),
     }, columns=CANDIDATE_COLUMNS)
 
 
@@ -268,6 +271,18 @@ def filter_candidates(candidates: pd.DataFrame, dataset=None, features=None, exp
     if experiment:
         c = c[c["experiment"] == experiment]
     return counted(c, include_pruned, key="run")
+
+
+def diverged_note(candidates: pd.DataFrame) -> str:
+    """'Diverged ...: MODEL TRIAL at epoch E, ...' for the diverged runs among candidates ('' if none):
+    their NaN scores are in no table, so they are named here."""
+    div = candidates[candidates["status"] == "diverged"].drop_duplicates("run")
+    if div.empty:
+        return ""
+    runs = [f"{m} {src.rsplit('#', 1)[-1]} at epoch {e}" for m, src, e in
+            sorted(zip(div["model"], div["source"], div["diverged_epoch"]), key=lambda r: (r[2], r[1]))]
+    return ("Diverged (a fold's loss or outputs went non-finite; NaN scores are in no table): "
+            + ", ".join(runs) + ".")
 
 
 def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model", select_by: str = "split") -> pd.DataFrame:

@@ -12,6 +12,8 @@ values count as not given.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Mapping
 
 ENV_VAR = "RAY_ADDRESS"
@@ -28,3 +30,34 @@ def resolve_address(cli_address: str | None = None, environ: Mapping[str, str] |
     env = os.environ if environ is None else environ
     value = (env.get(ENV_VAR) or "").strip()
     return value or None
+
+
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, Ray Client's
+# server) answers with a SETTINGS frame of its own at once, with or without Ray's token auth.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def grpc_problem(host: str, port: int, timeout: float = 5.0, tls: bool = False) -> str:
+    """Why HOST:PORT is not a gRPC server ('' if it is), within `timeout` seconds: what
+    `ray.init` would find out only after minutes of retries. OSError where nothing can be reached.
+    With `tls` (RAY_USE_TLS) the plain preface cannot be answered: only the connect is checked."""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        if tls:
+            return ""
+        s.sendall(HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(9 - len(head))
+            except (socket.timeout, ConnectionResetError):
+                chunk = b""
+            if not chunk:
+                break
+            head += chunk
+    if len(head) == 9 and head[3] == 0x04 and head[5:9] == b"\x00" * 4:  # SETTINGS on stream 0
+        return ""
+    if not head:
+        return f"it accepted the connection but sent nothing in {timeout:g} s"
+    return f"it answered {head[:9]!r}, not an HTTP/2 SETTINGS frame"

@@ -96,7 +96,7 @@ class TrialConfig:
                     "emo_weight", "val_weight", "modality_dropout_warmup"):
             need(getattr(self, key) >= 0, key, ">= 0")
         need(self.fusion_temperature > 0, "fusion_temperature", "> 0")
-        need(self.lr > 0, "lr", "> 0")
+        need(0 < self.lr < float("inf"), "lr", "a finite number > 0")  # NaN fails both comparisons
         need(self.grad_clip == -1 or self.grad_clip > 0, "grad_clip", "-1 (off) or > 0")
 
     @property

@@ -13,6 +13,16 @@ from .data.merbench import NO_VALENCE
 NOT_COUNTED = ("pruned", "failed", "diverged")
 
 
+def diverged_trials(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per diverged trial (trial_id, experiment, model, seed, diverged_epoch: the first epoch
+    a fold went non-finite), from store rows; empty where none diverged."""
+    cols = ["trial_id", "experiment", "model", "seed", "diverged_epoch"]
+    if results.empty or "status" not in results or "diverged_epoch" not in results:
+        return pd.DataFrame(columns=cols)
+    rows = results[(results["status"] == "diverged") & results["is_aggregate"]]
+    return rows.drop_duplicates("trial_id")[cols].sort_values(["diverged_epoch", "trial_id"]).reset_index(drop=True)
+
+
 def trial_id(experiment: str, cfg, seed: int, dataset=None) -> str:
     """Stable id of (config, seed, data set, features): the same trial gets the same id in every run
     of a sweep, and one config on two data sets two ids. Without `dataset`: the id of sweeps started

@@ -7,6 +7,7 @@ Presets (--experiment; the rows of the paper's table, each with its own training
 """
 import argparse
 import gc
+import math
 import sys
 import time
 
@@ -96,6 +97,11 @@ def main(argv=None):
     store.write_trial(args.out, tid, results, epochs, predictions)
     provenance.write_run(args.out, provenance.collect(), {tid: {"experiment": experiment, "seed": args.seed,
                                                                 "cfg": cfg.to_dict()}})
+    diverged = divergence(result)
+    if diverged:  # stored as a result (status diverged), but no scores to print
+        print(f"error: trial {tid} {diverged}; its rows are stored with status 'diverged' in {args.out} "
+              f"(a smaller lr, or check the features)", file=sys.stderr)
+        return 1
     agg = results[results.is_aggregate & (results.scenario == "clean")]
     for _, r in agg.iterrows():
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
@@ -103,6 +109,26 @@ def main(argv=None):
           f"hidden {cfg.hidden_dim})")
     print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
     return 0
+
+
+def divergence(result) -> str:
+    """'diverged at epoch E (...): WHAT is nan' for a trial whose folds went non-finite, else ''.
+    An epoch trains before it validates, so a non-finite training loss came first; else the
+    validation outputs (emotion logits, then valence) of weights that the epoch's last steps broke."""
+    epochs = [e for e in result.diverged_epochs if e]
+    if not epochs:
+        return ""
+    first = min(epochs)
+    folds = [k for k, e in enumerate(result.diverged_epochs) if e == first]
+    rows = [h for h in result.history if h["epoch"] == first and h["fold"] in folds]
+    loss = [h for h in rows if not math.isfinite(h["train_loss"])]
+    if loss:
+        what = f"the training loss is {loss[0]['train_loss']} (fold {loss[0]['fold']})"
+    else:
+        h = rows[0] if rows else {"fold": folds[0], "val_f1": math.nan}
+        output = "emotion logits" if not math.isfinite(h["val_f1"]) else "valence predictions"
+        what = f"the validation {output} are not finite (fold {h['fold']}), after a finite training loss"
+    return f"diverged at epoch {first} ({len(epochs)} of {len(result.diverged_epochs)} folds): {what}"
 
 
 def check_device(text):

@@ -26,7 +26,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import torch  # noqa: E402
 
-from cluster.address import resolve_address  # noqa: E402
+from cluster.address import grpc_problem, resolve_address  # noqa: E402
 from prmf import provenance, records, store  # noqa: E402
 from prmf.config import ConfigError, for_data  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
@@ -49,12 +49,11 @@ def run(sweep) -> int:
 
 
 def _run(sweep) -> int:
-    data, root, settings, horizon = _prepare(sweep)
+    data, root, settings, horizon, tracking = _prepare(sweep)
     epochs, patience, grace, grace_note = horizon
     run = sweep.run
     milestones = asha.milestones(grace, epochs) if sweep.asha else []
     specs = plan.trial_specs(sweep, run.name, root, milestones, data)
-    tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}
     ctx = dict(sweep=sweep, name=run.name, root=root, milestones=milestones, tracking=tracking, data=data)
     if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
         specs = sweep.search.recorded(ctx)
@@ -80,8 +79,9 @@ def _run(sweep) -> int:
 
 
 def _prepare(sweep):
-    """The checks that need no Ray, the data, the sweep folder (locked, settings checked, --restart
-    applied, a killed writer's temporary files removed): (data, root, settings, ASHA horizon)."""
+    """The checks that need no Ray, the data, the sweep folder (locked, settings checked, trackers
+    reached, --restart applied, a killed writer's temporary files removed): (data, root, settings,
+    ASHA horizon, trackers' settings for the specs)."""
     run = sweep.run
     started = time.time()
     run.check()
@@ -105,14 +105,13 @@ def _prepare(sweep):
                 **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings,
                 "pack": run.pack}
     _check_settings(root, settings, run.restart)
+    tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}; refused before --restart deletes
     if run.restart:
-        for p in root.iterdir():  # all but the lock this driver holds
-            if p.name != lock.LOCK_FILE:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        _restart(root)
     cleaned = _clean_stale_temp(root, started)
     if cleaned:
         print(f"removed {cleaned} temporary file(s) left by killed writers in {root}", file=sys.stderr)
-    return data, root, settings, horizon
+    return data, root, settings, horizon, tracking
 
 
 def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx):
@@ -163,8 +162,9 @@ def _finish(sweep, root, specs, ctx) -> int:
 # ---------------------------------------------------------------- checks and the sweep folder
 
 def _check_ray_start(run):
-    """What ray.init would only find out slowly or with a traceback: a dashboard without its
-    packages, an address where nothing listens (Ray retries it for many minutes)."""
+    """What ray.init would only find out slowly or with a traceback, decided before anything is
+    written: a dashboard without its packages, more GPUs than a local Ray would get, an address
+    where nothing listens or something else than Ray does (Ray retries either for many minutes)."""
     address = resolve_address(run.address)
     if run.dashboard and address in (None, "local"):
         try:
@@ -172,6 +172,8 @@ def _check_ray_start(run):
         except ImportError as e:
             raise SweepError(f"--dashboard needs Ray's dashboard packages ({e.name} is missing): "
                              f"pip install 'ray[default]'") from None
+    if address in (None, "local") and run.num_gpus > torch.cuda.device_count():  # the local Ray gets only these
+        raise SweepError(f"--num-gpus {run.num_gpus:g} is more than this machine has ({torch.cuda.device_count()} GPUs)")
     if address in (None, "local", "auto"):
         return
     hostport = address.split("://", 1)[-1]
@@ -179,10 +181,28 @@ def _check_ray_start(run):
     if not host or not port.isdigit():
         raise SweepError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT, auto or local")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        problem = grpc_problem(host.strip("[]"), int(port), tls=os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"))
     except OSError as e:
         raise SweepError(f"cannot reach Ray at {hostport} ({e.strerror or e}); is a Ray head running there "
                          f"(ray start --head --port {port})?") from None
+    if problem:
+        raise SweepError(f"{hostport} is not a Ray GCS ({problem}); give the address that ray start --head prints "
+                         f"(its default port is 6379)")
+
+
+def _restart(root: Path):
+    """--restart: say what goes (stored trials, files), then delete all but the lock this driver holds."""
+    doomed = sorted(p for p in root.iterdir() if p.name != lock.LOCK_FILE)
+    if not doomed:
+        return
+    trials = sorted(store.completed_trials(root))
+    files = sum(1 for p in doomed for f in ([p] if not p.is_dir() or p.is_symlink() else p.rglob("*")) if not f.is_dir())
+    named = f" ({', '.join(trials[:5])}{f' and {len(trials) - 5} more' if len(trials) > 5 else ''})" if trials else ""
+    print(f"--restart: deleting sweep {root.name!r} at {root}: {len(trials)} stored trial{'s' if len(trials) != 1 else ''}"
+          f"{named}, {files} files in {', '.join(p.name + ('/' if p.is_dir() and not p.is_symlink() else '') for p in doomed)}",
+          file=sys.stderr)
+    for p in doomed:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def _clean_stale_temp(root: Path, started: float):
@@ -279,6 +299,10 @@ def summary(results):
         print("ACC, mean ± std over folds:\n" + table.fillna("–").to_string(), file=sys.stderr)
     if stopped.any():
         print(f"({results[stopped].trial_id.nunique()} pruned/failed/diverged trials left out)", file=sys.stderr)
+    diverged = [f"{r.trial_id} at epoch {r.diverged_epoch}" for r in records.diverged_trials(results).itertuples()]
+    if diverged:
+        print(f"diverged (left out): {', '.join(diverged[:10])}{f' and {len(diverged) - 10} more' if len(diverged) > 10 else ''}",
+              file=sys.stderr)
     names = sorted(results["dataset"].dropna().unique()) if "dataset" in results else []
     if any("synthetic" in n for n in names):
         print(f"data: {', '.join(names)} is generated; these numbers show the pipeline works, "

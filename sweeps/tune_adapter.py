@@ -58,15 +58,26 @@ class Progress:
                 outer.epochs[pack_id(trial.config)] = outer.total_epochs  # counts as done for the ETA
                 outer.show(trials, force=True)
 
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                outer.failed(trials, trial, "retried from its last checkpoint")
+
             def on_trial_error(self, iteration, trials, trial, **info):
-                outer.errors.append(pack_id(trial.config))
-                outer.show(trials, force=True)
+                outer.failed(trials, trial, "not retried (--max-failures reached)")
 
         self.callback = _Callback()
         self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
         self.epochs, self.best, self.errors, self.results = {}, -math.inf, [], {}
         self.t0, self.last = time.time(), 0.0
         self.tty = sys.stderr.isatty()
+
+    def failed(self, trials, trial, then):
+        """A pack's worker failed: one line (why, from _WORKER_DIED), counted in the progress line."""
+        self.errors.append(pack_id(trial.config))
+        if _WORKER_DIED.reason:
+            print(f"{chr(10) if self.tty else ''}pack {pack_id(trial.config)}: its worker died ({_WORKER_DIED.reason}); "
+                  f"{then}", file=sys.stderr)
+            _WORKER_DIED.reason = ""
+        self.show(trials, force=True)
 
     def show(self, trials, force=False):
         now = time.time()
@@ -105,8 +116,24 @@ class _ResumeHint(logging.Filter):
         return True
 
 
-_RESUME_HINT = _ResumeHint()
+class _WorkerDied(logging.Filter):
+    """Tune logs a trial whose worker died (killed, OOM, node lost) with Ray's whole traceback, then
+    retries it; the progress callback says it in one line instead (`reason`, taken from here).
+    Any other failure of a trial keeps its traceback: that one is a bug to read."""
+    reason = ""
+
+    def filter(self, record):
+        from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+        e = record.exc_info[1] if record.exc_info else None
+        if not isinstance(e, (RayActorError, WorkerCrashedError, NodeDiedError)):
+            return True
+        self.reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        return False
+
+
+_RESUME_HINT, _WORKER_DIED = _ResumeHint(), _WorkerDied()
 logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps a process runs
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_WORKER_DIED)
 
 
 def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_config) -> bool:

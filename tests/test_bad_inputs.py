@@ -88,6 +88,15 @@ def test_train_refuses_a_missing_label_file(tmp_path, capsys):
     one_error_line(capsys, "label-6way.npz: label file not found")
 
 
+def test_a_label_corpus_that_is_not_an_object_array_says_so(tmp_path, capsys):
+    root = merbench_root(tmp_path / "root")
+    train_corpus = {f"s{i}": {"emo": EMOS[i % 6], "val": 0.0} for i in range(12)}
+    np.savez(root / "label-6way.npz", train_corpus=np.array(train_corpus, dtype=object), test1_corpus=np.arange(3))
+    assert train.main(["--data", str(root), "--features", ",".join(FEATS), "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, "label-6way.npz:test1_corpus: expected a pickled object array ({name: {'emo', 'val'}}), "
+                           "got an array of int64, shape (3,)")
+
+
 def test_sweep_refuses_a_bad_dataset_before_ray(tmp_path, capsys):
     root = merbench_root(tmp_path / "root", feature=write_zero_bytes)
     storage = tmp_path / "runs"
@@ -150,6 +159,60 @@ def test_address_where_nothing_listens_fails_fast(tmp_path, capsys):
     assert ablation.main(["--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "runs")]) == 2
     one_error_line(capsys, f"cannot reach Ray at 127.0.0.1:{port}")
     assert time.time() - t0 < 10 and no_ray() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_address_where_something_else_listens_fails_fast_writing_nothing(answer, tmp_path, capsys):
+    """A listener that is not Ray (silent, or an HTTP/1 server): Ray itself would retry for > 300 s."""
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted = []
+
+    def serve():
+        try:
+            while True:
+                conn, _ = server.accept()
+                accepted.append(conn)  # held open, as a busy service would
+                conn.sendall(answer)
+        except OSError:  # the socket closed at the end of the test
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.time()
+    try:
+        rc = ablation.main(["--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "runs")])
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    assert rc == 2
+    one_error_line(capsys, f"127.0.0.1:{port} is not a Ray GCS")
+    assert time.time() - t0 < 15 and no_ray() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_more_gpus_than_this_machine_has_are_refused_before_writing(tmp_path, capsys, data_dir):
+    t0 = time.time()
+    assert grid.main(["--num-gpus", "1", "--storage", str(tmp_path / "runs"), "--epochs", "3"]) == 2
+    one_error_line(capsys, "--num-gpus 1 is more than this machine has (0 GPUs")
+    assert time.time() - t0 < 10 and no_ray() and not (tmp_path / "runs").exists()
+
+
+def test_a_restart_refused_for_its_tracker_deletes_nothing(tmp_path, capsys, data_dir, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    kept = tmp_path / "runs" / "n" / "results" / "t.parquet"  # an earlier sweep's result
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"results")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert ablation.main(["--experiments", "Exp1", "--profile", "tiny", "--storage", str(tmp_path / "runs"),
+                          "--name", "n", "--restart", "--mlflow", f"http://127.0.0.1:{port}"]) == 2
+    one_error_line(capsys, "cannot reach the tracking server")
+    assert kept.read_bytes() == b"results" and no_ray()
 
 
 def test_dashboard_without_its_packages_is_one_line(tmp_path, capsys):

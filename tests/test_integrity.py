@@ -38,6 +38,23 @@ def test_feature_file_rewritten_in_place_is_read_again(tmp_path, capsys):
     assert len(list((root / ".prmf-cache").iterdir())) == 1  # replaced, not piled up
 
 
+def test_features_replaced_with_their_mtimes_kept_are_read_again(tmp_path):
+    """`cp -p`, `rsync -a`, `tar x`: new data of the same size under the old mtimes."""
+    root = make_root(tmp_path, LABELS, FEATS)
+    load_merbench(root, FEATS)
+    time.sleep(0.05)  # past the kernel's timestamp tick (at most 10 ms), as any later copy is
+    files = sorted((root / "features").rglob("*.npy"))
+    for f in files:
+        st = f.stat()
+        old = np.load(f)
+        np.save(f, old + 7.0)  # same shape and dtype: the same size
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    ds = load_merbench(root, FEATS)
+    assert ds.splits["train"].inputs[0][:, 0].tolist() == [8.0, 9.0]  # 1, 2 as written, plus 7
+    assert ds.splits["test3"].inputs[2][0].tolist() == [8.0, 8.0]
+
+
 def test_store_files_get_the_umask_modes(tmp_path):
     old = os.umask(0o022)
     try:
@@ -91,7 +108,7 @@ def sweep_proc(*args):
 
 
 @pytest.mark.timeout(600)
-def test_second_driver_on_a_sweep_is_turned_away_then_old_ids_resume_and_lr_inf_diverges(tmp_path, data_dir):
+def test_second_driver_on_a_sweep_is_turned_away_then_old_ids_resume_and_lr_1e6_diverges(tmp_path, data_dir):
     common = ["--experiments", "Exp1", "--folds", "2", "--storage", str(tmp_path), "--name", "s"]
     first = sweep_proc(*common, "--epochs", "3")
     lock = tmp_path / "s" / "driver.lock"
@@ -125,10 +142,12 @@ def test_second_driver_on_a_sweep_is_turned_away_then_old_ids_resume_and_lr_inf_
     assert again.returncode == 0 and "1 already done" in err2, err2[-2000:]
     assert store.completed_trials(tmp_path / "s") == {old}
 
-    # lr=inf: every fold diverges at epoch 1; the trial is stored as diverged, the sweep ends cleanly
-    div = sweep_proc("--experiments", "Exp1", "--folds", "2", "--epochs", "3", "--set", "lr=inf",
+    # lr=1e6 (lr=inf is refused up front): every fold diverges at epoch 1; the trial is stored as
+    # diverged, the sweep ends cleanly and its summary names it
+    div = sweep_proc("--experiments", "Exp1", "--folds", "2", "--epochs", "3", "--set", "lr=1e6",
                      "--storage", str(tmp_path), "--name", "d")
     _, err3 = div.communicate(timeout=300)
     assert div.returncode == 0, err3[-3000:]
     d = store.read_results(tmp_path / "d")
     assert set(d.status) == {"diverged"} and set(d.diverged_epoch) == {1} and set(d.epochs_run) == {1}
+    assert f"diverged (left out): {d.trial_id.iloc[0]} at epoch 1" in err3, err3[-3000:]

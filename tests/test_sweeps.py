@@ -1,6 +1,7 @@
 """Sweeps on real Ray Tune (a local Ray, 2 CPUs, tiny built-in data, few epochs)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_sigkilled_packed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_p
 def test_bad_inputs_are_one_line_errors_that_leave_nothing(tmp_path, data_dir):
     cases = [
         (["ablation.py", "--experiments", "Exp1,Exp9"], "unknown experiment 'Exp9'"),
-        (["ablation.py", "--num-gpus", "64"], "--num-gpus 64 is more than the cluster has"),
+        (["ablation.py", "--num-gpus", "64"], "--num-gpus 64 is more than this machine has"),  # before Ray starts
         (["ablation.py", "--storage", "/proc/no-such-dir/x"], "cannot be written"),
         (["ablation.py", "--set", "dropout=1.5"], "config key 'dropout'"),
     ]
@@ -140,7 +141,14 @@ def test_same_name_with_other_settings_is_refused_until_restart(tmp_path, data_d
                  check=False)
     assert proc.returncode == 2
     assert "Exp1.epochs: 2 -> 3" in proc.stderr and "--restart" in proc.stderr
-    sweep("ablation.py", "--experiments", "Exp1", "--epochs", "3", "--storage", str(tmp_path), "--name", "n", "--restart")
+    old = store.completed_trials(tmp_path / "n")
+    n_files = sum(1 for p in (tmp_path / "n").rglob("*") if p.is_file() and p.name != "driver.lock")
+    proc = sweep("ablation.py", "--experiments", "Exp1", "--epochs", "3", "--storage", str(tmp_path), "--name", "n",
+                 "--restart")
+    said = [line for line in proc.stderr.splitlines() if line.startswith("--restart: deleting")]
+    assert said == [f"--restart: deleting sweep 'n' at {tmp_path / 'n'}: 1 stored trial ({', '.join(old)}), "
+                    f"{n_files} files in {said[0].split(' files in ')[1]}"], proc.stderr[-2000:]
+    assert "results/" in said[0] and "sweep.json" in said[0]
     df = store.read_results(tmp_path / "n")
     assert (df.epochs_run <= 3).all() and df.epochs_run.max() == 3 and df.trial_id.nunique() == 1
 
@@ -161,3 +169,35 @@ def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp
     assert {pid for pid, m in packs if len(m) == 1} == {"k2", "wide"}  # a pack of one is named by its trial
     again = plan.make_packs(specs[::-1], 3, tmp_path, tiny_data, slots=4, gpus_per_trial=0)  # resumed: packs.json
     assert sorted(sorted(s["trial_id"] for s in m) for _, m in again) == members
+
+
+def test_a_worker_killed_mid_trial_is_one_line_counted_in_the_progress(tmp_path, data_dir):
+    """Tune retries the pack from its checkpoint; the user sees one line, not Ray's traceback, and
+    the progress line counts the error."""
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "ablation.py"), *TINY, "--experiments", "Exp1",
+                             "--folds", "2", "--epochs", "200", "--patience", "200", "--storage", str(tmp_path),
+                             "--name", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+
+    def training_worker():
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "ray::ImplicitFunc" in " ".join(p.cmdline()):
+                    return p
+            except psutil.Error:
+                pass
+    deadline = time.time() + 120
+    while (worker := training_worker()) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert worker is not None, "no training worker appeared"
+    time.sleep(2)  # mid-trial: past its first checkpoints
+    worker.kill()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "ActorDiedError" in err, err[-3000:]
+    died = [line for line in err.splitlines() if "ActorDiedError" in line]
+    assert len(died) == 1 and "retried from its last checkpoint" in died[0], err[-3000:]
+    assert re.search(r"errors 1 \|", err), err[-3000:]
+    assert len(store.completed_trials(tmp_path / "k")) == 1

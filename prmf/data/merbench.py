@@ -7,8 +7,9 @@ The label pickle is read with a restricted unpickler (plain containers, numbers 
 array wrapper only). The first load writes a consolidated cache next to the data
 (ROOT/.prmf-cache/NAME-KEY/, one plain .npy per array, no pickle) that later loads map into
 memory (milliseconds, not a copy of every feature), instead of reopening thousands of small files.
-KEY covers the name, size and mtime of every file read: a changed file means a new folder, the
-data is read again (with a line on stderr) and the old folder removed.
+KEY covers the name, inode, ctime, mtime and size of every file read (git's index check; a tool
+that keeps mtimes still changes the ctime): a changed file means a new folder, the data is read
+again (with a line on stderr) and the old folder removed.
 """
 import hashlib
 import io
@@ -57,6 +58,7 @@ class Dataset:
     splits: dict = field(default_factory=dict)
     classes: tuple = CLASSES
     profile: str = ""  # the built-in set's profile ('' for a MERBench root)
+    warnings: list = field(default_factory=list)  # said on stderr at every load, the cached ones too
 
     @property
     def dims(self):
@@ -88,9 +90,13 @@ def read_label_file(path) -> dict:
                 raw = io.BytesIO(z.read(member))
                 major, _ = np.lib.format.read_magic(raw)
                 read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                read_header(raw)
+                shape, _, dtype = read_header(raw)
+                key = member.removesuffix(".npy")
+                if dtype != object:  # plain numbers: no pickle to read (the unpickler's errors would be noise)
+                    raise DataError(f"{path}:{key}: expected a pickled object array ({{name: {{'emo', 'val'}}}}), "
+                                    f"got an array of {dtype}, shape {shape}")
                 obj = _LabelUnpickler(raw).load()
-                out[member.removesuffix(".npy")] = obj.item() if isinstance(obj, np.ndarray) else obj
+                out[key] = obj.item() if isinstance(obj, np.ndarray) else obj
     except (zipfile.BadZipFile, pickle.UnpicklingError, ValueError, EOFError) as e:
         raise DataError(f"{path}: unreadable label file ({e})") from None
     return out
@@ -155,22 +161,46 @@ def _load_feature(folder: Path, names):
     return out, lengths
 
 
+ABSURD = 1e6  # |feature| above this: no encoder writes it. MERBench's are layer outputs of order
+# 1-100; an LLM's rare "massive activations" reach ~1e4 (Sun et al., 2024). Beyond it lie export and
+# unit errors (a 1e30 sentinel, uninitialised memory) that overflow float32 sums and diverge training.
+
+
+def _absurd_values(root: Path, ds: "Dataset") -> list:
+    """One warning per feature folder holding values beyond ABSURD, naming its first such file."""
+    out = []
+    for i, f in enumerate(ds.features):
+        peaks = {s: np.abs(sp.inputs[i]).reshape(len(sp), -1).max(1) for s, sp in ds.splits.items()}  # per sample
+        names = [n for s, sp in ds.splits.items() for n in sp.names[peaks[s] > ABSURD]]
+        if names:
+            top = max(float(p.max()) for p in peaks.values())
+            out.append(f"{root / 'features' / f / f'{names[0]}.npy'}: values up to {top:.0e} (|x| > {ABSURD:.0e}) in "
+                       f"{len(names)} of {sum(map(len, peaks.values()))} files of this folder; "
+                       f"features this large make training diverge")
+    return out
+
+
 def _cache_name(root: Path, features):
     """The cache file of (root, features): one per pair, replaced when its files change."""
     return hashlib.sha1("|".join([str(root.resolve()), *features]).encode()).hexdigest()[:16]
 
 
+def _stat_key(st) -> str:
+    """What git's index compares: inode, ctime, mtime and size. mtime alone is kept by `cp -p`,
+    `rsync -a` and `tar x`, and fixed-dim features keep the size; ctime is set by the kernel on
+    every write, rename or utime and cannot be set back, and a file replaced by rename has a new inode."""
+    return f"{st.st_ino}:{st.st_ctime_ns}:{st.st_mtime_ns}:{st.st_size}"
+
+
 def _cache_key(root: Path, features):
-    """Name, size and mtime of the label file and of every feature file (one scandir per folder):
-    a file re-extracted in place changes the key even where its folder's mtime does not."""
+    """_stat_key of the label file and of every feature file (one scandir per folder): a file
+    replaced in place changes the key even where its folder's mtime, or its own, does not."""
     h = hashlib.sha1()
-    st = (root / "label-6way.npz").stat()
-    h.update(f"label-6way.npz:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    h.update(f"label-6way.npz:{_stat_key((root / 'label-6way.npz').stat())}\n".encode())
     for f in features:
         with os.scandir(root / "features" / f) as it:
             for e in sorted(it, key=lambda e: e.name):
-                st = e.stat()
-                h.update(f"{f}/{e.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                h.update(f"{f}/{e.name}:{_stat_key(e.stat())}\n".encode())
     return h.hexdigest()
 
 
@@ -190,7 +220,7 @@ def _save_cache(folder: Path, ds: Dataset, key: str):
             for k, a in zip(CACHE_ARRAYS, (sp.names, sp.emos, sp.vals, *sp.inputs, *sp.lengths)):
                 np.save(tmp / f"{s}.{k}.npy", a, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps({"name": ds.name, "features": ds.features, "feat_type": ds.feat_type,
-                                                   "key": key, "splits": list(ds.splits)}))
+                                                   "key": key, "splits": list(ds.splits), "warnings": ds.warnings}))
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; teammates may share a data root
         os.rename(tmp, folder)  # fails where a concurrent load renamed its (identical) folder first
     except OSError:
@@ -217,7 +247,7 @@ def _load_cache(folder: Path, key: str):
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("key") != key:
             return None
-        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"])
+        ds = Dataset(meta["name"], tuple(meta["features"]), meta["feat_type"], warnings=meta.get("warnings", []))
         for s in meta["splits"]:
             # the features mapped (each mapping holds a file descriptor; the small arrays are read), and
             # np.asarray: plain ndarrays over the mapping, which pickle (Ray) like any array
@@ -248,6 +278,7 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
     if use_cache:
         ds = _load_cache(cache, files_key)
         if ds is not None:
+            _warn(ds)
             return ds
         stale = [p for p in _stale_caches(cache) if p.is_dir()]
         if stale:
@@ -273,6 +304,13 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
         dims = {s: sp.inputs[i].shape[-1] for s, sp in ds.splits.items()}
         if len(set(dims.values())) > 1:
             raise DataError(f"{root / 'features' / f}: feature dimension differs between splits {dims}")
+    ds.warnings = _absurd_values(root, ds)
+    _warn(ds)
     if use_cache:
         _save_cache(cache, ds, files_key)
     return ds
+
+
+def _warn(ds: Dataset):
+    for w in ds.warnings:
+        print(f"warning: {w}", file=sys.stderr)
