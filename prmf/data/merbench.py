@@ -170,7 +170,8 @@ def _absurd_values(root: Path, ds: "Dataset") -> list:
     """One warning per feature folder holding values beyond ABSURD, naming its first such file."""
     out = []
     for i, f in enumerate(ds.features):
-        peaks = {s: np.abs(sp.inputs[i]).reshape(len(sp), -1).max(1) for s, sp in ds.splits.items()}  # per sample
+        flat = {s: sp.inputs[i].reshape(len(sp), -1) for s, sp in ds.splits.items()}
+        peaks = {s: np.maximum(x.max(1), -x.min(1)) for s, x in flat.items()}  # per sample, without an |x| copy
         names = [n for s, sp in ds.splits.items() for n in sp.names[peaks[s] > ABSURD]]
         if names:
             top = max(float(p.max()) for p in peaks.values())
