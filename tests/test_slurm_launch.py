@@ -284,3 +284,34 @@ def test_gpus_per_node_detection(env, want):
     r = subprocess.run(["bash", "-c", func + "\n_gpus_on_node"], env={**clean, **env},
                        capture_output=True, text=True, timeout=10)
     assert r.stdout.strip() == want, r.stderr
+
+
+def test_venv_is_rebuilt_when_the_torch_choice_changes(tmp_path):
+    """`make venv CUDA=...` on an existing venv reinstalls torch from the new index; a plain
+    `make venv` (or `make demo`) keeps the venv's own choice. The venv's python is a stand-in
+    that logs its arguments: what is tested is the Makefile's decision, not pip."""
+    import subprocess
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n')
+    (venv / "bin" / "python").chmod(0o755)
+
+    def make(*args):
+        calls = tmp_path / "calls"
+        calls.unlink(missing_ok=True)
+        r = subprocess.run(["make", "-s", "-C", str(REPO), "venv", f"VENV={venv}", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout, calls.read_text().splitlines() if calls.exists() else []
+
+    out, calls = make("TORCH_SPEC=torch==2.13.0")
+    assert calls == ["-m pip install -q torch==2.13.0", "-m pip install -q -e .[test]"], calls
+    assert make() == ("", [])                            # nothing changed
+    out, calls = make("CUDA=12.4")
+    assert "torch choice changed from 'torch==2.13.0' to 'torch --index-url https://download.pytorch.org/whl/cu124'" in out
+    assert calls[:2] == ["-m pip uninstall -q -y torch",
+                         "-m pip install -q torch --index-url https://download.pytorch.org/whl/cu124"], calls
+    assert make("CUDA=12.4") == ("", [])
+    assert make() == ("", [])                            # `make demo` keeps the CUDA build
+    out, calls = make("CUDA=cpu")
+    assert calls[1] == "-m pip install -q torch --index-url https://download.pytorch.org/whl/cpu", calls
