@@ -286,6 +286,15 @@ def test_gpus_per_node_detection(env, want):
     assert r.stdout.strip() == want, r.stderr
 
 
+def test_local_slurm_is_one_command(slurm):
+    """The cluster of these tests was started by slurm/local-slurm.sh, as docs/CLUSTERS.md tells a
+    user to try the launcher on a workstation; it says how to use it."""
+    out = (slurm.dir / "local-slurm.out").read_text()
+    assert "local Slurm up: 2 node(s) n1,n2 with 2 CPUs and 1 GPU(s) each, partition local" in out, out
+    assert f"export SLURM_CONF={slurm.conf}" in out, out
+    assert slurm.run(["sinfo", "-h", "-N", "-o", "%N %c %G"]).stdout.split() == ["n1", "2", "gpu:1", "n2", "2", "gpu:1"]
+
+
 def test_venv_is_rebuilt_when_the_torch_choice_changes(tmp_path):
     """`make venv CUDA=...` on an existing venv reinstalls torch from the new index; a plain
     `make venv` (or `make demo`) keeps the venv's own choice. The venv's python is a stand-in
