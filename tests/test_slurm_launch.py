@@ -128,6 +128,9 @@ def test_sbatch_runs_sweep_on_two_nodes(slurm, uninterrupted):
     assert "Ray head" in text and "(auth: token)" in text
     assert "sweep driver exited with status 0" in text
     assert "--num-gpus 0" in text              # the allocation's GPUs, passed to the sweep
+    # each node's `ray start` banner (next steps, "ray stop", ...) is one line in the job log
+    assert text.count("Ray runtime started (the rest of the ray start banner is not shown") == 2, text[:4000]
+    assert "ray stop" not in text and "Next steps" not in text, text[:4000]
     df = results(store_dir)
     check_store(df)
     # the two trials ran on the two Ray nodes of the allocation
@@ -192,7 +195,11 @@ def test_requeue_resumes_without_rerunning_finished_trials(slurm, storage, unint
 
     text = log.read_text()
     assert slurm.job(job)["ExitCode"] == "0:0", text[-4000:]
-    assert "SIGUSR1 received" in text and "requeueing job" in text
+    assert "SIGUSR1 received: the sweep is interrupted and the job requeues itself" in text and "requeueing job" in text
+    # `scontrol requeue` (SIGTERM, as scancel and preemption): one line says what happens; the
+    # driver's Ray no longer dumps a C++ stack and aborts
+    assert "SIGTERM received: the sweep is interrupted; a requeued or preempted job resumes it" in text, text
+    assert "SIGTERM received at time=" not in text and "Aborted" not in text, text
     assert "(restart 1)" in text and "(restart 2)" in text
     # the trial finished before the interruptions was never run again: its file is untouched
     (tid, before), = finished.items()
@@ -286,6 +293,17 @@ def test_gpus_per_node_detection(env, want):
     assert r.stdout.strip() == want, r.stderr
 
 
+# ---------------------------------------------------------------- the first job, before any allocation
+
+def check(slurm, storage, *options, **env):
+    """`bash slurm/launch_ray.sh --check OPTIONS` on the "login node": no allocation."""
+    import subprocess
+    env = slurm.env(PRMF_STORAGE=storage / "checked", PRMF_PYTHON=sys.executable, PRMF_VENV="", **env)
+    r = subprocess.run(["bash", str(LAUNCHER), "--check", *options], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
 def test_local_slurm_is_one_command(slurm):
     """The cluster of these tests was started by slurm/local-slurm.sh, as docs/CLUSTERS.md tells a
     user to try the launcher on a workstation; it says how to use it."""
@@ -293,6 +311,40 @@ def test_local_slurm_is_one_command(slurm):
     assert "local Slurm up: 2 node(s) n1,n2 with 2 CPUs and 1 GPU(s) each, partition local" in out, out
     assert f"export SLURM_CONF={slurm.conf}" in out, out
     assert slurm.run(["sinfo", "-h", "-N", "-o", "%N %c %G"]).stdout.split() == ["n1", "2", "gpu:1", "n2", "2", "gpu:1"]
+
+
+def test_check_without_allocation_explains_a_request_that_cannot_fit(slurm, storage):
+    """The script's defaults ask for 8 CPUs; the test nodes have 2. The check says so in one hint
+    line, names the CPU build of torch if it is one (GPUs are requested), creates nothing and
+    queues nothing."""
+    import torch
+    rc, out = check(slurm, storage, PRMF_DATA="synthetic")
+    assert rc == 1, out
+    assert "sbatch would request 1 node(s), 1 task(s) x 8 CPUs and 1 GPU(s) per node, time 04:00:00, partition local" in out, out
+    assert "FAILED sbatch --test-only: allocation failure: Requested node configuration is not available" in out, out
+    hints = [line for line in out.splitlines() if "] hint: " in line]
+    assert len(hints) == 1 and "asks for 8 CPUs per node but the nodes of partition local have at most 2: " \
+        "add --cpus-per-task=2" in hints[0], out
+    assert ("is a CPU build but the job asks for GPUs: make venv CUDA=12.4" in out) == (torch.version.cuda is None), out
+    assert "nothing was submitted" in out and "ray start" not in out, out
+    assert not (storage / "checked").exists()
+    assert not slurm.run(["squeue", "-h", "-n", "prmf-sweep"]).stdout.strip()
+
+
+def test_check_passes_a_request_that_fits_and_shows_each_flag_once(slurm, storage):
+    """With CPUs and GPUs the nodes have: exit 0, sbatch's own answer, and the sweep command with
+    --data once although PRMF_DATA and PRMF_SWEEP_ARGS both name it; data that is not a MERBench
+    root is refused."""
+    rc, out = check(slurm, storage, "--cpus-per-task=2", "--gpus-per-node=0", PRMF_DATA="synthetic",
+                    PRMF_SWEEP_ARGS="--data synthetic --epochs 2")
+    assert rc == 0, out
+    assert re.search(r"sbatch --test-only: Job \d+ to start at \S+ using 2 processors on nodes n\d in partition local", out), out
+    cmd, = re.findall(r"sweep command: (.*)", out)
+    assert cmd.endswith(f"sweeps/ablation.py --num-gpus 0 --address HEAD:PORT --storage {storage}/checked "
+                        "--data synthetic --epochs 2"), cmd
+    assert "check: OK; submit it: sbatch --cpus-per-task=2 --gpus-per-node=0 slurm/launch_ray.sh" in out, out
+    rc, out = check(slurm, storage, "-c", "2", "--gpus-per-node=0", PRMF_DATA=str(storage))
+    assert rc == 1 and f"FAILED: data {storage} is not a MERBench dataset root" in out, out
 
 
 def test_venv_is_rebuilt_when_the_torch_choice_changes(tmp_path):
