@@ -502,17 +502,14 @@ requeue_self() {
 }
 
 on_signal() {
-    local sig=$1 state
+    local sig=$1
     if [[ -n "$STOPPING" ]]; then log "SIG$sig while stopping (after SIG$STOPPING): ignored"; return; fi
     STOPPING=$sig
     # One line that says what happens next, first: Slurm may SIGKILL everything KillWait seconds on.
-    state=$(timeout 3 scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
     if [[ "$sig" == USR1 || ( "$sig" == TERM && "${PRMF_REQUEUE_ON_TERM:-0}" == 1 ) ]]; then
         log "SIG$sig received: the sweep is interrupted and the job requeues itself; it resumes from $PRMF_STORAGE (finished trials are kept)"
-    elif [[ "$state" == CANCELLED* ]]; then
-        log "SIG$sig received: the job was cancelled; the sweep is interrupted, finished trials are kept in $PRMF_STORAGE: submit the same sbatch line again to resume it"
     else
-        log "SIG$sig received: the sweep is interrupted; a requeued or preempted job resumes it from $PRMF_STORAGE when it starts again (finished trials are kept)"
+        log "SIG$sig received: the sweep is interrupted, finished trials are kept in $PRMF_STORAGE; a requeued or preempted job resumes it when it starts again, after scancel submit the same sbatch line again"
     fi
     if [[ "$sig" == USR1 ]]; then
         stop_driver "${PRMF_STOP_TIMEOUT:-120}"

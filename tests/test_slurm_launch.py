@@ -198,7 +198,7 @@ def test_requeue_resumes_without_rerunning_finished_trials(slurm, storage, unint
     assert "SIGUSR1 received: the sweep is interrupted and the job requeues itself" in text and "requeueing job" in text
     # `scontrol requeue` (SIGTERM, as scancel and preemption): one line says what happens; the
     # driver's Ray no longer dumps a C++ stack and aborts
-    assert "SIGTERM received: the sweep is interrupted; a requeued or preempted job resumes it" in text, text
+    assert "SIGTERM received: the sweep is interrupted, finished trials are kept in " in text, text
     assert "SIGTERM received at time=" not in text and "Aborted" not in text, text
     assert "(restart 1)" in text and "(restart 2)" in text
     # the trial finished before the interruptions was never run again: its file is untouched
@@ -291,6 +291,22 @@ def test_gpus_per_node_detection(env, want):
     r = subprocess.run(["bash", "-c", func + "\n_gpus_on_node"], env={**clean, **env},
                        capture_output=True, text=True, timeout=10)
     assert r.stdout.strip() == want, r.stderr
+
+
+def test_scancel_says_in_one_line_how_to_resume(slurm, storage):
+    """`scancel`: the log says the sweep was interrupted and that the same sbatch resumes it.
+    (A stand-in driver: the real one's SIGTERM path is the requeue test's.)"""
+    log = storage / "cancelled.log"
+    env = slurm.env(PRMF_STORAGE=storage, PRMF_PYTHON=sys.executable, PRMF_VENV="", PRMF_SWEEP_CMD="sleep 300")
+    job = slurm.sbatch(LAUNCHER, ["--cpus-per-task=1", "--gpus-per-node=0", "--time=10", f"--output={log}"], env=env)
+    wait_until(lambda: log.exists() and "sweep (restart 0): sleep 300" in log.read_text(), 60, what="the driver to start")
+    assert slurm.run(["scancel", str(job)]).returncode == 0
+    slurm.wait_state(job, "CANCELLED", 60, log)
+    wait_until(lambda: "Ray stopped" in log.read_text(), 30, what="the launcher to stop Ray")
+    text = log.read_text()
+    assert f"SIGTERM received: the sweep is interrupted, finished trials are kept in {storage}; a requeued or " \
+        "preempted job resumes it when it starts again, after scancel submit the same sbatch line again" in text, text
+    assert not ray_leftovers(job)
 
 
 # ---------------------------------------------------------------- the first job, before any allocation
