@@ -209,6 +209,17 @@ class LocalSlurm:
                 stop_pid(self.procs[name], timeout=15)
 
 
+def _running_slurmctld(d: Path):
+    """The PID of a slurmctld still running from folder d (a second start there would take over
+    its state and logs), else None."""
+    try:
+        pid = int((d / "slurmctld.pid").read_text().split()[0])
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"slurmctld" in cmd else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="slurm/local-slurm.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default=f"/tmp/prmf-slurm-{getpass.getuser()}",
@@ -223,6 +234,11 @@ def main(argv=None):
     nodes = [n for n in args.nodes.split(",") if n]
     if not nodes or args.cpus < 1 or (args.fake_gpus or 0) < 0:
         print("error: --nodes needs a name, --cpus at least 1, --fake-gpus at least 0", file=sys.stderr)
+        return 2
+    running = _running_slurmctld(Path(args.dir))
+    if running:
+        print(f"error: a local Slurm already runs from {args.dir} (slurmctld PID {running}): use it "
+              f"(export SLURM_CONF={Path(args.dir).resolve() / 'slurm.conf'}) or stop it first", file=sys.stderr)
         return 2
     slurm = LocalSlurm(args.dir, nodes, args.cpus, None if args.fake_gpus is None else ["/dev/null"] * args.fake_gpus,
                        args.partition, kill_wait=args.kill_wait)
