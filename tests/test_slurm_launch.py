@@ -4,7 +4,10 @@
   its trials spread over both nodes, and nothing of Ray behind;
 - a job interrupted twice -- by the time-limit warning (USR1: it stops the sweep and requeues
   itself) and by `scontrol requeue` -- comes back each time, resumes, never re-runs a finished
-  trial, and ends with exactly the rows of the uninterrupted run.
+  trial, and ends with exactly the rows of the uninterrupted run;
+- the first job as a new user meets it: the Slurm itself comes from slurm/local-slurm.sh, the
+  login-node check (`--check`, no allocation) explains a request the nodes cannot run in one hint
+  line, `scancel` says in one line how to resume, and `make venv CUDA=...` reinstalls torch.
 
 Needs Slurm installed (slurm/install-test-slurm.sh); fails with one line if it is not.
 Timings (cluster up, job to completion, requeue to resume) are printed and, with
