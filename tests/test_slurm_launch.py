@@ -301,6 +301,7 @@ def test_scancel_says_in_one_line_how_to_resume(slurm, storage):
     (A stand-in driver: the real one's SIGTERM path is the requeue test's.)"""
     log = storage / "cancelled.log"
     env = slurm.env(PRMF_STORAGE=storage, PRMF_PYTHON=sys.executable, PRMF_VENV="", PRMF_SWEEP_CMD="sleep 300")
+    env.pop("RAY_AUTH_MODE", None)  # the launcher's default, token auth
     job = slurm.sbatch(LAUNCHER, ["--cpus-per-task=1", "--gpus-per-node=0", "--time=10", f"--output={log}"], env=env)
     wait_until(lambda: log.exists() and "sweep (restart 0): sleep 300" in log.read_text(), 60, what="the driver to start")
     assert slurm.run(["scancel", str(job)]).returncode == 0
