@@ -13,8 +13,9 @@ state, spool, logs and the config live in DIR, the ports are chosen free. Severa
 several slurmd on this host (`slurmd -N NAME`), so a job can get a multi-node allocation. GPUs
 are GRES: the host's /dev/nvidiaN, or with --fake-gpus GPUs whose device file is /dev/null
 (Slurm allocates them and sets CUDA_VISIBLE_DEVICES as on a GPU node; nothing opens them).
-KillWait, cred_expire and a 2 s scheduler interval are short, so a requeued job starts again
-within seconds instead of Slurm's default 2 minutes.
+cred_expire and a 2 s scheduler interval are short, so a requeued job starts again within
+seconds instead of Slurm's default 2 minutes; KillWait is Slurm's 30 s unless --kill-wait says
+otherwise (the tests use 5).
 """
 import argparse
 import getpass
@@ -229,7 +230,9 @@ def main(argv=None):
     ap.add_argument("--fake-gpus", type=int, default=None, metavar="N",
                     help="N GPUs per node backed by /dev/null (default: the host's /dev/nvidiaN, %d)" % len(host_gpus()))
     ap.add_argument("--partition", default="local")
-    ap.add_argument("--kill-wait", type=int, default=5, help="Slurm's KillWait, seconds (default: %(default)s)")
+    ap.add_argument("--kill-wait", type=int, default=30,
+                    help="seconds from a job's SIGTERM to its SIGKILL, Slurm's KillWait (default: %(default)s, Slurm's own; "
+                         "the launcher stops the sweep and Ray in that time)")
     args = ap.parse_args(argv)
     nodes = [n for n in args.nodes.split(",") if n]
     if not nodes or args.cpus < 1 or (args.fake_gpus or 0) < 0:
