@@ -447,15 +447,24 @@ DRIVER_PID=""
 STOPPING=""
 
 stop_driver() {   # $1: seconds the driver gets after SIGINT
-    local grace=$1 t
+    local grace=$1 t head_gone=0
     [[ -n "$DRIVER_PID" ]] && kill -0 "$DRIVER_PID" 2>/dev/null || return 0
     log "sending SIGINT to the sweep driver (process group $DRIVER_PID); waiting up to ${grace}s"
     kill -INT -- "-$DRIVER_PID" 2>/dev/null || kill -INT "$DRIVER_PID" 2>/dev/null
     for (( t = 0; t < grace * 2; t++ )); do
         kill -0 "$DRIVER_PID" 2>/dev/null || break
+        # The Ray head stopped too (Slurm signals every process of a cancelled or requeued job):
+        # the driver cannot save anything on a dead cluster, and waiting for it would run into
+        # Slurm's SIGKILL. The results already stored are all a resume needs.
+        if (( ${#RAY_PIDS[@]} )) && ! kill -0 "${RAY_PIDS[0]}" 2>/dev/null && (( ++head_gone >= 6 )); then
+            break
+        fi
         sleep 0.5
     done
-    if kill -0 "$DRIVER_PID" 2>/dev/null; then
+    if (( head_gone >= 6 )) && kill -0 "$DRIVER_PID" 2>/dev/null; then
+        log "the Ray head has stopped as well: stopping the driver now (SIGKILL)"
+        kill -KILL -- "-$DRIVER_PID" 2>/dev/null
+    elif kill -0 "$DRIVER_PID" 2>/dev/null; then
         log "driver still running after ${grace}s: SIGTERM, then SIGKILL"
         kill -TERM -- "-$DRIVER_PID" 2>/dev/null
         for (( t = 0; t < 20; t++ )); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.5; done
