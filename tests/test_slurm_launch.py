@@ -202,7 +202,7 @@ def test_requeue_resumes_without_rerunning_finished_trials(slurm, storage, unint
     # `scontrol requeue` (SIGTERM, as scancel and preemption): one line says what happens; the
     # driver's Ray no longer dumps a C++ stack and aborts
     assert "SIGTERM received: the sweep is interrupted, finished trials are kept in " in text, text
-    assert "SIGTERM received at time=" not in text and "Aborted" not in text, text
+    assert "SIGTERM received at time=" not in text and not re.search(r" \d+ (Aborted|Killed|Terminated) ", text), text
     assert "(restart 1)" in text and "(restart 2)" in text
     # the trial finished before the interruptions was never run again: its file is untouched
     (tid, before), = finished.items()
@@ -310,6 +310,7 @@ def test_scancel_says_in_one_line_how_to_resume(slurm, storage):
     text = log.read_text()
     assert f"SIGTERM received: the sweep is interrupted, finished trials are kept in {storage}; a requeued or " \
         "preempted job resumes it when it starts again, after scancel submit the same sbatch line again" in text, text
+    assert not re.search(r" \d+ (Aborted|Killed|Terminated) ", text), text  # bash's notes on the driver's end
     assert not ray_leftovers(job)
 
 
