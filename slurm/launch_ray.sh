@@ -62,6 +62,7 @@
 #   PRMF_STOP_TIMEOUT  seconds the driver gets to stop after SIGINT  (default: 120)
 #   PRMF_MAX_REQUEUES  stop requeueing itself after this many restarts (default: 20)
 #   PRMF_REQUEUE_ON_TERM  1: requeue on SIGTERM as on USR1           (default: 0)
+#   RAY_DISABLE_FAILURE_SIGNAL_HANDLER  default 1 for the driver: no C++ stack dump on SIGTERM
 #   RAY_AUTH_MODE      default "token", with a random token per job in RAY_AUTH_TOKEN (kept in
 #                      the environment of the job's processes only); "disabled" turns it off
 #
