@@ -132,7 +132,7 @@ def test_two_folds_one_seed_say_so_and_give_no_p_value(tmp_path, tiny_data):
     """--folds 2 --seeds 1: the text counts 2 fold models and 1 seed, and 2 (seed, fold) pairs
     get a difference but no p-value, with the reason in the text."""
     for exp in ("Exp1", "Exp4"):
-        cfg = experiment_config(exp, **FAST)
+        cfg = preset_config(exp, **FAST)
         result = train_trial(cfg, tiny_data, seed=0, n_folds=2)
         tid = records.trial_id(exp, cfg, 0)
         store.write_trial(tmp_path / "s", tid, *records.tables(result, tid=tid, sweep="t", experiment=exp, cfg=cfg,
