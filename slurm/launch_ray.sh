@@ -88,9 +88,10 @@ set -uo pipefail
 
 T0=$(date +%s)
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")
+LOGIN_CHECK=""
 case "${1:-}" in
     --dry-run) PRMF_DRY_RUN=1; shift ;;
-    --check) PRMF_DRY_RUN=1; shift ;;
+    --check) PRMF_DRY_RUN=1; LOGIN_CHECK=1; shift ;;   # the login-node check, even inside an allocation
 esac
 log() { printf '[launch_ray %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T0 ))" "$*"; }
 die() { log "ERROR: $*"; exit 1; }
@@ -338,7 +339,7 @@ login_check() {
     log "check: OK; submit it: sbatch${*:+ $*} slurm/launch_ray.sh"
 }
 
-if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+if [[ -n "$LOGIN_CHECK" || -z "${SLURM_JOB_ID:-}" ]]; then
     login_check "$@"
     exit
 fi
