@@ -11,17 +11,31 @@ CUDA ?=
 EXTRAS ?= test
 TORCH_SPEC ?= $(if $(CUDA),torch,$(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,torch==2.13.0))
 TORCH_INDEX := $(if $(CUDA),--index-url https://download.pytorch.org/whl/$(if $(filter cpu,$(CUDA)),cpu,cu$(subst .,,$(CUDA))))
+# The venv's torch choice is kept in $(VENV)/.torch (line 1 the requirement, line 2 the index
+# options). CUDA= or TORCH_SPEC= given to make and differing from it rewrites it, and the venv's
+# torch is reinstalled; given neither, the venv keeps its own choice (so `make demo` after
+# `make venv CUDA=12.4` does not bring a CPU build back).
+TORCH_GIVEN := $(strip $(CUDA)$(filter-out file default undefined,$(origin TORCH_SPEC)))
+TORCH_BUILT = $(shell sed -n 1p $(VENV)/.torch)
+TORCH_BUILT_INDEX = $(shell sed -n 2p $(VENV)/.torch)
 DEMO_ARGS ?= --quick
 
-.PHONY: venv demo test bench clean clean-runs
+.PHONY: venv demo test bench clean clean-runs FORCE
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.torch: FORCE
+	@mkdir -p $(VENV) && printf '%s\n%s\n' '$(TORCH_SPEC)' '$(TORCH_INDEX)' > $@.new
+	@if [ ! -f $@ ] || { [ -n "$(TORCH_GIVEN)" ] && ! cmp -s $@.new $@; }; then mv $@.new $@; else rm $@.new; fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(VENV)/.torch
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	@if [ -s $@ ] && ! cmp -s $@ $(VENV)/.torch; then \
+	  echo "venv: torch choice changed from '$$(echo $$(cat $@))' to '$$(echo $$(cat $(VENV)/.torch))': reinstalling torch"; \
+	  $(PY) -m pip uninstall -q -y torch; fi
+	$(PY) -m pip install -q "$(TORCH_BUILT)" $(TORCH_BUILT_INDEX)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	touch $@
+	cp $(VENV)/.torch $@
 
 # The demo reads only the sweep it has just run (its own store folder, started afresh).
 DEMO_STORE ?= runs/demo

@@ -18,15 +18,29 @@ def _save(fig, path) -> Path:
     return path
 
 
-def ablation_bars(summary, groups, splits, path, metric="acc"):
-    """Grouped bars: one group of bars per experiment/grid point, one bar per split, ±std.
+# Bars are drawn for up to MAX_BARS experiment/grid points; beyond that a chart is a wall of
+# labels and the report's table is the readable view.
+MAX_BARS = 40
+# Upright bars only for a few short labels (Exp1 ... Exp7); anything longer, e.g. a grid point's
+# "Exp4 kl_weight=0.005 recon_weight=0.1", lies horizontally: one label per row never overlaps.
+MAX_UPRIGHT, MAX_UPRIGHT_LABEL = 8, 12
 
-    Up to 8 groups stand side by side; more (a grid) lie horizontally so their labels stay readable."""
+
+def ablation_bars(summary, groups, splits, path, metric="acc"):
+    """Grouped bars (one group per experiment/grid point, one bar per split, ±std) as a PNG;
+    None, and no file, for more than MAX_BARS points."""
+    if len(groups) > MAX_BARS:
+        return None
+    return _save(ablation_figure(summary, groups, splits, metric), path)
+
+
+def ablation_figure(summary, groups, splits, metric="acc"):
+    """The figure of ablation_bars: upright for a few short labels, else horizontal."""
     width = 0.8 / max(len(splits), 1)
     pos = np.arange(len(groups))
-    horizontal = len(groups) > 8
+    horizontal = len(groups) > MAX_UPRIGHT or max(map(len, groups)) > MAX_UPRIGHT_LABEL
     if horizontal:
-        fig, ax = plt.subplots(figsize=(8, 1.5 + 0.32 * len(groups) * max(1, len(splits)) ** 0.5))
+        fig, ax = plt.subplots(figsize=(8, 1.5 + (0.2 + 0.08 * len(splits)) * len(groups)))
     else:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(groups) * len(splits) + 2), 4.5))
     table = summary.set_index(["group", "split"])
@@ -54,16 +68,26 @@ def ablation_bars(summary, groups, splits, path, metric="acc"):
         ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"{metric.upper()} per experiment (mean ± std over seeds × folds)", pad=22)
     ax.legend(ncols=len(splits), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    return _save(fig, path)
+    return fig
 
 
 def heatmap_panels(panels, xlabel, ylabel, title, path, fmt="{:.3f}"):
     """One annotated heat map per (name, DataFrame) in `panels` (rows = y values, columns = x values)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    return _save(heatmap_figure(panels, xlabel, ylabel, title, fmt), path)
+
+
+def heatmap_figure(panels, xlabel, ylabel, title, fmt="{:.3f}"):
+    """The figure of heatmap_panels: cells sized for any number of grid values."""
+    cols, rows = max(t.shape[1] for _, t in panels), max(t.shape[0] for _, t in panels)
+    # a cell wide and tall enough for its annotation and its tick label, however many grid values
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.2, 0.45 * cols + 1.5) * len(panels), max(3.8, 0.3 * rows + 1.8)),
+                             squeeze=False)
     for ax, (name, table) in zip(axes[0], panels):
         values = table.to_numpy(dtype=float)
         im = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
-        ax.set_xticks(range(table.shape[1]), [f"{v:g}" if isinstance(v, float) else str(v) for v in table.columns])
+        xlabels = [f"{v:g}" if isinstance(v, float) else str(v) for v in table.columns]
+        crowded = sum(map(len, xlabels)) > 4 * len(xlabels) + 8  # longer than the cells are wide
+        ax.set_xticks(range(table.shape[1]), xlabels, rotation=90 if crowded else 0)
         ax.set_yticks(range(table.shape[0]), [f"{v:g}" if isinstance(v, float) else str(v) for v in table.index])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -77,7 +101,7 @@ def heatmap_panels(panels, xlabel, ylabel, title, path, fmt="{:.3f}"):
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def robustness_matrix(panels, path):

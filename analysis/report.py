@@ -12,7 +12,7 @@ each fold model's own test metrics), grouped by experiment and by the config col
 within it. Differences to the reference are paired by (seed, fold) and tested with the
 Nadeau-Bengio corrected resampled t-test: the folds of one CV share most of their training data,
 so their differences are not independent and a plain test over seeds x folds gives p-values that
-are too small. Robustness rows are the fold-averaged scenario rows, averaged over seeds.
+are too small; below MIN_PAIRS (seed, fold) pairs no p-value is given and the text says why. Robustness rows are the fold-averaged scenario rows, averaged over seeds.
 Results of different data sets or feature sets are never pooled: pick one with --dataset/--features.
 Pruned, failed and diverged trials are left out (as in best_results) unless --include-pruned.
 """
@@ -38,6 +38,12 @@ from prmf.robustness import missing_patterns, noise_level
 from prmf.store import StoreError, check_writable, is_store
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
+# No p-value from fewer (seed, fold) pairs: the corrected t-test estimates the variance of the
+# differences from n - 1 degrees of freedom; below 10 pairs that estimate's relative standard
+# error, sqrt(2 / (n - 1)), is above 47% and the t quantile climbs steeply (t_0.975 = 2.26 at 9 df,
+# 4.30 at 2, 12.7 at 1), so the p-value reflects the noise of the variance more than the
+# difference. 10 pairs is 2 seeds x 5 folds (or one seed of 10 folds).
+MIN_PAIRS = 10
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
 
 
@@ -186,7 +192,8 @@ def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Per group (≠ reference) and split: pairs, mean difference and corrected t-test p for f1 and acc."""
+    """Per group (≠ reference) and split: pairs, mean difference and corrected t-test p for f1 and
+    acc; p is NaN below MIN_PAIRS pairs."""
     keys = ["split", "seed", "fold"]
     ratio = test_train_ratio(folds)
     ref = folds.loc[folds["group"] == reference, keys + ["f1", "acc"]]
@@ -197,7 +204,7 @@ def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
         for m in ("f1", "acc"):
             diffs = (joined[m] - joined[f"{m}_ref"]).to_numpy()
             rec[f"{m}_diff"] = float(diffs.mean()) if len(diffs) else float("nan")
-            rec[f"{m}_p"] = corrected_t_test(diffs, ratio)
+            rec[f"{m}_p"] = corrected_t_test(diffs, ratio) if len(diffs) >= MIN_PAIRS else float("nan")
         out.append(rec)
     return pd.DataFrame(out, columns=["group", "split", "pairs", "f1_diff", "f1_p", "acc_diff", "acc_p"])
 
@@ -308,7 +315,8 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
     rob = robustness_table(results)
     out.mkdir(parents=True, exist_ok=True)
 
-    n_seeds = results["seed"].nunique()
+    n_seeds, n_folds = results["seed"].nunique(), folds["fold"].nunique()
+    seeds_folds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''} × {n_folds} fold{'s' if n_folds != 1 else ''}"
     md = [f"# Sweep report: {result_dir}", "",
           f"Data set **{results['dataset'].iloc[0]}**, features {results['features'].iloc[0] or '(not recorded)'}.", ""]
     if "synthetic" in results["dataset"].iloc[0].lower():
@@ -320,7 +328,7 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
     md += diverged
 
     md += ["## Per-fold metrics", "",
-           "Mean ± std over seeds × folds (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]
+           f"Mean ± std over {seeds_folds} (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]
     header = ["experiment", "seeds", "runs"] + [f"{s} {m}" for s in splits for m in ("F1", "ACC")]
     rows = []
     for g in groups:
@@ -334,7 +342,8 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
 
     if test_splits and not ensemble.empty:
         md += ["## Fold-averaged test metrics", "",
-               "The 5 fold models' outputs averaged per sample (the paper's test numbers); mean ± std over seeds.", ""]
+               f"The {n_folds} fold models' outputs averaged per sample (the paper's test numbers); "
+               f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}.", ""]
         header = ["experiment"] + [f"{s} {m}" for s in test_splits for m in ("F1", "ACC")]
         rows = [[g] + [_pm(_lookup(ensemble, {"group": g, "split": s}, f"{m}_mean"),
                            _lookup(ensemble, {"group": g, "split": s}, f"{m}_std"))
@@ -343,11 +352,16 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
 
     if not diffs.empty:
         md += [f"## Difference to {ref}", "",
-               f"Mean paired difference over (seed, fold) pairs ({n_seeds} seed{'s' if n_seeds != 1 else ''} × "
-               f"{folds['fold'].nunique()} folds); in brackets the two-sided p of the Nadeau-Bengio corrected "
+               f"Mean paired difference over (seed, fold) pairs ({seeds_folds}); in brackets the two-sided p of the Nadeau-Bengio corrected "
                f"resampled t-test (variance scaled by 1/n + n_test/n_train = 1/n + {test_train_ratio(folds):.3g}, "
                "since the folds share training data; n - 1 degrees of freedom). Test splits use the same "
                "correction; their fold models also share the test set, so those p-values remain optimistic.", ""]
+        few = int((diffs["pairs"] < MIN_PAIRS).sum())
+        if few:
+            md += [f"**No p-value where a comparison has fewer than {MIN_PAIRS} (seed, fold) pairs** "
+                   f"(here {few} of {len(diffs)} comparisons, with as few as {int(diffs['pairs'].min())}): the test estimates the variance of the differences from n - 1 degrees of freedom, and "
+                   f"from so few its p-value reflects the noise of that estimate more than the difference. "
+                   f"Run more seeds (--seeds) or folds.", ""]
         if n_seeds < MIN_SEEDS:
             md += [f"**Warning: only {n_seeds} seed(s), too few to conclude** "
                    f"(run --seeds {MIN_SEEDS} or more); read the differences as descriptive.", ""]
@@ -361,12 +375,16 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
                 for s in splits:
                     d = _lookup(diffs, {"group": g, "split": s}, f"{m}_diff")
                     p = _lookup(diffs, {"group": g, "split": s}, f"{m}_p")
-                    cells.append("–" if pd.isna(d) else f"{d:+.4f} (p={_p(p)})")
+                    cells.append("–" if pd.isna(d) else f"{d:+.4f}" if pd.isna(p) else f"{d:+.4f} (p={_p(p)})")
                 rows.append(cells)
             md += [f"**{name}**", ""] + _table(header, rows) + [""]
 
-    md += ["## Plots", "", "![ACC per experiment](ablation_acc.png)", ""]
-    plots.ablation_bars(summary, groups, splits, out / "ablation_acc.png")
+    md += ["## Plots", ""]
+    if plots.ablation_bars(summary, groups, splits, out / "ablation_acc.png"):
+        md += ["![ACC per experiment](ablation_acc.png)", ""]
+    else:
+        md += [f"No bar chart: {len(groups)} experiment/grid points are more than one chart shows readably "
+               f"({plots.MAX_BARS}); the per-fold table above lists them all.", ""]
     for exp, params in varying.items():
         exp_folds = folds[folds["group"].isin([g for g in groups if g.split(" ")[0] == exp])]
         exp_rows = results[results["experiment"] == exp].drop_duplicates("group").set_index("group")

@@ -83,14 +83,24 @@ def main(argv=None):
     print(f"{tid}: {cfg.model}, {cfg.epochs} epochs, patience {cfg.patience}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
           f"{args.folds} folds, seed {args.seed}, device {device or 'auto'}", file=sys.stderr)
 
+    # A terminal gets one line rewritten in place; a pipe or a job log gets plain lines (the first
+    # epoch, then at most one per 15 s, and the last), as the sweep's progress line does.
+    tty, shown = sys.stderr.isatty(), [-math.inf]
+
     def progress(epoch, score):
-        eta = (time.time() - t0) / epoch * (cfg.epochs - epoch)  # to the last epoch; patience may end it sooner
-        print(f"\r{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
-              end="", file=sys.stderr, flush=True)
+        now = time.time()
+        eta = (now - t0) / epoch * (cfg.epochs - epoch)  # to the last epoch; patience may end it sooner
+        line = f"{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+        if tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif epoch == cfg.epochs or now - shown[0] >= 15:
+            shown[0] = now
+            print(line, file=sys.stderr, flush=True)
 
     scenarios = robustness.scenarios() if args.robustness else None
     result = train_trial(cfg, data, args.seed, args.folds, device, on_epoch=progress, scenarios=scenarios)
-    print(file=sys.stderr)
+    if tty:
+        print(file=sys.stderr)
     results, epochs, predictions = records.tables(
         result, tid=tid, sweep="single", experiment=experiment, cfg=cfg, seed=args.seed, dataset=data,
         status="finished", wall_time_s=time.time() - t0, commit=provenance.git_commit())

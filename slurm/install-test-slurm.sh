@@ -2,8 +2,9 @@
 # slurm/install-test-slurm.sh -- install Slurm (Debian/Ubuntu's slurm-wlm) for the test suite.
 #
 # Idempotent: does nothing when slurmctld is already installed. Needs root or sudo and apt.
-# Only installs: the tests write their own slurm.conf (auth/none, no munge, no systemd, no
-# cgroups) in a temp dir and start slurmctld/slurmd themselves; no service is enabled or started.
+# Only installs: slurm/local-slurm.sh (which the tests run too) writes a slurm.conf (auth/none, no
+# munge, no systemd, no cgroups) in a temp dir and starts slurmctld/slurmd itself; no service is
+# enabled or started.
 set -euo pipefail
 
 if command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v sbatch >/dev/null 2>&1; then

@@ -8,6 +8,13 @@
 #   PRMF_SWEEP_ARGS="--experiments Exp1,Exp4 --seeds 3" sbatch slurm/launch_ray.sh
 #   sbatch --gpus-per-node=0 --cpus-per-task=8 slurm/launch_ray.sh  # a CPU-only partition
 #   PRMF_DRY_RUN=1 sbatch slurm/launch_ray.sh                    # print what it would do, start nothing
+#   PRMF_DATA=synthetic bash slurm/launch_ray.sh --check -p gpu  # on the login node: no allocation
+#
+# --check (or PRMF_DRY_RUN=1 outside a job), followed by the sbatch options you would submit with:
+# prints what sbatch would request (these #SBATCH defaults overridden by the options), asks
+# `sbatch --test-only` whether the partition can run it (one hint line when it cannot), checks
+# the data, the storage and the torch build (a CUDA build when GPUs are requested), prints the
+# sweep command, and exits 0 when a job would start.
 #
 # Every #SBATCH line below is a default: the same option on the sbatch command line wins.
 # Submit from the repository root (or set PRMF_WORKDIR); the job log is slurm-<name>-<jobid>.out
@@ -30,9 +37,11 @@
 #   PRMF_DATA          the MERBench dataset root the default sweep trains on (required unless
 #                      PRMF_SWEEP_ARGS or PRMF_SWEEP_CMD names --data; 'synthetic' = built-in set)
 #   PRMF_DRY_RUN       1 (or the script argument --dry-run): resolve the allocation, nodes,
-#                      ports, storage and sweep command, print them and exit; Ray is not started
+#                      ports, storage and sweep command, print them and exit; Ray is not started;
+#                      outside a job it is --check
 #   PRMF_SKIP_CUDA_CHECK  1: start even when GPUs are allocated but torch sees no CUDA
-#   PRMF_SWEEP_ARGS    extra arguments for the default sweep command  (default: none)
+#   PRMF_SWEEP_ARGS    extra arguments for the default sweep command  (default: none); the
+#                      --data/--storage/--num-gpus they name replace the launcher's own
 #   PRMF_SWEEP_CMD     the whole driver command, replacing the default
 #                      "$PRMF_PYTHON sweeps/ablation.py --num-gpus <GPUs of the allocation>
 #                       --address <head> --storage $PRMF_STORAGE $PRMF_SWEEP_ARGS";
@@ -53,6 +62,7 @@
 #   PRMF_STOP_TIMEOUT  seconds the driver gets to stop after SIGINT  (default: 120)
 #   PRMF_MAX_REQUEUES  stop requeueing itself after this many restarts (default: 20)
 #   PRMF_REQUEUE_ON_TERM  1: requeue on SIGTERM as on USR1           (default: 0)
+#   RAY_DISABLE_FAILURE_SIGNAL_HANDLER  default 1 for the driver: no C++ stack dump on SIGTERM
 #   RAY_AUTH_MODE      default "token", with a random token per job in RAY_AUTH_TOKEN (kept in
 #                      the environment of the job's processes only); "disabled" turns it off
 #
@@ -77,11 +87,18 @@
 set -uo pipefail
 
 T0=$(date +%s)
-[[ "${1:-}" == --dry-run ]] && PRMF_DRY_RUN=1
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")
+LOGIN_CHECK=""
+case "${1:-}" in
+    --dry-run) PRMF_DRY_RUN=1; shift ;;
+    --check) PRMF_DRY_RUN=1; LOGIN_CHECK=1; shift ;;   # the login-node check, even inside an allocation
+esac
 log() { printf '[launch_ray %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T0 ))" "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 
-[[ -n "${SLURM_JOB_ID:-}" ]] || die "not inside a Slurm job; submit it: sbatch slurm/launch_ray.sh"
+if [[ -z "${SLURM_JOB_ID:-}" && "${PRMF_DRY_RUN:-0}" != 1 ]]; then
+    die "not inside a Slurm job; submit it: sbatch slurm/launch_ray.sh (check it here first, no allocation: bash slurm/launch_ray.sh --check [sbatch options])"
+fi
 
 # ---------------------------------------------------------------- environment, on every node
 PRMF_WORKDIR=${PRMF_WORKDIR:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -197,6 +214,145 @@ _ray_node() {
     return "$rc"
 }
 
+# The sweep command in SWEEP_CMD, for the Ray address $1: PRMF_SWEEP_CMD, or the ablation suite
+# with the launcher's --num-gpus, --storage and --data (PRMF_DATA) unless PRMF_SWEEP_ARGS names
+# them itself (a flag given twice reads as a mistake in the log). Refuses a sweep without data.
+_args_name() { [[ " ${PRMF_SWEEP_ARGS:-} " =~ [[:space:]]$1[=[:space:]] ]]; }
+build_sweep_cmd() {
+    if [[ -n "${PRMF_SWEEP_CMD:-}" ]]; then
+        SWEEP_CMD=$PRMF_SWEEP_CMD
+    else
+        if [[ -n "${PRMF_DATA:-}" && " ${PRMF_SWEEP_ARGS:-} " =~ [[:space:]]--data[=[:space:]]+([^[:space:]]+) \
+              && "${BASH_REMATCH[1]}" != "$PRMF_DATA" ]]; then
+            die "PRMF_DATA=$PRMF_DATA and PRMF_SWEEP_ARGS' --data ${BASH_REMATCH[1]} disagree: give the data once"
+        fi
+        SWEEP_CMD="$(printf '%q' "$PRMF_PYTHON") sweeps/ablation.py"
+        _args_name --num-gpus || SWEEP_CMD+=" --num-gpus $PRMF_NUM_GPUS"
+        SWEEP_CMD+=" --address $(printf '%q' "$1")"
+        _args_name --storage || SWEEP_CMD+=" --storage $(printf '%q' "$PRMF_STORAGE")"
+        [[ -n "${PRMF_DATA:-}" ]] && ! _args_name --data && SWEEP_CMD+=" --data $(printf '%q' "$PRMF_DATA")"
+        SWEEP_CMD+="${PRMF_SWEEP_ARGS:+ $PRMF_SWEEP_ARGS}"
+    fi
+    # No data named: the sweep would train the built-in generated set for hours of GPU time.
+    if [[ "$SWEEP_CMD" == *sweeps/* && "$SWEEP_CMD" != *--data* ]]; then
+        die "no data given: set PRMF_DATA=/path/to/MERBench/dataset/mer2023 (a MERBench dataset root), or PRMF_DATA=synthetic for the built-in generated set"
+    fi
+}
+
+# ---------------------------------------------------------------- the check on a login node
+# `--check [sbatch options]` outside a job: what the job would get, without an allocation.
+# Each failed check prints one line; exits 1 if any failed.
+login_check() {
+    local -A req=()
+    local -a words
+    local line k v i=0 problems=0 out rc part max most_gpus ngpu cpus data torch_v torch_cuda
+    # The request as sbatch reads it: this script's #SBATCH lines, then the options given.
+    while read -r line; do words+=("${line#\#SBATCH }"); done < <(grep '^#SBATCH ' "$SELF")
+    words+=("$@")
+    while (( i < ${#words[@]} )); do
+        k=${words[i]}; i=$((i + 1)); v=""
+        case "$k" in
+            --*=*) v=${k#*=}; k=${k%%=*} ;;
+            -[NncptGAqJ]?*) v=${k:2}; k=${k:0:2} ;;
+            --nodes|--ntasks-per-node|--cpus-per-task|--gpus-per-node|--gres|--gpus|--time|--partition|--account|--qos|--mem|--job-name|-[NncptGAqJ])
+                v=${words[i]:-}; i=$((i + 1)) ;;
+        esac
+        case "$k" in
+            -N) k=--nodes ;; -c) k=--cpus-per-task ;; -p) k=--partition ;; -t) k=--time ;; -G) k=--gpus ;;
+            -A) k=--account ;; -q) k=--qos ;; -J) k=--job-name ;; -n) k=--ntasks ;;
+        esac
+        req[${k#--}]=$v
+    done
+    # GPUs per node: --gpus-per-node=[type:]N, else --gres=gpu[:type]:N, else --gpus=N over the nodes
+    ngpu=${req[gpus-per-node]:-}; ngpu=${ngpu##*:}
+    if [[ -z "$ngpu" || "$ngpu" == 0 ]] && [[ "${req[gres]:-}" =~ (^|,)gpu(:[^:,]+)?:([0-9]+) ]]; then ngpu=${BASH_REMATCH[3]}; fi
+    if [[ -z "$ngpu" && -n "${req[gpus]:-}" ]]; then ngpu=$(( (${req[gpus]##*:} + ${req[nodes]:-1} - 1) / ${req[nodes]:-1} )); fi
+    [[ "$ngpu" =~ ^[0-9]+$ ]] || ngpu=0
+    cpus=$(( ${req[cpus-per-task]:-1} * ${req[ntasks-per-node]:-1} ))
+    part=${req[partition]:-$(timeout 30 sinfo -h -o '%P' 2>/dev/null | sed -n 's/\*$//p' | head -n1)}
+    log "check: sbatch would request ${req[nodes]:-1} node(s), ${req[ntasks-per-node]:-1} task(s) x ${req[cpus-per-task]:-1} CPUs and $ngpu GPU(s) per node, time ${req[time]:-partition default}, partition ${part:-default}, account ${req[account]:-default}, memory ${req[mem]:-partition default}"
+
+    # Can the partition run it? sbatch --test-only asks the controller; nothing is queued.
+    if ! command -v sbatch >/dev/null; then
+        log "check: no sbatch here; run this on a login node of the cluster"; problems=$((problems + 1))
+    else
+        out=$(timeout 30 sbatch --test-only "$@" "$SELF" 2>&1); rc=$?
+        out=$(printf '%s' "$out" | tail -n1); out=${out#sbatch: }
+        if (( rc == 0 )); then
+            log "check: sbatch --test-only: $out"
+        else
+            problems=$((problems + 1))
+            log "check: FAILED sbatch --test-only: $out"
+            max=$(timeout 30 sinfo -h -N ${part:+-p "$part"} -o '%c' 2>/dev/null | sort -n | tail -n1)
+            most_gpus=$(timeout 30 sinfo -h -N ${part:+-p "$part"} -o '%G' 2>/dev/null | grep -o 'gpu:\([^:(,]*:\)\?[0-9]\+' | sed 's/.*://' | sort -n | tail -n1)
+            if [[ ! "$max" =~ ^[0-9]+$ ]]; then
+                log "hint: Slurm's controller does not answer here or has no partition ${part:-<default>} (sinfo lists no node): run this on a login node of the cluster, with one of its partitions (-p)"
+            elif (( cpus > max )); then
+                log "hint: the job asks for $cpus CPUs per node but the nodes of partition $part have at most $max: add --cpus-per-task=$(( max / ${req[ntasks-per-node]:-1} )) (or choose a partition with -p)"
+            elif (( ngpu > ${most_gpus:-0} )); then
+                log "hint: the job asks for $ngpu GPU(s) per node but the nodes of partition $part have at most ${most_gpus:-0}: ask for at most ${most_gpus:-0} (--gpus-per-node=${most_gpus:-0}$( (( ${most_gpus:-0} > 0 )) || echo ": a CPU partition")) or choose a GPU partition with -p"
+            else
+                log "hint: see what partition $part offers (nodes, CPUs, GPUs, memory, time limit): sinfo -p $part -o '%P %D %c %G %m %l'; site lines: -p, -A, --qos"
+            fi
+        fi
+    fi
+
+    # The torch build: GPUs need a CUDA build, even though this node may have no GPU to test it on.
+    read -r torch_v torch_cuda < <("$PRMF_PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda or "none")' 2>/dev/null)
+    if [[ -z "${torch_v:-}" ]]; then
+        log "check: FAILED: $PRMF_PYTHON cannot import torch (PRMF_VENV=${PRMF_VENV:-none}; build it: make venv CUDA=12.4)"; problems=$((problems + 1))
+    elif (( ngpu > 0 )) && [[ "$torch_cuda" == none && "${PRMF_SKIP_CUDA_CHECK:-0}" != 1 ]]; then
+        log "check: FAILED: torch $torch_v is a CPU build but the job asks for GPUs: make venv CUDA=12.4 (the nodes' CUDA; see nvidia-smi there)"; problems=$((problems + 1))
+    else
+        log "check: torch $torch_v (CUDA build: $torch_cuda) in $(command -v "$PRMF_PYTHON")"
+    fi
+
+    # The storage: writable here (or the folder it would be made in; the check creates nothing),
+    # on a filesystem every node sees.
+    PRMF_STORAGE=$(realpath -m "${PRMF_STORAGE:-$PRMF_WORKDIR/runs}")
+    v=$PRMF_STORAGE
+    while [[ ! -e "$v" ]]; do v=$(dirname "$v"); done
+    if [[ -d "$v" && -w "$v" ]]; then
+        log "check: storage $PRMF_STORAGE is writable (every node must see it at this path$([[ "$PRMF_STORAGE" == /tmp/* || "$PRMF_STORAGE" == /dev/shm/* ]] && echo '; /tmp is node-local on most clusters'))"
+    else
+        log "check: FAILED: storage PRMF_STORAGE=$PRMF_STORAGE cannot be created or written"; problems=$((problems + 1))
+    fi
+
+    # The sweep command and its data.
+    PRMF_NUM_GPUS=${PRMF_NUM_GPUS:-$(( ngpu * ${req[nodes]:-1} ))}
+    build_sweep_cmd "HEAD:PORT"
+    log "check: sweep command: $SWEEP_CMD"
+    data=""
+    [[ " $SWEEP_CMD " =~ [[:space:]]--data[=[:space:]]+([^[:space:]]+) ]] && data=${BASH_REMATCH[1]}
+    if [[ -z "$data" || "$data" == synthetic ]]; then
+        log "check: data ${data:-?}: the built-in generated set (a pipeline check, not science)"
+    elif [[ -f "$data/label-6way.npz" && -d "$data/features" ]]; then
+        log "check: data $data: label-6way.npz and features/ found"
+    else
+        log "check: FAILED: data $data is not a MERBench dataset root (label-6way.npz and features/ not both there)"; problems=$((problems + 1))
+    fi
+
+    if (( problems )); then
+        log "check: $problems problem(s) above; nothing was submitted"
+        return 1
+    fi
+    log "check: OK; submit it: sbatch${*:+ $*} slurm/launch_ray.sh"
+}
+
+if [[ -n "$LOGIN_CHECK" || -z "${SLURM_JOB_ID:-}" ]]; then
+    login_check "$@"
+    exit
+fi
+
+# A Ray node's output, each line prefixed with $1; `ray start`'s banner (about 20 lines: next
+# steps, "ray stop", ...) becomes one line. Its warnings and errors pass as they are.
+_ray_log() {
+    sed -u -e '/\t\(INFO\|SUCC\) \(scripts\|cli_output_helpers\|usage_lib\)\.py:[0-9]* -- /{' \
+        -e '/ -- Ray runtime started\.$/!d' \
+        -e 's/.*/Ray runtime started (the rest of the ray start banner is not shown; this job stops its Ray itself)/' -e '}' \
+        -e "s/^/$1 /"
+}
+
 # ---------------------------------------------------------------- the allocation
 mapfile -t NODES < <(scontrol show hostnames "${SLURM_JOB_NODELIST}")
 NNODES=${#NODES[@]}
@@ -271,18 +427,7 @@ mkdir -p "$PRMF_STORAGE" || die "cannot create PRMF_STORAGE=$PRMF_STORAGE"
 PRMF_STORAGE=$(cd "$PRMF_STORAGE" && pwd -P)
 export PRMF_NUM_GPUS PRMF_STORAGE
 
-if [[ -n "${PRMF_SWEEP_CMD:-}" ]]; then
-    SWEEP_CMD=$PRMF_SWEEP_CMD
-else
-    SWEEP_CMD="$(printf '%q' "$PRMF_PYTHON") sweeps/ablation.py --num-gpus $PRMF_NUM_GPUS"
-    SWEEP_CMD+=" --address $(printf '%q' "$RAY_ADDRESS") --storage $(printf '%q' "$PRMF_STORAGE")"
-    [[ -n "${PRMF_DATA:-}" ]] && SWEEP_CMD+=" --data $(printf '%q' "$PRMF_DATA")"
-    SWEEP_CMD+="${PRMF_SWEEP_ARGS:+ $PRMF_SWEEP_ARGS}"
-fi
-# No data named: the sweep would train the built-in generated set for hours of GPU time.
-if [[ "$SWEEP_CMD" == *sweeps/* && "$SWEEP_CMD" != *--data* ]]; then
-    die "no data given: set PRMF_DATA=/path/to/MERBench/dataset/mer2023 (a MERBench dataset root), or PRMF_DATA=synthetic for the built-in generated set"
-fi
+build_sweep_cmd "$RAY_ADDRESS"
 
 if [[ "${PRMF_DRY_RUN:-0}" == 1 ]]; then
     limit=$(scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | grep -o 'TimeLimit=[^ ]*' | cut -d= -f2)
@@ -304,15 +449,24 @@ DRIVER_PID=""
 STOPPING=""
 
 stop_driver() {   # $1: seconds the driver gets after SIGINT
-    local grace=$1 t
+    local grace=$1 t head_gone=0
     [[ -n "$DRIVER_PID" ]] && kill -0 "$DRIVER_PID" 2>/dev/null || return 0
     log "sending SIGINT to the sweep driver (process group $DRIVER_PID); waiting up to ${grace}s"
     kill -INT -- "-$DRIVER_PID" 2>/dev/null || kill -INT "$DRIVER_PID" 2>/dev/null
     for (( t = 0; t < grace * 2; t++ )); do
         kill -0 "$DRIVER_PID" 2>/dev/null || break
+        # The Ray head stopped too (Slurm signals every process of a cancelled or requeued job):
+        # the driver cannot save anything on a dead cluster, and waiting for it would run into
+        # Slurm's SIGKILL. The results already stored are all a resume needs.
+        if (( ${#RAY_PIDS[@]} )) && ! kill -0 "${RAY_PIDS[0]}" 2>/dev/null && (( ++head_gone >= 6 )); then
+            break
+        fi
         sleep 0.5
     done
-    if kill -0 "$DRIVER_PID" 2>/dev/null; then
+    if (( head_gone >= 6 )) && kill -0 "$DRIVER_PID" 2>/dev/null; then
+        log "the Ray head has stopped as well: stopping the driver now (SIGKILL)"
+        kill -KILL -- "-$DRIVER_PID" 2>/dev/null
+    elif kill -0 "$DRIVER_PID" 2>/dev/null; then
         log "driver still running after ${grace}s: SIGTERM, then SIGKILL"
         kill -TERM -- "-$DRIVER_PID" 2>/dev/null
         for (( t = 0; t < 20; t++ )); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.5; done
@@ -362,7 +516,12 @@ on_signal() {
     local sig=$1
     if [[ -n "$STOPPING" ]]; then log "SIG$sig while stopping (after SIG$STOPPING): ignored"; return; fi
     STOPPING=$sig
-    log "SIG$sig received"
+    # One line that says what happens next, first: Slurm may SIGKILL everything KillWait seconds on.
+    if [[ "$sig" == USR1 || ( "$sig" == TERM && "${PRMF_REQUEUE_ON_TERM:-0}" == 1 ) ]]; then
+        log "SIG$sig received: the sweep is interrupted and the job requeues itself; it resumes from $PRMF_STORAGE (finished trials are kept)"
+    else
+        log "SIG$sig received: the sweep is interrupted, finished trials are kept in $PRMF_STORAGE; a requeued or preempted job resumes it when it starts again, after scancel submit the same sbatch line again"
+    fi
     if [[ "$sig" == USR1 ]]; then
         stop_driver "${PRMF_STOP_TIMEOUT:-120}"
     else                     # SIGTERM: Slurm sends SIGKILL KillWait seconds later
@@ -391,10 +550,10 @@ trap on_exit EXIT
 
 # ---------------------------------------------------------------- start Ray
 log "Ray head $RAY_ADDRESS (auth: $RAY_AUTH_MODE), temp dirs $PRMF_RAY_TMP/ray-$SLURM_JOB_ID.<i>"
-_ray_node head 0 > >(sed -u 's/^/[ray head] /') 2>&1 &
+_ray_node head 0 > >(_ray_log "[ray head]") 2>&1 &
 RAY_PIDS+=("$!")
 
-NODE_FUNCS="$(declare -f _prmf_env _gpus_on_node _check_cuda _free_ports _ray_node)"
+NODE_FUNCS="$(declare -f _prmf_env _gpus_on_node _check_cuda _free_ports _ray_node _ray_log)"
 for (( i = 1; i < NNODES; i++ )); do
     # shellcheck disable=SC2016  # "$1" belongs to the remote shell
     # One task with all the job's CPUs on that node (a step would get 1 CPU, and be bound to it)
@@ -406,7 +565,7 @@ for (( i = 1; i < NNODES; i++ )); do
         --overlap -w "${NODES[$i]}" --kill-on-bad-exit=0 \
         bash -c "$NODE_FUNCS"'
             _prmf_env || exit 1
-            _ray_node worker "$1"' _ "$i" > >(sed -u "s/^/[ray worker $i] /") 2>&1 &
+            _ray_node worker "$1"' _ "$i" > >(_ray_log "[ray worker $i]") 2>&1 &
     RAY_PIDS+=("$!")                 # the srun (stop_ray signals its step with scancel)
 done
 
@@ -429,7 +588,9 @@ fi
 # ---------------------------------------------------------------- the sweep driver
 log "sweep (restart $RESTARTS): $SWEEP_CMD"
 set -m                          # own process group, and SIGINT not ignored as in other background jobs
-bash -c "$SWEEP_CMD" &
+# Ray's C++ failure handler in the driver would answer Slurm's SIGTERM (scancel, requeue) with a
+# stack dump and an abort; the driver is stopped by SIGINT, as planned, without it.
+RAY_DISABLE_FAILURE_SIGNAL_HANDLER=${RAY_DISABLE_FAILURE_SIGNAL_HANDLER:-1} bash -c "$SWEEP_CMD" &
 DRIVER_PID=$!
 set +m
 while :; do

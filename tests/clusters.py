@@ -4,21 +4,16 @@ Used by tests/test_slurm_launch.py and tests/test_ray_cluster.py (imported, not 
 Every daemon is started here as a child process and stopped by its PID; nothing is ever
 stopped by name, and `ray stop` is never run (it would kill every Ray on the host).
 
-Slurm comes from Debian's `slurm-wlm` (slurm/install-test-slurm.sh installs it). The
-configuration needs no root services: AuthType=auth/none, CredType=cred/none,
-ProctrackType=proctrack/linuxproc, TaskPlugin=task/none, no accounting, no cgroups, no systemd;
-state, spool, logs and the config file live in a temp dir, the ports are chosen free, and
-`SLURM_CONF` points the clients at the file. Two nodes (n1, n2) run as two slurmd processes
-on this one host (`slurmd -N`, distinct ports), so a job can get a two-node allocation. Each node
-has one fake GPU (a GRES whose device file is /dev/null), so GPU requests are exercised too.
+Slurm comes from Debian's `slurm-wlm` (slurm/install-test-slurm.sh installs it) and is started
+by slurm/local-slurm.sh, the command a user runs to try the launcher on one workstation
+(cluster/local_slurm.py writes the configuration: no root services, everything in a temp dir,
+free ports). Two nodes (n1, n2) run as two slurmd processes on this one host (`slurmd -N`,
+distinct ports), so a job can get a two-node allocation. Each node has one fake GPU (a GRES
+whose device file is /dev/null), so GPU requests are exercised too.
 """
-import getpass
 import os
-import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,36 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from cluster.free_ports import free_ports  # noqa: E402
-
-INSTALL_HINT = "run `sudo slurm/install-test-slurm.sh` (apt-get install slurm-wlm); make test does it"
-
-
-def stop_pid(proc: subprocess.Popen, timeout=20.0, sig=signal.SIGTERM, group=False):
-    """Stop a process we started: `sig`, then SIGKILL after `timeout`. `group`: its process group
-    too (it was started with start_new_session=True, so the group is ours alone)."""
-    if proc.poll() is not None:
-        return proc.returncode
-    send = (lambda s: os.killpg(proc.pid, s)) if group else proc.send_signal
-    try:
-        send(sig)
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        send(signal.SIGKILL)
-        return proc.wait(10)
-    except ProcessLookupError:
-        return proc.wait(10)
-
-
-def wait_until(pred, timeout, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+from cluster.local_slurm import CLIENTS, DAEMONS, INSTALL_HINT, LocalSlurm, find, stop_pid, wait_until  # noqa: E402,F401
 
 
 def python_env(**extra):
@@ -75,151 +41,50 @@ def python_env(**extra):
 
 # ---------------------------------------------------------------- Slurm
 
-SLURM_CONF = """\
-ClusterName=prmftest
-GresTypes=gpu
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={ctld_port}
-SlurmUser={user}
-SlurmdUser={user}
-AuthType=auth/none
-CredType=cred/none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-MailProg=/bin/true
-SchedulerType=sched/backfill
-# look at pending jobs every 2 s (defaults 30/60 s): a requeued job starts as soon as it may
-SchedulerParameters=bf_interval=2,sched_interval=2
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-# A requeued job may start again once its old credential expired (default 120 s)
-AuthInfo=cred_expire={cred_expire}
-KillWait={kill_wait}
-MinJobAge=600
-FirstJobId={first_job_id}
-SlurmdTimeout=60
-InactiveLimit=0
-StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool/%n
-SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd-%n.pid
-SlurmctldLogFile={d}/log/slurmctld.log
-SlurmdLogFile={d}/log/slurmd-%n.log
-{nodes}
-PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-"""
+class SlurmCluster(LocalSlurm):
+    """The tests' Slurm, started by the command a user runs to try the launcher on one workstation
+    (slurm/local-slurm.sh, i.e. cluster/local_slurm.py): two nodes n1, n2 on this host with 2 CPUs
+    and one fake GPU each; KillWait and cred_expire 5 s. Stopped by SIGTERM to that command's PID
+    (it cancels the jobs left and stops its daemons by PID). Adds the clients the tests use."""
 
-
-class SlurmCluster:
-    """slurmctld and one slurmd per node name, all on this host, started and stopped by PID."""
-
-    def __init__(self, workdir: Path, nodes=("n1", "n2"), cpus=2, kill_wait=5, cred_expire=5, fake_gpus=1):
-        self.dir = Path(workdir)
-        self.nodes = list(nodes)
-        self.cpus = cpus
-        self.kill_wait = kill_wait
-        self.cred_expire = cred_expire
-        self.fake_gpus = fake_gpus
-        self.conf = self.dir / "slurm.conf"
-        self.procs = {}
+    def __init__(self, workdir: Path, nodes=("n1", "n2"), cpus=2, kill_wait=5, fake_gpus=1):
+        super().__init__(workdir, nodes, cpus, ["/dev/null"] * fake_gpus, kill_wait=kill_wait)
+        self.proc = None
         self.timings = {}
 
-    # -- daemons
-    @staticmethod
-    def find(exe):
-        """A Slurm program on PATH or in the sbin dirs (often not on a normal user's PATH)."""
-        path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
-        return shutil.which(exe, path=path)
-
     def start(self):
-        for exe in ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun", "scancel", "sinfo"):
-            if self.find(exe) is None:
-                pytest.fail(f"Slurm is not installed ({exe} not found): {INSTALL_HINT}", pytrace=False)
+        missing = [exe for exe in DAEMONS + CLIENTS if find(exe) is None]
+        if missing:
+            pytest.fail(f"Slurm is not installed ({missing[0]} not found): {INSTALL_HINT}", pytrace=False)
         t0 = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "local-slurm.out"
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                ["bash", str(REPO / "slurm" / "local-slurm.sh"), "--dir", str(self.dir), "--nodes", ",".join(self.nodes),
+                 "--cpus", str(self.cpus), "--fake-gpus", str(len(self.gpu_files)), "--kill-wait", str(self.kill_wait)],
+                env=python_env(PRMF_PYTHON=sys.executable), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=REPO)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"slurm/local-slurm.sh exited ({self.proc.returncode}):\n{log.read_text()[-3000:]}")
+            return "export SLURM_CONF=" in log.read_text()
         try:
-            self._start()
+            wait_until(up, 90, what=f"slurm/local-slurm.sh to report the cluster up (see {log})")
         except BaseException:
             self.stop()
             raise
         self.timings["cluster_up_s"] = time.monotonic() - t0
         return self
 
-    def _start(self):
-        for sub in ["state", "log"] + [f"spool/{n}" for n in self.nodes]:
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        ports = free_ports(1 + len(self.nodes))
-        host = socket.gethostname().split(".")[0]
-        nodes = "\n".join(
-            f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={p} CPUs={self.cpus} State=UNKNOWN"
-            + (f" Gres=gpu:{self.fake_gpus}" if self.fake_gpus else "")
-            for n, p in zip(self.nodes, ports[1:]))
-        # GPUs that are /dev/null: Slurm allocates them and sets SLURM_GPUS_ON_NODE and
-        # CUDA_VISIBLE_DEVICES as on a GPU node (no cgroups here, so nothing opens them)
-        (self.dir / "gres.conf").write_text(
-            "AutoDetect=off\n" + "".join("Name=gpu File=/dev/null\n" for _ in range(self.fake_gpus)))
-        self.conf.write_text(SLURM_CONF.format(
-            host=host, ctld_port=ports[0], user=getpass.getuser(), kill_wait=self.kill_wait, cred_expire=self.cred_expire,
-            first_job_id=random.randint(100_000, 900_000), d=self.dir, nodes=nodes))
-        self.procs["slurmctld"] = self._spawn([self.find("slurmctld"), "-D", "-i"], "slurmctld")
-        wait_until(lambda: self._ok(["scontrol", "ping"]) and "UP" in self.run(["scontrol", "ping"]).stdout,
-                   30, what="slurmctld to answer (see log/slurmctld.out)")
-        for n in self.nodes:
-            self.procs[f"slurmd-{n}"] = self._spawn([self.find("slurmd"), "-D", "-N", n], f"slurmd-{n}")
-        wait_until(self._all_idle, 60, what=f"Slurm nodes to be idle (see {self.dir}/log)")
-
-    def _spawn(self, cmd, name):
-        out = open(self.dir / "log" / f"{name}.out", "w")
-        proc = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=self.dir)
-        out.close()
-        time.sleep(0.2)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited at once ({proc.returncode}): "
-                               + (self.dir / "log" / f"{name}.out").read_text()[-2000:])
-        return proc
-
-    def _all_idle(self):
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} died ({p.returncode}); see {self.dir}/log")
-        r = self.run(["sinfo", "-h", "-N", "-o", "%N %T"])
-        states = dict(line.split() for line in r.stdout.splitlines() if line.strip())
-        return r.returncode == 0 and all(states.get(n) == "idle" for n in self.nodes)
-
     def stop(self):
-        """Cancel what is left, wait for it to end (its processes belong to slurmstepd), then
-        stop the daemons by PID."""
-        if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            self.run(["scancel", "--full", "--user", getpass.getuser()])
-            try:
-                wait_until(lambda: not self.run(["squeue", "-h"]).stdout.strip(), 60, what="jobs to end")
-            except TimeoutError:
-                pass
-        for name in [n for n in self.procs if n != "slurmctld"] + ["slurmctld"]:
-            if name in self.procs:
-                stop_pid(self.procs[name], timeout=15)
+        if self.proc is not None:
+            stop_pid(self.proc, timeout=120)
 
     # -- clients
     def env(self, **extra):
-        env = python_env(**extra)
-        env["SLURM_CONF"] = str(self.conf)
-        for k in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and k != "SLURM_CONF"]:
-            del env[k]  # a test run inside a Slurm job must not leak that job into ours
-        return env
-
-    def run(self, cmd, **kw):
-        kw.setdefault("env", self.env())
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
-
-    def _ok(self, cmd):
-        return self.run(cmd).returncode == 0
+        return super().env(python_env(**extra))
 
     def sbatch(self, script, options=(), env=None, cwd=REPO):
         r = subprocess.run(["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True,

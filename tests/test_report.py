@@ -69,6 +69,8 @@ def test_report_writes_markdown_and_pngs(sweep, tmp_path, capsys):
         assert f"]({name})" in md
     assert "Reference: **Exp1**" in md and "## Difference to Exp1" in md
     assert "| Exp4 | 10 |" in md  # 2 seeds x 5 folds paired with Exp1
+    assert "(p=" in md and "No p-value" not in md  # 10 pairs: enough for a p-value
+    assert "Mean ± std over 2 seeds × 5 folds" in md and "The 5 fold models' outputs averaged" in md
     for scenario in robustness.scenarios():
         assert f" {scenario} |" in md
 
@@ -124,6 +126,75 @@ def test_grid_gets_groups_per_point_and_heat_maps(grid, tmp_path):
     results, _, _ = report.load(grid)
     _, groups, varying = report.add_groups(results)
     assert varying == {"Exp4": ["kl_weight", "recon_weight"]} and len(groups) == 4
+
+
+def test_two_folds_one_seed_say_so_and_give_no_p_value(tmp_path, tiny_data):
+    """--folds 2 --seeds 1: the text counts 2 fold models and 1 seed, and 2 (seed, fold) pairs
+    get a difference but no p-value, with the reason in the text."""
+    for exp in ("Exp1", "Exp4"):
+        cfg = preset_config(exp, **FAST)
+        result = train_trial(cfg, tiny_data, seed=0, n_folds=2)
+        tid = records.trial_id(exp, cfg, 0)
+        store.write_trial(tmp_path / "s", tid, *records.tables(result, tid=tid, sweep="t", experiment=exp, cfg=cfg,
+                                                               seed=0, dataset=tiny_data, status="finished", wall_time_s=1.0))
+    assert report.main(["--result-dir", str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--format", "json"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Mean ± std over 1 seed × 2 folds" in md and "The 2 fold models' outputs averaged" in md, md
+    assert "5 fold" not in md and "(p=" not in md, md
+    assert f"No p-value where a comparison has fewer than {report.MIN_PAIRS} (seed, fold) pairs" in md
+    assert "| Exp4 | 2 |" in md
+    import json
+    comparison = json.loads((tmp_path / "r" / "comparison.json").read_text())
+    assert comparison and all(r["acc_p"] is None and r["f1_p"] is None for r in comparison), comparison
+
+
+def _overlapping_labels(fig):
+    """Pairs of tick labels on one axis whose drawn boxes overlap."""
+    import itertools
+    renderer = fig.canvas.get_renderer()
+    pairs = []
+    for labels in (fig.axes[0].get_xticklabels(), fig.axes[0].get_yticklabels()):
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels if t.get_text()]
+        pairs += [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
+    return pairs
+
+
+@pytest.mark.parametrize("n", [4, 7, 9, 40])
+def test_bar_labels_do_not_overlap_for_any_number_of_grid_points(n):
+    """Grid points' labels as report.add_groups writes them, and the ablation's short ones."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from analysis import plots
+    grid = [f"Exp4 kl_weight={0.001 * (i + 1):g} recon_weight={0.1 * (i % 3 + 1):g}" for i in range(n)]
+    splits = ["cv", "test1", "test2", "test3"]
+    for groups in (grid, [f"Exp{i + 1}" for i in range(min(n, 7))]):
+        summary = pd.DataFrame([{"group": g, "split": s, "acc_mean": 0.5 + 0.001 * i, "acc_std": 0.01}
+                                for i, g in enumerate(groups) for s in splits])
+        fig = plots.ablation_figure(summary, groups, splits)
+        fig.canvas.draw()
+        assert _overlapping_labels(fig) == [], groups
+        plt.close(fig)
+
+
+def test_too_many_points_for_a_chart_are_left_to_the_table(grid, tmp_path, monkeypatch):
+    from analysis import plots
+    monkeypatch.setattr(plots, "MAX_BARS", 3)  # the 4-point grid stands in for a 41-point one
+    assert report.main(["--result-dir", str(grid), "--out", str(tmp_path / "r"), "--reference", "Exp4"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No bar chart: 4 experiment/grid points are more than one chart shows readably (3)" in md
+    assert not (tmp_path / "r" / "ablation_acc.png").exists() and "](ablation_acc.png)" not in md
+
+
+def test_heat_map_labels_do_not_overlap_with_many_values():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from analysis import plots
+    lrs = [1e-4 * 1.5 ** i for i in range(14)]
+    table = pd.DataFrame(np.random.default_rng(0).random((3, len(lrs))), index=[0.1, 0.2, 0.3], columns=lrs)
+    fig = plots.heatmap_figure([("cv", table), ("test1", table)], "lr", "recon_weight", "t")
+    fig.canvas.draw()
+    assert _overlapping_labels(fig) == []
+    plt.close(fig)
 
 
 def test_missing_or_empty_dir_is_a_one_line_error(tmp_path):

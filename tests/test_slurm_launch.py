@@ -4,7 +4,10 @@
   its trials spread over both nodes, and nothing of Ray behind;
 - a job interrupted twice -- by the time-limit warning (USR1: it stops the sweep and requeues
   itself) and by `scontrol requeue` -- comes back each time, resumes, never re-runs a finished
-  trial, and ends with exactly the rows of the uninterrupted run.
+  trial, and ends with exactly the rows of the uninterrupted run;
+- the first job as a new user meets it: the Slurm itself comes from slurm/local-slurm.sh, the
+  login-node check (`--check`, no allocation) explains a request the nodes cannot run in one hint
+  line, `scancel` says in one line how to resume, and `make venv CUDA=...` reinstalls torch.
 
 Needs Slurm installed (slurm/install-test-slurm.sh); fails with one line if it is not.
 Timings (cluster up, job to completion, requeue to resume) are printed and, with
@@ -128,6 +131,9 @@ def test_sbatch_runs_sweep_on_two_nodes(slurm, uninterrupted):
     assert "Ray head" in text and "(auth: token)" in text
     assert "sweep driver exited with status 0" in text
     assert "--num-gpus 0" in text              # the allocation's GPUs, passed to the sweep
+    # each node's `ray start` banner (next steps, "ray stop", ...) is one line in the job log
+    assert text.count("Ray runtime started (the rest of the ray start banner is not shown") == 2, text[:4000]
+    assert "ray stop" not in text and "Next steps" not in text, text[:4000]
     df = results(store_dir)
     check_store(df)
     # the two trials ran on the two Ray nodes of the allocation
@@ -192,7 +198,11 @@ def test_requeue_resumes_without_rerunning_finished_trials(slurm, storage, unint
 
     text = log.read_text()
     assert slurm.job(job)["ExitCode"] == "0:0", text[-4000:]
-    assert "SIGUSR1 received" in text and "requeueing job" in text
+    assert "SIGUSR1 received: the sweep is interrupted and the job requeues itself" in text and "requeueing job" in text
+    # `scontrol requeue` (SIGTERM, as scancel and preemption): one line says what happens; the
+    # driver's Ray no longer dumps a C++ stack and aborts
+    assert "SIGTERM received: the sweep is interrupted, finished trials are kept in " in text, text
+    assert "SIGTERM received at time=" not in text and not re.search(r" \d+ (Aborted|Killed|Terminated) ", text), text
     assert "(restart 1)" in text and "(restart 2)" in text
     # the trial finished before the interruptions was never run again: its file is untouched
     (tid, before), = finished.items()
@@ -284,3 +294,106 @@ def test_gpus_per_node_detection(env, want):
     r = subprocess.run(["bash", "-c", func + "\n_gpus_on_node"], env={**clean, **env},
                        capture_output=True, text=True, timeout=10)
     assert r.stdout.strip() == want, r.stderr
+
+
+def test_scancel_says_in_one_line_how_to_resume(slurm, storage):
+    """`scancel`: the log says the sweep was interrupted and that the same sbatch resumes it.
+    (A stand-in driver: the real one's SIGTERM path is the requeue test's.)"""
+    log = storage / "cancelled.log"
+    env = slurm.env(PRMF_STORAGE=storage, PRMF_PYTHON=sys.executable, PRMF_VENV="", PRMF_SWEEP_CMD="sleep 300")
+    env.pop("RAY_AUTH_MODE", None)  # the launcher's default, token auth
+    job = slurm.sbatch(LAUNCHER, ["--cpus-per-task=1", "--gpus-per-node=0", "--time=10", f"--output={log}"], env=env)
+    wait_until(lambda: log.exists() and "sweep (restart 0): sleep 300" in log.read_text(), 60, what="the driver to start")
+    assert slurm.run(["scancel", str(job)]).returncode == 0
+    slurm.wait_state(job, "CANCELLED", 60, log)
+    wait_until(lambda: "Ray stopped" in log.read_text(), 30, what="the launcher to stop Ray")
+    text = log.read_text()
+    assert f"SIGTERM received: the sweep is interrupted, finished trials are kept in {storage}; a requeued or " \
+        "preempted job resumes it when it starts again, after scancel submit the same sbatch line again" in text, text
+    assert not re.search(r" \d+ (Aborted|Killed|Terminated) ", text), text  # bash's notes on the driver's end
+    assert not ray_leftovers(job)
+
+
+# ---------------------------------------------------------------- the first job, before any allocation
+
+def check(slurm, storage, *options, **env):
+    """`bash slurm/launch_ray.sh --check OPTIONS` on the "login node": no allocation."""
+    import subprocess
+    env = slurm.env(PRMF_STORAGE=storage / "checked", PRMF_PYTHON=sys.executable, PRMF_VENV="", **env)
+    r = subprocess.run(["bash", str(LAUNCHER), "--check", *options], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_local_slurm_is_one_command(slurm):
+    """The cluster of these tests was started by slurm/local-slurm.sh, as docs/CLUSTERS.md tells a
+    user to try the launcher on a workstation; it says how to use it."""
+    out = (slurm.dir / "local-slurm.out").read_text()
+    assert "local Slurm up: 2 node(s) n1,n2 with 2 CPUs and 1 GPU(s) each, partition local" in out, out
+    assert f"export SLURM_CONF={slurm.conf}" in out, out
+    assert slurm.run(["sinfo", "-h", "-N", "-o", "%N %c %G"]).stdout.split() == ["n1", "2", "gpu:1", "n2", "2", "gpu:1"]
+
+
+def test_check_without_allocation_explains_a_request_that_cannot_fit(slurm, storage):
+    """The script's defaults ask for 8 CPUs; the test nodes have 2. The check says so in one hint
+    line, names the CPU build of torch if it is one (GPUs are requested), creates nothing and
+    queues nothing."""
+    import torch
+    rc, out = check(slurm, storage, PRMF_DATA="synthetic")
+    assert rc == 1, out
+    assert "sbatch would request 1 node(s), 1 task(s) x 8 CPUs and 1 GPU(s) per node, time 04:00:00, partition local" in out, out
+    assert "FAILED sbatch --test-only: allocation failure: Requested node configuration is not available" in out, out
+    hints = [line for line in out.splitlines() if "] hint: " in line]
+    assert len(hints) == 1 and "asks for 8 CPUs per node but the nodes of partition local have at most 2: " \
+        "add --cpus-per-task=2" in hints[0], out
+    assert ("is a CPU build but the job asks for GPUs: make venv CUDA=12.4" in out) == (torch.version.cuda is None), out
+    assert "nothing was submitted" in out and "ray start" not in out, out
+    assert not (storage / "checked").exists()
+    assert not slurm.run(["squeue", "-h", "-n", "prmf-sweep"]).stdout.strip()
+
+
+def test_check_passes_a_request_that_fits_and_shows_each_flag_once(slurm, storage):
+    """With CPUs and GPUs the nodes have: exit 0, sbatch's own answer, and the sweep command with
+    --data once although PRMF_DATA and PRMF_SWEEP_ARGS both name it; data that is not a MERBench
+    root is refused."""
+    rc, out = check(slurm, storage, "--cpus-per-task=2", "--gpus-per-node=0", PRMF_DATA="synthetic",
+                    PRMF_SWEEP_ARGS="--data synthetic --epochs 2")
+    assert rc == 0, out
+    assert re.search(r"sbatch --test-only: Job \d+ to start at \S+ using 2 processors on nodes n\d in partition local", out), out
+    cmd, = re.findall(r"sweep command: (.*)", out)
+    assert cmd.endswith(f"sweeps/ablation.py --num-gpus 0 --address HEAD:PORT --storage {storage}/checked "
+                        "--data synthetic --epochs 2"), cmd
+    assert "check: OK; submit it: sbatch --cpus-per-task=2 --gpus-per-node=0 slurm/launch_ray.sh" in out, out
+    rc, out = check(slurm, storage, "-c", "2", "--gpus-per-node=0", PRMF_DATA=str(storage))
+    assert rc == 1 and f"FAILED: data {storage} is not a MERBench dataset root" in out, out
+
+
+def test_venv_is_rebuilt_when_the_torch_choice_changes(tmp_path):
+    """`make venv CUDA=...` on an existing venv reinstalls torch from the new index; a plain
+    `make venv` (or `make demo`) keeps the venv's own choice. The venv's python is a stand-in
+    that logs its arguments: what is tested is the Makefile's decision, not pip."""
+    import subprocess
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n')
+    (venv / "bin" / "python").chmod(0o755)
+
+    def make(*args):
+        calls = tmp_path / "calls"
+        calls.unlink(missing_ok=True)
+        r = subprocess.run(["make", "-s", "-C", str(REPO), "venv", f"VENV={venv}", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout, calls.read_text().splitlines() if calls.exists() else []
+
+    out, calls = make("TORCH_SPEC=torch==2.13.0")
+    assert calls == ["-m pip install -q torch==2.13.0", "-m pip install -q -e .[test]"], calls
+    assert make() == ("", [])                            # nothing changed
+    out, calls = make("CUDA=12.4")
+    assert "torch choice changed from 'torch==2.13.0' to 'torch --index-url https://download.pytorch.org/whl/cu124'" in out
+    assert calls[:2] == ["-m pip uninstall -q -y torch",
+                         "-m pip install -q torch --index-url https://download.pytorch.org/whl/cu124"], calls
+    assert make("CUDA=12.4") == ("", [])
+    assert make() == ("", [])                            # `make demo` keeps the CUDA build
+    out, calls = make("CUDA=cpu")
+    assert calls[1] == "-m pip install -q torch --index-url https://download.pytorch.org/whl/cpu", calls
