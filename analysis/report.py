@@ -21,30 +21,21 @@ import itertools
 import os
 import re
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis import export
-from analysis.results import (DEFAULT_RESULT_DIR, counted, features_key, natural_key, read_store_table, split_key,
-                              stderr_warn)
+from analysis.results import DEFAULT_RESULT_DIR, counted, features_key, read_store_table, stderr_warn
+from analysis.stats import (MIN_PAIRS, add_groups, compare, ensemble_summary, fold_rows, learning_curve_data,
+                            pick_reference, robustness_table, scenario_order, split_order, summarize, test_train_ratio)
 from prmf import records
-from prmf.config import TrialConfig
 from prmf.data import dataset_name
-from prmf.robustness import missing_patterns, noise_level
+from prmf.robustness import noise_level
 from prmf.store import StoreError, check_writable, is_store
 
 MIN_SEEDS = 3  # below this the report says the differences cannot support a conclusion
-# No p-value from fewer (seed, fold) pairs: the corrected t-test estimates the variance of the
-# differences from n - 1 degrees of freedom; below 10 pairs that estimate's relative standard
-# error, sqrt(2 / (n - 1)), is above 47% and the t quantile climbs steeply (t_0.975 = 2.26 at 9 df,
-# 4.30 at 2, 12.7 at 1), so the p-value reflects the noise of the variance more than the
-# difference. 10 pairs is 2 seeds x 5 folds (or one seed of 10 folds).
-MIN_PAIRS = 10
-CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
 
 
 # ---------------------------------------------------------------- loading and grouping
@@ -93,157 +84,7 @@ def load(result_dir: Path, include_pruned=False, dataset=None, features=None, wa
     return results, epochs, left_out
 
 
-def _fmt_value(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def varying_params(results: pd.DataFrame) -> dict:
-    """experiment -> the config columns that take more than one value within it."""
-    cols = [c for c in CONFIG_COLUMNS if c in results.columns]
-    out = {}
-    for exp, rows in results.groupby("experiment", sort=False):
-        out[exp] = [c for c in cols if rows[c].nunique(dropna=False) > 1]
-    return out
-
-
-def add_groups(results: pd.DataFrame):
-    """Add a `group` column (experiment, plus 'param=value' for params varying within it).
-
-    Returns (results, groups in display order, varying params per experiment)."""
-    results = results.copy()
-    results["experiment"] = results["experiment"].fillna("").astype(str)
-    varying = varying_params(results)
-    labels, keys = [], {}
-    for row in results[["experiment"] + sorted({p for ps in varying.values() for p in ps})].itertuples(index=False):
-        exp = row.experiment
-        params = varying[exp]
-        values = [getattr(row, p) for p in params]
-        label = " ".join([exp] + [f"{p}={_fmt_value(v)}" for p, v in zip(params, values)])
-        labels.append(label)
-        keys.setdefault(label, (natural_key(exp), tuple(values)))
-    results["group"] = labels
-    groups = sorted(keys, key=lambda g: keys[g])
-    return results, groups, varying
-
-
-def split_order(splits) -> list:
-    return sorted(set(splits), key=split_key)
-
-
-def scenario_order(scenarios) -> list:
-    patterns = missing_patterns()
-    return sorted(set(scenarios), key=lambda s: (0, patterns.index(s), 0.0, s) if s in patterns else
-                  (1, 0, noise_level(s), s) if noise_level(s) is not None else (2, 0, 0.0, s))
-
-
 # ---------------------------------------------------------------- statistics
-
-def corrected_t_test(diffs, test_train_ratio) -> float:
-    """Two-sided p-value of mean(diffs) == 0 by the Nadeau-Bengio corrected resampled t-test.
-
-    `diffs` are paired differences over seeds x folds; the variance term 1/n becomes
-    1/n + n_test/n_train, which accounts for the training data the folds share (Nadeau & Bengio,
-    Machine Learning 52, 2003; Bouckaert & Frank, PAKDD 2004). t has n - 1 degrees of freedom."""
-    d = np.asarray(diffs, dtype=float)
-    d = d[np.isfinite(d)]
-    n = len(d)
-    if n < 2:
-        return float("nan")
-    mean, var = d.mean(), d.var(ddof=1)
-    if var == 0:
-        return 1.0 if mean == 0 else 0.0
-    t = mean / np.sqrt((1 / n + test_train_ratio) * var)
-    return float(2 * stats.t.sf(abs(t), n - 1))
-
-
-def test_train_ratio(folds: pd.DataFrame) -> float:
-    """n_test / n_train of one CV fold: k folds of N samples hold N/k each, trained on the rest."""
-    k = folds["fold"].nunique()  # per-fold rows only (fold_rows)
-    return 1 / (k - 1) if k > 1 else float("nan")
-
-
-def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """Per-fold clean rows, one per (group, split, seed, fold) (duplicates across stores averaged)."""
-    rows = results[~results["is_aggregate"] & (results["scenario"] == "clean")]
-    return rows.groupby(["group", "split", "seed", "fold"], as_index=False)[["f1", "acc"]].mean()
-
-
-def _mean_std(grouped, cols) -> pd.DataFrame:
-    """Mean and std of `cols` per group, as flat columns COL_mean, COL_std."""
-    out = grouped[cols].agg(["mean", "std"])
-    out.columns = [f"{m}_{s}" for m, s in out.columns]
-    return out
-
-
-def summarize(folds: pd.DataFrame) -> pd.DataFrame:
-    """group, split, seeds, runs, f1/acc mean and std over seeds × folds."""
-    g = folds.groupby(["group", "split"])
-    out = _mean_std(g, ["f1", "acc"])
-    out["seeds"] = g["seed"].nunique()
-    out["runs"] = g.size()
-    return out.reset_index()
-
-
-def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Fold-averaged (aggregate) clean metrics: mean and std over seeds per group and split."""
-    rows = results[results["is_aggregate"] & (results["scenario"] == "clean")]
-    rows = rows.groupby(["group", "split", "seed"], as_index=False)[["f1", "acc"]].mean()
-    return _mean_std(rows.groupby(["group", "split"]), ["f1", "acc"]).reset_index()
-
-
-def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Per group (≠ reference) and split: pairs, mean difference and corrected t-test p for f1 and
-    acc; p is NaN below MIN_PAIRS pairs."""
-    keys = ["split", "seed", "fold"]
-    ratio = test_train_ratio(folds)
-    ref = folds.loc[folds["group"] == reference, keys + ["f1", "acc"]]
-    out = []
-    for (group, split), rows in folds[folds["group"] != reference].groupby(["group", "split"], sort=False):
-        joined = rows.merge(ref, on=keys, suffixes=("", "_ref"))
-        rec = {"group": group, "split": split, "pairs": len(joined)}
-        for m in ("f1", "acc"):
-            diffs = (joined[m] - joined[f"{m}_ref"]).to_numpy()
-            rec[f"{m}_diff"] = float(diffs.mean()) if len(diffs) else float("nan")
-            rec[f"{m}_p"] = corrected_t_test(diffs, ratio) if len(diffs) >= MIN_PAIRS else float("nan")
-        out.append(rec)
-    return pd.DataFrame(out, columns=["group", "split", "pairs", "f1_diff", "f1_p", "acc_diff", "acc_p"])
-
-
-def pick_reference(groups, wanted: str):
-    """(reference group, note): the group named `wanted`, the only group of experiment `wanted`,
-    or else the first group."""
-    if wanted in groups:
-        return wanted, ""
-    of_exp = [g for g in groups if g.split(" ")[0] == wanted]
-    if of_exp:
-        return of_exp[0], "" if len(of_exp) == 1 else f" (first of the {len(of_exp)} {wanted} grid points)"
-    return groups[0], f" ({wanted} not in this sweep)"
-
-
-def robustness_table(results: pd.DataFrame) -> pd.DataFrame:
-    """group, split, scenario, acc/f1 mean and std over seeds of the fold-averaged scenario rows;
-    'all' (every modality present) is the clean test rows, which the store holds once."""
-    scen = results[results["is_aggregate"] & (results["scenario"] != "clean")]
-    if scen.empty:
-        rows = scen
-    else:
-        clean = results[results["is_aggregate"] & (results["scenario"] == "clean") & results["split"].isin(scen["split"])]
-        rows = pd.concat([scen, clean.assign(scenario="all")], ignore_index=True)
-    if rows.empty:
-        return pd.DataFrame(columns=["group", "split", "scenario", "acc_mean", "acc_std", "f1_mean", "f1_std"])
-    rows = rows.groupby(["group", "split", "scenario", "seed"], as_index=False)[["f1", "acc"]].mean()
-    return _mean_std(rows.groupby(["group", "split", "scenario"]), ["acc", "f1"]).reset_index()
-
-
-def learning_curve_data(results: pd.DataFrame, epochs: pd.DataFrame, groups) -> dict:
-    """group -> (epochs, mean val_emoval over folds and seeds)."""
-    if epochs.empty or "val_emoval" not in epochs:
-        return {}
-    group_of = results.drop_duplicates("trial_id").set_index("trial_id")["group"]
-    ep = epochs[epochs["trial_id"].isin(group_of.index)].copy()
-    ep["group"] = ep["trial_id"].map(group_of)
-    mean = ep.groupby(["group", "epoch"])["val_emoval"].mean()
-    return {g: (mean[g].index.to_numpy(), mean[g].to_numpy()) for g in groups if g in mean.index.get_level_values(0)}
 
 
 # ---------------------------------------------------------------- Markdown
@@ -288,8 +129,6 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
                  features=None, fmt="md") -> Path:
     """Write OUT/report.md and its PNGs (and, for fmt csv|latex|json, its tables as files of that
     format); returns the Markdown path. Raises ValueError without rows."""
-    from analysis import plots
-
     results, epochs, left_out = load(result_dir, include_pruned, dataset, features)
     left = ", ".join(f"{n} {k}" for k, n in sorted(left_out.items()))
     if results.empty:
@@ -297,9 +136,9 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
                          f"{f' that count (left out: {left} trials; --include-pruned counts them)' if left else ''}")
     diverged = diverged_section(results)
     results = results[results["f1"].notna() | results["acc"].notna()]  # a diverged fold's NaN: listed, not averaged
+    path = out / "report.md"
     if results.empty:  # nothing but diverged trials: the list is the report
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "report.md"
         path.write_text("\n".join([f"# Sweep report: {result_dir}", "", *diverged]), encoding="utf-8")
         return path
     results, groups, varying = add_groups(results)
@@ -307,28 +146,36 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
     if folds.empty:
         raise ValueError(f"no per-fold clean rows under {result_dir}")
     splits = split_order(folds["split"])
-    test_splits = [s for s in splits if s != "cv"]
-    summary = summarize(folds)
-    ensemble = ensemble_summary(results)
+    summary, ensemble = summarize(folds), ensemble_summary(results)
     ref, ref_note = pick_reference(groups, reference)
-    diffs = compare(folds, ref)
-    rob = robustness_table(results)
+    diffs, rob = compare(folds, ref), robustness_table(results)
     out.mkdir(parents=True, exist_ok=True)
-
     n_seeds, n_folds = results["seed"].nunique(), folds["fold"].nunique()
     seeds_folds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''} × {n_folds} fold{'s' if n_folds != 1 else ''}"
+
     md = [f"# Sweep report: {result_dir}", "",
           f"Data set **{results['dataset'].iloc[0]}**, features {results['features'].iloc[0] or '(not recorded)'}.", ""]
     if "synthetic" in results["dataset"].iloc[0].lower():
         md += ["Generated data: these numbers show the pipeline works, not the paper's claims.", ""]
     md += [f"{results['trial_id'].nunique()} trials, {len(groups)} experiment/grid points, "
-          f"seeds {sorted(results['seed'].unique().tolist())}. Reference: **{ref}**{ref_note}.", ""]
+           f"seeds {sorted(results['seed'].unique().tolist())}. Reference: **{ref}**{ref_note}.", ""]
     if left_out:
         md += [f"Left out (stopped before the end; --include-pruned counts them): {left} trials.", ""]
     md += diverged
+    md += per_fold_section(summary, groups, splits, seeds_folds)
+    md += ensemble_section(ensemble, groups, [s for s in splits if s != "cv"], n_folds, n_seeds)
+    md += difference_section(diffs, groups, splits, ref, seeds_folds, test_train_ratio(folds), n_seeds)
+    md += plots_section(results, epochs, folds, summary, groups, varying, splits, out)
+    md += robustness_section(rob, groups, out)
+    path.write_text("\n".join(md), encoding="utf-8")
+    export.write_tables(out, fmt, {"per_fold_summary": summary, "ensemble_summary": ensemble,
+                                   "comparison": diffs, "robustness": rob})
+    return path
 
-    md += ["## Per-fold metrics", "",
-           f"Mean ± std over {seeds_folds} (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]
+
+def per_fold_section(summary, groups, splits, seeds_folds) -> list:
+    md = ["## Per-fold metrics", "",
+          f"Mean ± std over {seeds_folds} (cv: each fold's best-epoch validation; tests: each fold model alone).", ""]
     header = ["experiment", "seeds", "runs"] + [f"{s} {m}" for s in splits for m in ("F1", "ACC")]
     rows = []
     for g in groups:
@@ -338,48 +185,58 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
                 cells.append(_pm(_lookup(summary, {"group": g, "split": s}, f"{m}_mean"),
                                  _lookup(summary, {"group": g, "split": s}, f"{m}_std")))
         rows.append(cells)
-    md += _table(header, rows) + [""]
+    return md + _table(header, rows) + [""]
 
-    if test_splits and not ensemble.empty:
-        md += ["## Fold-averaged test metrics", "",
-               f"The {n_folds} fold models' outputs averaged per sample (the paper's test numbers); "
-               f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}.", ""]
-        header = ["experiment"] + [f"{s} {m}" for s in test_splits for m in ("F1", "ACC")]
-        rows = [[g] + [_pm(_lookup(ensemble, {"group": g, "split": s}, f"{m}_mean"),
-                           _lookup(ensemble, {"group": g, "split": s}, f"{m}_std"))
-                       for s in test_splits for m in ("f1", "acc")] for g in groups]
-        md += _table(header, rows) + [""]
 
-    if not diffs.empty:
-        md += [f"## Difference to {ref}", "",
-               f"Mean paired difference over (seed, fold) pairs ({seeds_folds}); in brackets the two-sided p of the Nadeau-Bengio corrected "
-               f"resampled t-test (variance scaled by 1/n + n_test/n_train = 1/n + {test_train_ratio(folds):.3g}, "
-               "since the folds share training data; n - 1 degrees of freedom). Test splits use the same "
-               "correction; their fold models also share the test set, so those p-values remain optimistic.", ""]
-        few = int((diffs["pairs"] < MIN_PAIRS).sum())
-        if few:
-            md += [f"**No p-value where a comparison has fewer than {MIN_PAIRS} (seed, fold) pairs** "
-                   f"(here {few} of {len(diffs)} comparisons, with as few as {int(diffs['pairs'].min())}): the test estimates the variance of the differences from n - 1 degrees of freedom, and "
-                   f"from so few its p-value reflects the noise of that estimate more than the difference. "
-                   f"Run more seeds (--seeds) or folds.", ""]
-        if n_seeds < MIN_SEEDS:
-            md += [f"**Warning: only {n_seeds} seed(s), too few to conclude** "
-                   f"(run --seeds {MIN_SEEDS} or more); read the differences as descriptive.", ""]
-        for m, name in (("acc", "ACC"), ("f1", "F1")):
-            header = ["experiment", "pairs"] + [f"{s} Δ{name}" for s in splits]
-            rows = []
-            for g in groups:
-                if g == ref:
-                    continue
-                cells = [g, _lookup(diffs, {"group": g}, "pairs")]
-                for s in splits:
-                    d = _lookup(diffs, {"group": g, "split": s}, f"{m}_diff")
-                    p = _lookup(diffs, {"group": g, "split": s}, f"{m}_p")
-                    cells.append("–" if pd.isna(d) else f"{d:+.4f}" if pd.isna(p) else f"{d:+.4f} (p={_p(p)})")
-                rows.append(cells)
-            md += [f"**{name}**", ""] + _table(header, rows) + [""]
+def ensemble_section(ensemble, groups, test_splits, n_folds, n_seeds) -> list:
+    if not test_splits or ensemble.empty:
+        return []
+    md = ["## Fold-averaged test metrics", "",
+          f"The {n_folds} fold models' outputs averaged per sample (the paper's test numbers); "
+          f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}.", ""]
+    header = ["experiment"] + [f"{s} {m}" for s in test_splits for m in ("F1", "ACC")]
+    rows = [[g] + [_pm(_lookup(ensemble, {"group": g, "split": s}, f"{m}_mean"),
+                       _lookup(ensemble, {"group": g, "split": s}, f"{m}_std"))
+                   for s in test_splits for m in ("f1", "acc")] for g in groups]
+    return md + _table(header, rows) + [""]
 
-    md += ["## Plots", ""]
+
+def difference_section(diffs, groups, splits, ref, seeds_folds, ratio, n_seeds) -> list:
+    if diffs.empty:
+        return []
+    md = [f"## Difference to {ref}", "",
+          f"Mean paired difference over (seed, fold) pairs ({seeds_folds}); in brackets the two-sided p of the Nadeau-Bengio corrected "
+          f"resampled t-test (variance scaled by 1/n + n_test/n_train = 1/n + {ratio:.3g}, "
+          "since the folds share training data; n - 1 degrees of freedom). Test splits use the same "
+          "correction; their fold models also share the test set, so those p-values remain optimistic.", ""]
+    few = int((diffs["pairs"] < MIN_PAIRS).sum())
+    if few:
+        md += [f"**No p-value where a comparison has fewer than {MIN_PAIRS} (seed, fold) pairs** "
+               f"(here {few} of {len(diffs)} comparisons, with as few as {int(diffs['pairs'].min())}): the test estimates the variance of the differences from n - 1 degrees of freedom, and "
+               f"from so few its p-value reflects the noise of that estimate more than the difference. "
+               f"Run more seeds (--seeds) or folds.", ""]
+    if n_seeds < MIN_SEEDS:
+        md += [f"**Warning: only {n_seeds} seed(s), too few to conclude** "
+               f"(run --seeds {MIN_SEEDS} or more); read the differences as descriptive.", ""]
+    for m, name in (("acc", "ACC"), ("f1", "F1")):
+        header = ["experiment", "pairs"] + [f"{s} Δ{name}" for s in splits]
+        rows = []
+        for g in groups:
+            if g == ref:
+                continue
+            cells = [g, _lookup(diffs, {"group": g}, "pairs")]
+            for s in splits:
+                d = _lookup(diffs, {"group": g, "split": s}, f"{m}_diff")
+                p = _lookup(diffs, {"group": g, "split": s}, f"{m}_p")
+                cells.append("–" if pd.isna(d) else f"{d:+.4f}" if pd.isna(p) else f"{d:+.4f} (p={_p(p)})")
+            rows.append(cells)
+        md += [f"**{name}**", ""] + _table(header, rows) + [""]
+    return md
+
+
+def plots_section(results, epochs, folds, summary, groups, varying, splits, out) -> list:
+    from analysis import plots
+    md = ["## Plots", ""]
     if plots.ablation_bars(summary, groups, splits, out / "ablation_acc.png"):
         md += ["![ACC per experiment](ablation_acc.png)", ""]
     else:
@@ -395,52 +252,49 @@ def build_report(result_dir: Path, out: Path, reference="Exp1", include_pruned=F
             name = re.sub(r"[^\w.-]+", "_", f"grid_{exp}__{p1}__{p2}.png")
             plots.heatmap_panels(panels, p1, p2, f"{exp}: ACC over {p1} × {p2} (mean over the rest)", out / name)
             md += [f"![{exp} grid {p1} × {p2}]({name})", ""]
-
     curves = learning_curve_data(results, epochs, groups)
     if curves:
         plots.learning_curves(curves, out / "learning_curves.png")
         md += ["![Learning curves](learning_curves.png)", ""]
+    return md
 
-    md += ["## Robustness", ""]
+
+def robustness_section(rob, groups, out) -> list:
+    from analysis import plots
+    md = ["## Robustness", ""]
     if rob.empty:
-        md += ["No robustness rows in this store (trials run with --no-robustness or before it existed).", ""]
-    else:
-        scenarios = scenario_order(rob["scenario"])
-        rob_splits = split_order(rob["split"])
-        md += ["ACC of the fold-averaged models with modalities missing (all-zero input) and with Gaussian "
-               "feature noise (std = level × feature std), mean over seeds.", ""]
-        panels = []
-        for s in rob_splits:
-            table = rob[rob["split"] == s].pivot(index="group", columns="scenario", values="acc_mean")
-            table = table.reindex(index=[g for g in groups if g in table.index],
-                                  columns=[c for c in scenarios if c in table.columns])
-            panels.append((s, table))
-            md += [f"**{s}**", ""] + _table(["experiment"] + list(table.columns),
-                                            [[g] + [f"{v:.4f}" if pd.notna(v) else "–" for v in r]
-                                             for g, r in table.iterrows()]) + [""]
-        plots.robustness_matrix(panels, out / "robustness_matrix.png")
-        md += ["![Robustness matrix](robustness_matrix.png)", ""]
-        noise = [c for c in scenarios if noise_level(c) is not None]
-        if noise:
-            lines = []
-            for s in rob_splits:
-                per_group = {}
-                for g in groups:
-                    names = (["all"] if "all" in scenarios else []) + noise
-                    levels = [0.0 if c == "all" else noise_level(c) for c in names]
-                    means = [_lookup(rob, {"group": g, "split": s, "scenario": c}, "acc_mean") for c in names]
-                    stds = [_lookup(rob, {"group": g, "split": s, "scenario": c}, "acc_std") for c in names]
-                    if not all(pd.isna(means)):
-                        per_group[g] = (levels, means, stds)
-                lines.append((s, per_group))
-            plots.noise_curves(lines, out / "noise_curve.png")
-            md += ["![ACC against noise](noise_curve.png)", ""]
-
-    path = out / "report.md"
-    path.write_text("\n".join(md), encoding="utf-8")
-    export.write_tables(out, fmt, {"per_fold_summary": summary, "ensemble_summary": ensemble,
-                                   "comparison": diffs, "robustness": rob})
-    return path
+        return md + ["No robustness rows in this store (trials run with --no-robustness or before it existed).", ""]
+    scenarios = scenario_order(rob["scenario"])
+    rob_splits = split_order(rob["split"])
+    md += ["ACC of the fold-averaged models with modalities missing (all-zero input) and with Gaussian "
+           "feature noise (std = level × feature std), mean over seeds.", ""]
+    panels = []
+    for s in rob_splits:
+        table = rob[rob["split"] == s].pivot(index="group", columns="scenario", values="acc_mean")
+        table = table.reindex(index=[g for g in groups if g in table.index],
+                              columns=[c for c in scenarios if c in table.columns])
+        panels.append((s, table))
+        md += [f"**{s}**", ""] + _table(["experiment"] + list(table.columns),
+                                        [[g] + [f"{v:.4f}" if pd.notna(v) else "–" for v in r]
+                                         for g, r in table.iterrows()]) + [""]
+    plots.robustness_matrix(panels, out / "robustness_matrix.png")
+    md += ["![Robustness matrix](robustness_matrix.png)", ""]
+    noise = [c for c in scenarios if noise_level(c) is not None]
+    if not noise:
+        return md
+    names = (["all"] if "all" in scenarios else []) + noise
+    levels = [0.0 if c == "all" else noise_level(c) for c in names]
+    lines = []
+    for s in rob_splits:
+        per_group = {}
+        for g in groups:
+            means = [_lookup(rob, {"group": g, "split": s, "scenario": c}, "acc_mean") for c in names]
+            stds = [_lookup(rob, {"group": g, "split": s, "scenario": c}, "acc_std") for c in names]
+            if not all(pd.isna(means)):
+                per_group[g] = (levels, means, stds)
+        lines.append((s, per_group))
+    plots.noise_curves(lines, out / "noise_curve.png")
+    return md + ["![ACC against noise](noise_curve.png)", ""]
 
 
 def parse_args(argv):

@@ -46,22 +46,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        changes = parse_sets(args.set)
-        if args.epochs is not None:
-            changes["epochs"] = args.epochs
-        preset = args.experiment or (args.model if args.model in PRESETS else None)
-        if args.experiment and args.model and args.model != PRESETS[args.experiment]["model"]:
-            raise ConfigError(f"--experiment {args.experiment} is a preset of {PRESETS[args.experiment]['model']}, "
-                              f"not {args.model}")
-        cfg = preset_config(preset, **changes) if preset else make_config({"model": args.model or "attention_robust_v2"}, **changes)
-        device = check_device(args.device)
-        if args.threads is not None and args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        features = args.features.split(",") if args.features else None
-        data = load_data(args.data, features, args.profile, name=args.dataset_name)
-        check_folds(data, args.folds)
-        store.check_writable(args.out, "--out")
-        cfg = for_data(cfg, data.feat_type)
+        preset, changes, cfg, device, data = _inputs(args)
     except (ConfigError, DataError, store.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -82,25 +67,10 @@ def main(argv=None):
     t0 = time.time()
     print(f"{tid}: {cfg.model}, {cfg.epochs} epochs, patience {cfg.patience}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
           f"{args.folds} folds, seed {args.seed}, device {device or 'auto'}", file=sys.stderr)
-
-    # A terminal gets one line rewritten in place; a pipe or a job log gets plain lines (the first
-    # epoch, then at most one per 15 s, and the last), as the sweep's progress line does.
-    tty, shown = sys.stderr.isatty(), [-math.inf]
-
-    def progress(epoch, score):
-        now = time.time()
-        eta = (now - t0) / epoch * (cfg.epochs - epoch)  # to the last epoch; patience may end it sooner
-        line = f"{tid}: epoch {epoch}/{cfg.epochs}  mean val emoval {score:.4f}  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
-        if tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif epoch == cfg.epochs or now - shown[0] >= 15:
-            shown[0] = now
-            print(line, file=sys.stderr, flush=True)
-
+    progress = Progress(tid, cfg.epochs, t0)
     scenarios = robustness.scenarios() if args.robustness else None
     result = train_trial(cfg, data, args.seed, args.folds, device, on_epoch=progress, scenarios=scenarios)
-    if tty:
-        print(file=sys.stderr)
+    progress.end()
     results, epochs, predictions = records.tables(
         result, tid=tid, sweep="single", experiment=experiment, cfg=cfg, seed=args.seed, dataset=data,
         status="finished", wall_time_s=time.time() - t0, commit=provenance.git_commit())
@@ -119,6 +89,52 @@ def main(argv=None):
           f"hidden {cfg.hidden_dim})")
     print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
     return 0
+
+
+def _inputs(args):
+    """(preset, --set changes, config, device, data) of the command line, every input checked
+    before any work: ConfigError, DataError or StoreError, one line each."""
+    changes = parse_sets(args.set)
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    preset = args.experiment or (args.model if args.model in PRESETS else None)
+    if args.experiment and args.model and args.model != PRESETS[args.experiment]["model"]:
+        raise ConfigError(f"--experiment {args.experiment} is a preset of {PRESETS[args.experiment]['model']}, "
+                          f"not {args.model}")
+    cfg = preset_config(preset, **changes) if preset else make_config({"model": args.model or "attention_robust_v2"}, **changes)
+    device = check_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    features = args.features.split(",") if args.features else None
+    data = load_data(args.data, features, args.profile, name=args.dataset_name)
+    check_folds(data, args.folds)
+    store.check_writable(args.out, "--out")
+    return preset, changes, for_data(cfg, data.feat_type), device, data
+
+
+class Progress:
+    """The epoch hook's progress: a terminal gets one line rewritten in place; a pipe or a job log
+    gets plain lines (the first epoch, then at most one per 15 s, and the last), as the sweep's
+    progress line does."""
+
+    def __init__(self, tid, epochs, t0):
+        self.tid, self.epochs, self.t0 = tid, epochs, t0
+        self.tty, self.shown = sys.stderr.isatty(), -math.inf
+
+    def __call__(self, epoch, score):
+        now = time.time()
+        eta = (now - self.t0) / epoch * (self.epochs - epoch)  # to the last epoch; patience may end it sooner
+        line = (f"{self.tid}: epoch {epoch}/{self.epochs}  mean val emoval {score:.4f}  "
+                f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif epoch == self.epochs or now - self.shown >= 15:
+            self.shown = now
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self):
+        if self.tty:
+            print(file=sys.stderr)
 
 
 def divergence(result) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import report
+from analysis import stats as report_stats
 from prmf import records, robustness, store
 from prmf.config import preset_config
 from prmf.engine import train_trial
@@ -78,23 +79,23 @@ def test_report_writes_markdown_and_pngs(sweep, tmp_path, capsys):
 def test_statistics_match_the_store(sweep):
     results, _, left_out = report.load(sweep)
     assert left_out == {}
-    results, groups, varying = report.add_groups(results)
+    results, groups, varying = report_stats.add_groups(results)
     assert groups == ["Exp1", "Exp4"] and varying == {"Exp1": [], "Exp4": []}
-    folds = report.fold_rows(results)
-    summary = report.summarize(folds).set_index(["group", "split"])
+    folds = report_stats.fold_rows(results)
+    summary = report_stats.summarize(folds).set_index(["group", "split"])
     raw = results[~results.is_aggregate & (results.scenario == "clean") & (results.experiment == "Exp4")]
     for split in ("cv", "test1"):
         acc = raw[raw.split == split].acc
         assert summary.loc[("Exp4", split), "acc_mean"] == pytest.approx(acc.mean())
         assert summary.loc[("Exp4", split), "acc_std"] == pytest.approx(acc.std())
         assert summary.loc[("Exp4", split), "runs"] == 10 and summary.loc[("Exp4", split), "seeds"] == 2
-    diff = report.compare(folds, "Exp1").set_index(["group", "split"])
+    diff = report_stats.compare(folds, "Exp1").set_index(["group", "split"])
     ref = results[~results.is_aggregate & (results.scenario == "clean") & (results.experiment == "Exp1")]
     a = raw[raw.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
     b = ref[ref.split == "cv"].sort_values(["seed", "fold"]).acc.to_numpy()
     assert diff.loc[("Exp4", "cv"), "acc_diff"] == pytest.approx(np.mean(a - b))
-    assert diff.loc[("Exp4", "cv"), "acc_p"] == pytest.approx(report.corrected_t_test(a - b, 1 / 4))
-    rob = report.robustness_table(results).set_index(["group", "split", "scenario"])
+    assert diff.loc[("Exp4", "cv"), "acc_p"] == pytest.approx(report_stats.corrected_t_test(a - b, 1 / 4))
+    rob = report_stats.robustness_table(results).set_index(["group", "split", "scenario"])
     agg = results[results.is_aggregate & (results.scenario == "clean")]
     clean = agg[(agg.experiment == "Exp4") & (agg.split == "test2")].acc.mean()
     assert rob.loc[("Exp4", "test2", "all"), "acc_mean"] == clean
@@ -105,14 +106,14 @@ def test_corrected_t_test():
     d = np.array([0.1, 0.2, 0.3, 0.0, 0.1])
     # by hand: mean 0.14, var (ddof 1) 0.013, se = sqrt((1/5 + 1/4) * 0.013), t = 1.8304, df 4
     t = 0.14 / np.sqrt((0.2 + 0.25) * 0.013)
-    assert report.corrected_t_test(d, 0.25) == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-9)
-    assert 0.1 < report.corrected_t_test(d, 0.25) < 0.2  # t = 1.83 on 4 df: p = 0.141
+    assert report_stats.corrected_t_test(d, 0.25) == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-9)
+    assert 0.1 < report_stats.corrected_t_test(d, 0.25) < 0.2  # t = 1.83 on 4 df: p = 0.141
     # the correction only ever widens: larger p than the naive t-test on the same pairs
-    assert report.corrected_t_test(d, 0.25) > stats.ttest_1samp(d, 0).pvalue
-    assert report.corrected_t_test(d, 0.0) == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
-    assert report.corrected_t_test([0.0, 0.0, 0.0], 0.25) == 1.0
-    assert report.corrected_t_test([0.1, 0.1], 0.25) == 0.0
-    assert np.isnan(report.corrected_t_test([0.1], 0.25))
+    assert report_stats.corrected_t_test(d, 0.25) > stats.ttest_1samp(d, 0).pvalue
+    assert report_stats.corrected_t_test(d, 0.0) == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert report_stats.corrected_t_test([0.0, 0.0, 0.0], 0.25) == 1.0
+    assert report_stats.corrected_t_test([0.1, 0.1], 0.25) == 0.0
+    assert np.isnan(report_stats.corrected_t_test([0.1], 0.25))
 
 
 def test_grid_gets_groups_per_point_and_heat_maps(grid, tmp_path):
@@ -124,7 +125,7 @@ def test_grid_gets_groups_per_point_and_heat_maps(grid, tmp_path):
     assert "Exp4 kl_weight=0.005 recon_weight=0.1" in md and "](grid_Exp4__kl_weight__recon_weight.png)" in md
     assert "Reference: **Exp4 kl_weight=0.005 recon_weight=0.1** (first of the 4 Exp4 grid points)" in md
     results, _, _ = report.load(grid)
-    _, groups, varying = report.add_groups(results)
+    _, groups, varying = report_stats.add_groups(results)
     assert varying == {"Exp4": ["kl_weight", "recon_weight"]} and len(groups) == 4
 
 
@@ -141,7 +142,7 @@ def test_two_folds_one_seed_say_so_and_give_no_p_value(tmp_path, tiny_data):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Mean ± std over 1 seed × 2 folds" in md and "The 2 fold models' outputs averaged" in md, md
     assert "5 fold" not in md and "(p=" not in md, md
-    assert f"No p-value where a comparison has fewer than {report.MIN_PAIRS} (seed, fold) pairs" in md
+    assert f"No p-value where a comparison has fewer than {report_stats.MIN_PAIRS} (seed, fold) pairs" in md
     assert "| Exp4 | 2 |" in md
     import json
     comparison = json.loads((tmp_path / "r" / "comparison.json").read_text())
@@ -161,7 +162,7 @@ def _overlapping_labels(fig):
 
 @pytest.mark.parametrize("n", [4, 7, 9, 40])
 def test_bar_labels_do_not_overlap_for_any_number_of_grid_points(n):
-    """Grid points' labels as report.add_groups writes them, and the ablation's short ones."""
+    """Grid points' labels as report_stats.add_groups writes them, and the ablation's short ones."""
     import matplotlib.pyplot as plt
     import pandas as pd
     from analysis import plots
