@@ -73,6 +73,28 @@ def python_env(**extra):
     return env
 
 
+def client(address, prefix=(), **env):
+    """A Ray driver joining `address` with only the auth env given (none inherited), run under
+    `prefix` (e.g. `ip netns exec NS`: from another host); returns the CompletedProcess."""
+    e = python_env(**env)
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        if k not in env:
+            e.pop(k, None)
+    code = f"import ray; ray.init(address={address!r}); print('joined', len(ray.nodes()))"
+    return subprocess.run([*prefix, sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+def assert_token_guards(address, token_path, prefix=(), **env):
+    """A client without the token, or with a wrong one, is refused by Ray's auth; one with it joins."""
+    for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+        refused = client(address, prefix, **auth, **env)
+        assert refused.returncode != 0 and "joined" not in refused.stdout, refused.stdout
+        assert "AuthenticationError" in refused.stderr or "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
+    right = client(address, prefix, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), **env)
+    assert right.returncode == 0 and "joined" in right.stdout, right.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- Slurm
 
 SLURM_CONF = """\
