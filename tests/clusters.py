@@ -100,7 +100,7 @@ def assert_token_guards(address, token_path, prefix=(), **env):
 SLURM_CONF = """\
 ClusterName=prmftest
 GresTypes=gpu
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({ctld_addr})
 SlurmctldPort={ctld_port}
 SlurmUser={user}
 SlurmdUser={user}
@@ -126,7 +126,7 @@ AuthInfo=cred_expire={cred_expire}
 KillWait={kill_wait}
 MinJobAge=600
 FirstJobId={first_job_id}
-SlurmdTimeout=60
+SlurmdTimeout={slurmd_timeout}
 InactiveLimit=0
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool/%n
@@ -140,10 +140,17 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
 
 
 class SlurmCluster:
-    """slurmctld and one slurmd per node name, all on this host, started and stopped by PID."""
+    """slurmctld and one slurmd per node name, all on this host, started and stopped by PID.
+    `addrs` ({"ctld" or node name: IP}, default 127.0.0.1) and `prefix` (name -> argv that runs a
+    command on that host, e.g. `ip netns exec NS`) put the daemons, and the clients with slurmctld,
+    on separate network hosts (tests/netns.py)."""
 
-    def __init__(self, workdir: Path, nodes=("n1", "n2"), cpus=2, kill_wait=5, cred_expire=5, fake_gpus=1):
+    def __init__(self, workdir: Path, nodes=("n1", "n2"), cpus=2, kill_wait=5, cred_expire=5, fake_gpus=1,
+                 slurmd_timeout=60, addrs=None, prefix=None):
         self.dir = Path(workdir)
+        self.slurmd_timeout = slurmd_timeout
+        self.addrs = addrs or {}
+        self.prefix = prefix or (lambda name: [])
         self.nodes = list(nodes)
         self.cpus = cpus
         self.kill_wait = kill_wait
@@ -179,7 +186,8 @@ class SlurmCluster:
         ports = free_ports(1 + len(self.nodes))
         host = socket.gethostname().split(".")[0]
         nodes = "\n".join(
-            f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={p} CPUs={self.cpus} State=UNKNOWN"
+            f"NodeName={n} NodeHostname={host} NodeAddr={self.addrs.get(n, '127.0.0.1')} Port={p} CPUs={self.cpus} "
+            "State=UNKNOWN"
             + (f" Gres=gpu:{self.fake_gpus}" if self.fake_gpus else "")
             for n, p in zip(self.nodes, ports[1:]))
         # GPUs that are /dev/null: Slurm allocates them and sets SLURM_GPUS_ON_NODE and
@@ -187,18 +195,22 @@ class SlurmCluster:
         (self.dir / "gres.conf").write_text(
             "AutoDetect=off\n" + "".join("Name=gpu File=/dev/null\n" for _ in range(self.fake_gpus)))
         self.conf.write_text(SLURM_CONF.format(
-            host=host, ctld_port=ports[0], user=getpass.getuser(), kill_wait=self.kill_wait, cred_expire=self.cred_expire,
+            host=host, ctld_addr=self.addrs.get("ctld", "127.0.0.1"), ctld_port=ports[0], user=getpass.getuser(),
+            kill_wait=self.kill_wait, cred_expire=self.cred_expire, slurmd_timeout=self.slurmd_timeout,
             first_job_id=random.randint(100_000, 900_000), d=self.dir, nodes=nodes))
-        self.procs["slurmctld"] = self._spawn([self.find("slurmctld"), "-D", "-i"], "slurmctld")
+        self.procs["slurmctld"] = self._spawn([self.find("slurmctld"), "-D", "-i"], "slurmctld", "ctld")
         wait_until(lambda: self._ok(["scontrol", "ping"]) and "UP" in self.run(["scontrol", "ping"]).stdout,
                    30, what="slurmctld to answer (see log/slurmctld.out)")
         for n in self.nodes:
-            self.procs[f"slurmd-{n}"] = self._spawn([self.find("slurmd"), "-D", "-N", n], f"slurmd-{n}")
+            self.start_slurmd(n)
         wait_until(self._all_idle, 60, what=f"Slurm nodes to be idle (see {self.dir}/log)")
 
-    def _spawn(self, cmd, name):
-        out = open(self.dir / "log" / f"{name}.out", "w")
-        proc = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+    def start_slurmd(self, node):
+        self.procs[f"slurmd-{node}"] = self._spawn([self.find("slurmd"), "-D", "-N", node], f"slurmd-{node}", node)
+
+    def _spawn(self, cmd, name, where):
+        out = open(self.dir / "log" / f"{name}.out", "a")
+        proc = subprocess.Popen([*self.prefix(where), *cmd], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=self.dir)
         out.close()
         time.sleep(0.2)
@@ -238,13 +250,14 @@ class SlurmCluster:
 
     def run(self, cmd, **kw):
         kw.setdefault("env", self.env())
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+        return subprocess.run([*self.prefix("ctld"), *cmd], capture_output=True, text=True, timeout=60, **kw)
 
     def _ok(self, cmd):
         return self.run(cmd).returncode == 0
 
     def sbatch(self, script, options=(), env=None, cwd=REPO):
-        r = subprocess.run(["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True,
+        r = subprocess.run([*self.prefix("ctld"), "sbatch", "--parsable", *options, str(script)], capture_output=True,
+                           text=True,
                            env=env or self.env(), cwd=cwd, timeout=60)
         assert r.returncode == 0, f"sbatch failed: {r.stderr}"
         return int(r.stdout.strip().split(";")[0])

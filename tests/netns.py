@@ -91,12 +91,13 @@ def remove_stale():
 
 
 class NetnsCluster:
-    """A Ray head (no CPUs: it runs the driver only) and worker nodes, one network namespace each."""
+    """Hosts, one network namespace each, on one switch; with `start(ray=True)` a Ray head (no CPUs:
+    it runs the driver only) on host `head` and a Ray worker on every other host."""
 
-    def __init__(self, workdir, workers=2, worker_cpus=1):
+    def __init__(self, workdir, hosts=("head", "w1", "w2"), worker_cpus=1):
         self.dir = Path(workdir)
         self.tag = f"prmf{os.getpid()}"
-        self.hosts = {"head": 1, **{f"w{i}": 1 + i for i in range(1, workers + 1)}}
+        self.hosts = {h: i for i, h in enumerate(hosts, 1)}
         self.worker_cpus = worker_cpus
         self.tmp = Path(tempfile.mkdtemp(prefix="prmfns-", dir="/tmp"))  # short: Ray's socket paths < 107 bytes
         self.token = self.dir / "ray_auth_token"
@@ -142,6 +143,11 @@ class NetnsCluster:
     # -- processes
     def cmd(self, host, argv):
         return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def enter(self, host):
+        """The argv prefix that runs a command in `host`'s network only: unlike `ip netns exec` it
+        keeps the host's mounts (a fresh /sys has no /sys/fs/cgroup, which slurmd needs)."""
+        return ["nsenter", f"--net=/run/netns/{self.ns(host)}"]
 
     def child_env(self, **extra):
         return python_env(**{**self.env, **extra})
@@ -198,7 +204,7 @@ class NetnsCluster:
         return n
 
     # -- life
-    def start(self):
+    def start(self, ray=True):
         remove_stale()
         self.dir.mkdir(parents=True, exist_ok=True)
         from sweeps.ray_local import write_token
@@ -209,9 +215,10 @@ class NetnsCluster:
             _ip("-n", self.ns("sw"), "link", "set", "br0", "up")
             for host, index in list(self.hosts.items()):
                 self.add_host(host, index)
-            for host in self.hosts:
-                self.start_node(host)  # workers retry until the head's GCS answers
-            self.wait_nodes(len(self.hosts))
+            if ray:
+                for host in self.hosts:
+                    self.start_node(host)  # workers retry until the head's GCS answers
+                self.wait_nodes(len(self.hosts))
         except BaseException:
             self.stop()
             raise
