@@ -28,6 +28,8 @@ from pathlib import Path
 
 from clusters import REPO, python_env, stop_pid
 
+from sweeps.ray_local import write_token  # noqa: E402  (clusters put the repository on sys.path)
+
 SUBNET = "198.18.0"
 GCS_PORT = 6379  # each namespace has a port space of its own: fixed ports cannot collide
 # Ray's failure detection, shortened so a test waits seconds, not a minute: the GCS checks each
@@ -207,7 +209,6 @@ class NetnsCluster:
     def start(self, ray=True):
         remove_stale()
         self.dir.mkdir(parents=True, exist_ok=True)
-        from sweeps.ray_local import write_token
         write_token(self.token)
         try:
             self._add_ns(self.ns("sw"))
