@@ -84,12 +84,17 @@ def kill_netns(ns, rounds=20) -> int:
 
 
 def remove_stale():
-    """Namespaces this helper left behind in a test process that was killed (its PID is gone)."""
+    """Namespaces and Ray temp dirs this helper left behind in a test process that was killed (its
+    PID is gone)."""
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         m = re.match(r"(prmf(\d+)-\w+)", line)
         if m and not os.path.exists(f"/proc/{m.group(2)}"):
             kill_netns(m.group(1))
             _ip("netns", "del", m.group(1), check=False)
+    for d in Path("/tmp").glob("prmf*-ns*"):
+        m = re.fullmatch(r"prmf(\d+)-ns\w+", d.name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class NetnsCluster:
@@ -101,7 +106,7 @@ class NetnsCluster:
         self.tag = f"prmf{os.getpid()}"
         self.hosts = {h: i for i, h in enumerate(hosts, 1)}
         self.worker_cpus = worker_cpus
-        self.tmp = Path(tempfile.mkdtemp(prefix="prmfns-", dir="/tmp"))  # short: Ray's socket paths < 107 bytes
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-ns", dir="/tmp"))  # short: Ray's socket paths < 107 bytes
         self.token = self.dir / "ray_auth_token"
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
                     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
