@@ -39,7 +39,7 @@ INSTALL_HINT = "run `slurm/install-test-slurm.sh` (apt-get install slurm-wlm); m
 SLURM_CONF = """\
 ClusterName=prmflocal
 GresTypes=gpu
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({ctld_addr})
 SlurmctldPort={ctld_port}
 SlurmUser={user}
 SlurmdUser={user}
@@ -65,7 +65,7 @@ AuthInfo=cred_expire={cred_expire}
 KillWait={kill_wait}
 MinJobAge=600
 FirstJobId={first_job_id}
-SlurmdTimeout=60
+SlurmdTimeout={slurmd_timeout}
 InactiveLimit=0
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool/%n
@@ -121,10 +121,13 @@ def host_gpus():
 
 
 class LocalSlurm:
-    """slurmctld and one slurmd per node name, all on this host, started and stopped by PID."""
+    """slurmctld and one slurmd per node name, all on this host, started and stopped by PID.
+    `addrs` ({"ctld" or node name: IP}, default 127.0.0.1) and `prefix` (name -> the argv that runs
+    a command on that host, e.g. `nsenter --net=...`) put the daemons, and the clients with
+    slurmctld, on separate network hosts (the tests' network namespaces)."""
 
     def __init__(self, workdir, nodes=("local",), cpus=None, gpu_files=None, partition="local",
-                 kill_wait=5, cred_expire=5):
+                 kill_wait=5, cred_expire=5, slurmd_timeout=60, addrs=None, prefix=None):
         self.dir = Path(workdir).resolve()
         self.nodes = list(nodes)
         self.cpus = cpus or os.cpu_count()
@@ -132,6 +135,9 @@ class LocalSlurm:
         self.partition = partition
         self.kill_wait = kill_wait
         self.cred_expire = cred_expire
+        self.slurmd_timeout = slurmd_timeout
+        self.addrs = addrs or {}
+        self.prefix = prefix or (lambda name: [])
         self.conf = self.dir / "slurm.conf"
         self.procs = {}
 
@@ -145,7 +151,7 @@ class LocalSlurm:
 
     def run(self, cmd, **kw):
         kw.setdefault("env", self.env())
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+        return subprocess.run([*self.prefix("ctld"), *cmd], capture_output=True, text=True, timeout=60, **kw)
 
     def start(self):
         missing = [exe for exe in DAEMONS + CLIENTS if find(exe) is None]
@@ -164,23 +170,28 @@ class LocalSlurm:
         ports = free_ports(1 + len(self.nodes))
         host = socket.gethostname().split(".")[0]
         gres = f" Gres=gpu:{len(self.gpu_files)}" if self.gpu_files else ""
-        nodes = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={p} CPUs={self.cpus}{gres} "
-                          "State=UNKNOWN" for n, p in zip(self.nodes, ports[1:]))
+        nodes = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr={self.addrs.get(n, '127.0.0.1')} Port={p} "
+                          f"CPUs={self.cpus}{gres} State=UNKNOWN" for n, p in zip(self.nodes, ports[1:]))
         (self.dir / "gres.conf").write_text("AutoDetect=off\n" + "".join(f"Name=gpu File={f}\n" for f in self.gpu_files))
         self.conf.write_text(SLURM_CONF.format(
-            host=host, ctld_port=ports[0], user=getpass.getuser(), kill_wait=self.kill_wait,
+            host=host, ctld_addr=self.addrs.get("ctld", "127.0.0.1"), ctld_port=ports[0], user=getpass.getuser(),
+            kill_wait=self.kill_wait, slurmd_timeout=self.slurmd_timeout,
             cred_expire=self.cred_expire, first_job_id=random.randint(100_000, 900_000), d=self.dir, nodes=nodes,
             partition=self.partition))
-        self.procs["slurmctld"] = self._spawn([find("slurmctld"), "-D", "-i"], "slurmctld")
+        self.procs["slurmctld"] = self._spawn([find("slurmctld"), "-D", "-i"], "slurmctld", "ctld")
         wait_until(lambda: "UP" in self.run(["scontrol", "ping"]).stdout, 30,
                    what=f"slurmctld to answer (see {self.dir}/log)")
         for n in self.nodes:
-            self.procs[f"slurmd-{n}"] = self._spawn([find("slurmd"), "-D", "-N", n], f"slurmd-{n}")
+            self.start_slurmd(n)
         wait_until(self._all_idle, 60, what=f"Slurm nodes to be idle (see {self.dir}/log)")
 
-    def _spawn(self, cmd, name):
-        with open(self.dir / "log" / f"{name}.out", "w") as out:
-            proc = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+    def start_slurmd(self, node):
+        """(Re)start a node's slurmd (a node lost and back, in the tests)."""
+        self.procs[f"slurmd-{node}"] = self._spawn([find("slurmd"), "-D", "-N", node], f"slurmd-{node}", node)
+
+    def _spawn(self, cmd, name, where):
+        with open(self.dir / "log" / f"{name}.out", "a") as out:
+            proc = subprocess.Popen([*self.prefix(where), *cmd], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=self.dir)
         time.sleep(0.2)
         if proc.poll() is not None:

@@ -39,6 +39,28 @@ def python_env(**extra):
     return env
 
 
+def client(address, prefix=(), **env):
+    """A Ray driver joining `address` with only the auth env given (none inherited), run under
+    `prefix` (e.g. `ip netns exec NS`: from another host); returns the CompletedProcess."""
+    e = python_env(**env)
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        if k not in env:
+            e.pop(k, None)
+    code = f"import ray; ray.init(address={address!r}); print('joined', len(ray.nodes()))"
+    return subprocess.run([*prefix, sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+def assert_token_guards(address, token_path, prefix=(), **env):
+    """A client without the token, or with a wrong one, is refused by Ray's auth; one with it joins."""
+    for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+        refused = client(address, prefix, **auth, **env)
+        assert refused.returncode != 0 and "joined" not in refused.stdout, refused.stdout
+        assert "AuthenticationError" in refused.stderr or "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
+    right = client(address, prefix, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), **env)
+    assert right.returncode == 0 and "joined" in right.stdout, right.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- Slurm
 
 class SlurmCluster(LocalSlurm):
@@ -47,8 +69,10 @@ class SlurmCluster(LocalSlurm):
     and one fake GPU each; KillWait and cred_expire 5 s. Stopped by SIGTERM to that command's PID
     (it cancels the jobs left and stops its daemons by PID). Adds the clients the tests use."""
 
-    def __init__(self, workdir: Path, nodes=("n1", "n2"), cpus=2, kill_wait=5, fake_gpus=1):
-        super().__init__(workdir, nodes, cpus, ["/dev/null"] * fake_gpus, kill_wait=kill_wait)
+    def __init__(self, workdir: Path, nodes=("n1", "n2"), cpus=2, kill_wait=5, fake_gpus=1, slurmd_timeout=60,
+                 addrs=None, prefix=None):
+        super().__init__(workdir, nodes, cpus, ["/dev/null"] * fake_gpus, kill_wait=kill_wait,
+                         slurmd_timeout=slurmd_timeout, addrs=addrs, prefix=prefix)
         self.proc = None
         self.timings = {}
 
@@ -57,6 +81,10 @@ class SlurmCluster(LocalSlurm):
         if missing:
             pytest.fail(f"Slurm is not installed ({missing[0]} not found): {INSTALL_HINT}", pytrace=False)
         t0 = time.monotonic()
+        if self.addrs:  # daemons on separate network hosts (tests/netns.py): started here, each under its prefix
+            super().start()
+            self.timings["cluster_up_s"] = time.monotonic() - t0
+            return self
         self.dir.mkdir(parents=True, exist_ok=True)
         log = self.dir / "local-slurm.out"
         with open(log, "w") as out:
@@ -81,14 +109,16 @@ class SlurmCluster(LocalSlurm):
     def stop(self):
         if self.proc is not None:
             stop_pid(self.proc, timeout=120)
+        else:
+            super().stop()
 
     # -- clients
     def env(self, **extra):
         return super().env(python_env(**extra))
 
     def sbatch(self, script, options=(), env=None, cwd=REPO):
-        r = subprocess.run(["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True,
-                           env=env or self.env(), cwd=cwd, timeout=60)
+        r = subprocess.run([*self.prefix("ctld"), "sbatch", "--parsable", *options, str(script)], capture_output=True,
+                           text=True, env=env or self.env(), cwd=cwd, timeout=60)
         assert r.returncode == 0, f"sbatch failed: {r.stderr}"
         return int(r.stdout.strip().split(";")[0])
 

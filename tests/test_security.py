@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clusters import REPO, local_ray_cluster, python_env  # noqa: E402
+from clusters import REPO, assert_token_guards, local_ray_cluster, python_env  # noqa: E402
 
 import ray  # noqa: E402,F401  (Ray's bundled psutil)
 import psutil  # noqa: E402
@@ -50,25 +50,6 @@ def non_loopback_ips():
     return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
             if a.family in (socket.AF_INET, socket.AF_INET6) and a.address.split("%")[0] not in LOOPBACK
             and not a.address.startswith("fe80")]
-
-
-def client(address, **env):
-    """A Ray client joining `address` with the given auth env; returns the CompletedProcess."""
-    e = python_env(**env)
-    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
-        if k not in env:
-            e.pop(k, None)
-    code = f"import ray; ray.init(address={address!r}); print('joined', len(ray.nodes()))"
-    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
-
-
-def assert_token_guards(address, token_path, **env):
-    for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
-        refused = client(address, **auth, **env)
-        assert refused.returncode != 0 and "joined" not in refused.stdout, refused.stdout
-        assert "AuthenticationError" in refused.stderr or "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
-    right = client(address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), **env)
-    assert right.returncode == 0 and "joined" in right.stdout, right.stderr[-2000:]
 
 
 @pytest.mark.timeout(300)
