@@ -183,6 +183,12 @@ def tb_steps(folder, tag="val_emoval"):
     return [e.step for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag]
 
 
+def tb_texts(folder, tag="provenance"):
+    """The text summaries `tag` of a TensorBoard run folder, oldest first."""
+    return [v.tensor.string_val[0].decode() for e in trackers.tb_events(folder) for v in e.summary.value
+            if v.tag.startswith(tag + "/")]
+
+
 def tracked_pack(root, data, n=2, wandb="proj"):
     """A pack of `n` points logged to MLflow (SQLite in `root`), W&B offline (project `wandb`) and
     TensorBoard, with a provenance record as the driver writes one before launching."""
@@ -239,8 +245,7 @@ def test_a_killed_pack_continues_each_trials_runs_in_every_tracker_without_a_ste
         assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # one file per worker, one run in TensorBoard
         assert tb_steps(folder) == [1, 2, 3, 4] and tb_steps(folder, "folds_running") == [1, 2, 3, 4]
         assert tb_steps(folder, "final/cv_acc") == [4]
-        texts = [v.tensor.string_val[0].decode() for e in trackers.tb_events(folder) for v in e.summary.value
-                 if v.tag.startswith("provenance")]
+        texts = tb_texts(folder)
         assert len(texts) == 2 and "commit: c0ffee" in texts[-1] and record in texts[-1]
     assert trackers.sync(pack["trials"], {s["trial_id"] for s in pack["trials"]}) == 0  # all ended: nothing to fill in
 
