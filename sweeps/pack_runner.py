@@ -56,27 +56,31 @@ def run(pack, data, reporter):
     engine.prune(done)  # stored before (finished or pruned): out of the batch
     written = set(done)
     node = reporter.node()
-    runs = {t: trackers.start(s) for t, s in enumerate(specs) if t not in written}  # each tracker's run per trial
     rungs, milestones = asha.Rungs(Path(pack["store"]) / "asha_rungs.json"), set(pack["milestones"])
-    t0 = time.time()
-    while not engine.done:
-        scores = engine.step()
-        wall = wall0 + time.time() - t0
-        for t, score in scores.items():
-            runs[t].epoch({"epoch": engine.epoch, "val_emoval": score, "folds_running": engine.running(t), **node})
-        if engine.epoch in milestones:
-            stop = rungs.judge(engine.epoch, {specs[t]["trial_id"]: s for t, s in scores.items()})
-            pruned = [t for t in scores if specs[t]["trial_id"] in stop and engine.running(t)]
-            if pruned:
-                write_results(engine, pack, pruned, "pruned", wall, node, runs)
-                engine.prune(pruned)
-                written.update(pruned)
-        ended = [t for t in range(len(specs)) if t not in written and not engine.running(t)]
-        if ended:
-            write_results(engine, pack, ended, "finished", wall, node, runs)
-            written.update(ended)
-        finite = [s for s in scores.values() if math.isfinite(s)]
-        metrics = {"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
-                   "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node}
-        due = not engine.done and (engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones)
-        reporter.report(metrics, engine if due else None, wall)
+    t0, runs = time.time(), {}
+    try:
+        runs.update((t, trackers.start(s)) for t, s in enumerate(specs) if t not in written)  # each tracker's run per trial
+        while not engine.done:
+            scores = engine.step()
+            wall = wall0 + time.time() - t0
+            for t, score in scores.items():
+                runs[t].epoch({"epoch": engine.epoch, "val_emoval": score, "folds_running": engine.running(t), **node})
+            if engine.epoch in milestones:
+                stop = rungs.judge(engine.epoch, {specs[t]["trial_id"]: s for t, s in scores.items()})
+                pruned = [t for t in scores if specs[t]["trial_id"] in stop and engine.running(t)]
+                if pruned:
+                    write_results(engine, pack, pruned, "pruned", wall, node, runs)
+                    engine.prune(pruned)
+                    written.update(pruned)
+            ended = [t for t in range(len(specs)) if t not in written and not engine.running(t)]
+            if ended:
+                write_results(engine, pack, ended, "finished", wall, node, runs)
+                written.update(ended)
+            finite = [s for s in scores.values() if math.isfinite(s)]
+            metrics = {"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
+                       "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node}
+            due = not engine.done and (engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones)
+            reporter.report(metrics, engine if due else None, wall)
+    finally:  # killed or failed mid-pack: the runs of the trials not ended stay open for the resume
+        for r in runs.values():
+            r.close()

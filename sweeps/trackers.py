@@ -52,17 +52,17 @@ def _need(package, flag, extra):
 def prepare(args, sweep_name, data, root) -> dict:
     """Driver side, before any trial: check the packages and the server; what the specs carry to
     the workers ({'mlflow': {...}, 'wandb': {...}, 'tensorboard': {...}}, each only when used)."""
-    out = {}
+    out, about = {}, {"dataset": data.name, "features": "+".join(data.features)}
     try:  # TensorBoard as Tune's own files: whenever tensorboardX is there
         importlib.import_module("tensorboardX")
-        out["tensorboard"] = {"dir": str(Path(root) / "tensorboard")}
+        out["tensorboard"] = {"dir": str(Path(root) / "tensorboard"), **about}
     except ImportError:
         pass
     if getattr(args, "wandb", None):
         _need("wandb", "--wandb", "wandb")
         # the mode travels in the spec: workers on other nodes do not inherit the driver's environment
         out["wandb"] = {"project": args.wandb, "group": sweep_name, "dir": str(Path(root) / "wandb"),
-                        "mode": os.environ.get("WANDB_MODE", "offline")}
+                        "mode": os.environ.get("WANDB_MODE", "offline"), **about}
     if getattr(args, "mlflow", None):
         _need("mlflow", "--mlflow", "trackers")
         from mlflow.tracking import MlflowClient
@@ -80,8 +80,7 @@ def prepare(args, sweep_name, data, root) -> dict:
         except Exception as e:
             raise TrackerError(f"--mlflow {args.mlflow}: cannot reach the tracking server "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        out["mlflow"] = {"uri": args.mlflow, "experiment_id": exp_id, "dataset": data.name,
-                         "features": "+".join(data.features)}
+        out["mlflow"] = {"uri": args.mlflow, "experiment_id": exp_id, **about}
     return out
 
 
@@ -101,10 +100,10 @@ def provenance_record(spec):
 
 def _tags(spec):
     cfg, prov = spec["cfg"], provenance_record(spec)
+    conf = next((spec[k] for k in TRACKERS if spec.get(k)), {})
     return {"trial_id": spec["trial_id"], "sweep": spec["sweep"], "experiment": spec["experiment"],
             "seed": str(spec["seed"]), "model": cfg.get("model", ""), "commit": spec.get("commit", "unknown"),
-            **({"provenance": prov} if prov else {}),
-            **({"dataset": spec["mlflow"]["dataset"], "features": spec["mlflow"]["features"]} if spec.get("mlflow") else {})}
+            **({"provenance": prov} if prov else {}), **{k: conf[k] for k in ("dataset", "features") if k in conf}}
 
 
 def _params(spec):
@@ -163,6 +162,9 @@ class _Mlflow:
             self.client.set_tag(self.run_id, "status", status)
         self.client.set_terminated(self.run_id, "FINISHED")
 
+    def close(self):
+        pass  # RUNNING until the trial ends: a resume continues it
+
 
 # ---------------------------------------------------------------- Weights & Biases
 
@@ -211,6 +213,9 @@ class _Wandb:
         self.run.summary.update({**finals, "status": status})
         self.run.finish()
         _write_sidecar(self.spec, {**self.state, "ended": True})
+
+    def close(self):
+        self.run.finish(exit_code=1)  # frees the id for a retry in this process; the resume continues its steps
 
 
 # ---------------------------------------------------------------- TensorBoard
@@ -267,6 +272,9 @@ class _Tensorboard:
         self.writer.add_text("status", status, last_epoch)
         self.writer.close()
 
+    def close(self):
+        self.writer.close()
+
 
 def _tb_ended(spec):
     return any(v.tag.startswith("status") for e in tb_events(_tb_folder(spec)) for v in e.summary.value)
@@ -293,6 +301,13 @@ class Runs:
             finals, stored_status, last_epoch = _finals(self.spec)
             for run in self.runs:
                 run.end(finals, status or stored_status, last_epoch)
+        self.runs = []
+
+    def close(self):
+        """The pack stops before the trial ended (interrupted, failed): this process lets go of its
+        runs, left open for the resume to continue."""
+        for run in self.runs:
+            run.close()
         self.runs = []
 
 
