@@ -28,8 +28,9 @@ def stored(specs) -> list:
     return [t for t, s in enumerate(specs) if (Path(s["store"]) / "results" / f"{s['trial_id']}.parquet").exists()]
 
 
-def write_results(engine, pack, trials, status, wall_time_s, node):
-    """Score `trials` (positions in the pack) at their best epochs and store each as one trial."""
+def write_results(engine, pack, trials, status, wall_time_s, node, runs=None):
+    """Score `trials` (positions in the pack) at their best epochs and store each as one trial, then
+    end its tracker runs (`runs`: the pack's open handles by position)."""
     specs = pack["trials"]
     results = engine.score(robustness_scenarios() if pack["robustness"] else None, trials)
     for t in trials:
@@ -39,7 +40,7 @@ def write_results(engine, pack, trials, status, wall_time_s, node):
             cfg=make_config(spec["cfg"]), seed=spec["seed"], dataset=engine.data, status=status, wall_time_s=wall_time_s,
             extra={**node, "pack": pack["id"]}, identical=spec.get("identical", ()), commit=spec.get("commit", "unknown"))
         store.write_trial(spec["store"], spec["trial_id"], rows, epochs, predictions)
-        trackers.log_result(spec, status)  # MLflow: final metrics, NPZ artifacts, run closed
+        trackers.log_result(spec, status, (runs or {}).get(t))  # final metrics, MLflow's NPZ artifacts, runs ended
 
 
 def run(pack, data, reporter):
@@ -55,27 +56,31 @@ def run(pack, data, reporter):
     engine.prune(done)  # stored before (finished or pruned): out of the batch
     written = set(done)
     node = reporter.node()
-    runs = {t: trackers.start(s) for t, s in enumerate(specs) if t not in written}  # MLflow run per trial
     rungs, milestones = asha.Rungs(Path(pack["store"]) / "asha_rungs.json"), set(pack["milestones"])
-    t0 = time.time()
-    while not engine.done:
-        scores = engine.step()
-        wall = wall0 + time.time() - t0
-        for t, score in scores.items():
-            runs[t].epoch({"epoch": engine.epoch, "val_emoval": score, "folds_running": engine.running(t), **node})
-        if engine.epoch in milestones:
-            stop = rungs.judge(engine.epoch, {specs[t]["trial_id"]: s for t, s in scores.items()})
-            pruned = [t for t in scores if specs[t]["trial_id"] in stop and engine.running(t)]
-            if pruned:
-                write_results(engine, pack, pruned, "pruned", wall, node)
-                engine.prune(pruned)
-                written.update(pruned)
-        ended = [t for t in range(len(specs)) if t not in written and not engine.running(t)]
-        if ended:
-            write_results(engine, pack, ended, "finished", wall, node)
-            written.update(ended)
-        finite = [s for s in scores.values() if math.isfinite(s)]
-        metrics = {"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
-                   "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node}
-        due = not engine.done and (engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones)
-        reporter.report(metrics, engine if due else None, wall)
+    t0, runs = time.time(), {}
+    try:
+        runs.update((t, trackers.start(s)) for t, s in enumerate(specs) if t not in written)  # each tracker's run per trial
+        while not engine.done:
+            scores = engine.step()
+            wall = wall0 + time.time() - t0
+            for t, score in scores.items():
+                runs[t].epoch({"epoch": engine.epoch, "val_emoval": score, "folds_running": engine.running(t), **node})
+            if engine.epoch in milestones:
+                stop = rungs.judge(engine.epoch, {specs[t]["trial_id"]: s for t, s in scores.items()})
+                pruned = [t for t in scores if specs[t]["trial_id"] in stop and engine.running(t)]
+                if pruned:
+                    write_results(engine, pack, pruned, "pruned", wall, node, runs)
+                    engine.prune(pruned)
+                    written.update(pruned)
+            ended = [t for t in range(len(specs)) if t not in written and not engine.running(t)]
+            if ended:
+                write_results(engine, pack, ended, "finished", wall, node, runs)
+                written.update(ended)
+            finite = [s for s in scores.values() if math.isfinite(s)]
+            metrics = {"epoch": engine.epoch, "val_emoval": max(finite) if finite else float("nan"),
+                       "trials_running": sum(1 for t in range(len(specs)) if engine.running(t)), **node}
+            due = not engine.done and (engine.epoch % pack["checkpoint_every"] == 0 or engine.epoch in milestones)
+            reporter.report(metrics, engine if due else None, wall)
+    finally:  # killed or failed mid-pack: the runs of the trials not ended stay open for the resume
+        for r in runs.values():
+            r.close()

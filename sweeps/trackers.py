@@ -1,19 +1,23 @@
-"""Sweeps into the lab's experiment trackers: MLflow (`--mlflow URI`), Weights & Biases (`--wandb`).
+"""Sweeps into the lab's experiment trackers: MLflow (`--mlflow URI`), Weights & Biases (`--wandb`)
+and TensorBoard (event files, whenever tensorboardX is installed). In each, every (config, seed)
+trial is one run, whatever the packing: the pack (sweeps/pack_runner.py) opens its trials' runs on
+the worker (`start`), logs each epoch (step = epoch) and ends a run when it stores the trial
+(`log_result`: finished, or pruned by ASHA inside its pack). Every run carries the trial's commit
+and the path of the provenance record of the sweep's run that last trained it.
 
-MLflow: every (config, seed) trial is one run, named by its trial id and tagged with it, in the
-experiment named after the sweep. The worker opens it (params = the config) and logs each epoch's
-metrics (step = epoch); when the trial's results are stored (finished, or pruned by ASHA inside
-its pack) it logs the final metrics of each split (the store's clean aggregate rows: `test1_acc`,
-...) and the NPZ predictions as artifacts, and ends the run. A resumed trial reopens its run
-(found by the trial-id tag) and skips the epochs it logged before; `sync` at the end of a sweep fills in any stored trial whose run lacks its final
-metrics (also a whole sweep run before without --mlflow).
-
-Weights & Biases: Ray's WandbLoggerCallback on the driver, offline unless WANDB_MODE says
-otherwise (`wandb sync` uploads later), the runs in STORAGE/NAME/wandb/. TensorBoard: Tune writes event files itself (with
-tensorboardX installed) under STORAGE/NAME/tune/: `tensorboard --logdir STORAGE/NAME/tune`.
+A resumed pack replays the epochs after its checkpoint; a trial continues its runs from the epoch
+after the last one logged, read back from where it was logged: MLflow's metric history, the
+trial's own TensorBoard event files, and for W&B a sidecar (STORAGE/NAME/wandb/steps/TRIAL.json)
+written after each epoch. `sync` at the end of a sweep ends every stored trial's run that was not
+ended (the pack killed between storing and ending, or a sweep run before without the tracker).
 """
+import hashlib
 import importlib
+import json
 import os
+import re
+import struct
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +27,7 @@ from prmf import store
 
 METRICS = ("acc", "f1", "val_mse", "emoval")  # final metrics per split, from the aggregate rows
 EPOCH_METRICS = ("val_emoval", "folds_running")
+TERMINATED = ("FINISHED", "FAILED", "KILLED")  # an MLflow run in one of these is closed; RUNNING is not
 
 
 class TrackerError(Exception):
@@ -33,7 +38,8 @@ def add_args(ap):
     ap.add_argument("--mlflow", metavar="URI", help="log every trial as one MLflow run to this tracking URI "
                     "(http://host:5000, sqlite:///mlflow.db, a folder); experiment = the sweep's name")
     ap.add_argument("--wandb", nargs="?", const="prmf-sweep", metavar="PROJECT",
-                    help="log to Weights & Biases project PROJECT (default prmf-sweep), offline unless WANDB_MODE is set")
+                    help="log every trial as one Weights & Biases run in project PROJECT (default prmf-sweep), "
+                         "offline unless WANDB_MODE is set")
 
 
 def _need(package, flag, extra):
@@ -44,10 +50,19 @@ def _need(package, flag, extra):
 
 
 def prepare(args, sweep_name, data, root) -> dict:
-    """Driver side, before any trial: check the packages and the server; {'mlflow': {...}} for the specs."""
-    out = {}
+    """Driver side, before any trial: check the packages and the server; what the specs carry to
+    the workers ({'mlflow': {...}, 'wandb': {...}, 'tensorboard': {...}}, each only when used)."""
+    out, about = {}, {"dataset": data.name, "features": "+".join(data.features)}
+    try:  # TensorBoard as Tune's own files: whenever tensorboardX is there
+        importlib.import_module("tensorboardX")
+        out["tensorboard"] = {"dir": str(Path(root) / "tensorboard"), **about}
+    except ImportError:
+        pass
     if getattr(args, "wandb", None):
         _need("wandb", "--wandb", "wandb")
+        # the mode travels in the spec: workers on other nodes do not inherit the driver's environment
+        out["wandb"] = {"project": args.wandb, "group": sweep_name, "dir": str(Path(root) / "wandb"),
+                        "mode": os.environ.get("WANDB_MODE", "offline"), **about}
     if getattr(args, "mlflow", None):
         _need("mlflow", "--mlflow", "trackers")
         from mlflow.tracking import MlflowClient
@@ -65,112 +80,264 @@ def prepare(args, sweep_name, data, root) -> dict:
         except Exception as e:
             raise TrackerError(f"--mlflow {args.mlflow}: cannot reach the tracking server "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        out["mlflow"] = {"uri": args.mlflow, "experiment_id": exp_id, "dataset": data.name,
-                         "features": "+".join(data.features)}
+        out["mlflow"] = {"uri": args.mlflow, "experiment_id": exp_id, **about}
     return out
 
 
 def callbacks(args, sweep_name, root) -> list:
-    """Driver-side Tune callbacks (W&B). The runs are written straight into the sweep folder
-    (STORAGE/NAME/wandb/): left to Ray's staging folder, a short Tune trial's run was synced to the
-    storage before W&B had written it."""
-    if not getattr(args, "wandb", None):
-        return []
-    os.environ.setdefault("WANDB_MODE", "offline")  # the driver's check of the API key
-    from ray.air.integrations.wandb import WandbLoggerCallback
-    (Path(root) / "wandb").mkdir(parents=True, exist_ok=True)
-    # the mode also as wandb.init's own argument: the logging actors do not inherit the driver's env
-    return [WandbLoggerCallback(project=args.wandb, group=sweep_name, log_config=True, mode=os.environ["WANDB_MODE"],
-                                dir=str(Path(root) / "wandb"))]
+    """Driver-side Tune callbacks: none. W&B was Ray's WandbLoggerCallback here, one run per pack
+    with the pack's best score; the packs now log every trial themselves."""
+    return []
 
+
+def provenance_record(spec):
+    """The newest STORAGE/NAME/provenance/run-NNN.json: the driver writes it before it launches
+    the packs, so it is the record of the run that trains (or fills in) this trial; None if none."""
+    runs = Path(spec["store"]).glob("provenance/run-[0-9]*.json")
+    newest = max(runs, key=lambda p: int(p.stem[4:]), default=None)  # by number: run-1000 after run-999
+    return str(newest) if newest else None
+
+
+def _tags(spec):
+    cfg, prov = spec["cfg"], provenance_record(spec)
+    conf = next((spec[k] for k in TRACKERS if spec.get(k)), {})
+    return {"trial_id": spec["trial_id"], "sweep": spec["sweep"], "experiment": spec["experiment"],
+            "seed": str(spec["seed"]), "model": cfg.get("model", ""), "commit": spec.get("commit", "unknown"),
+            **({"provenance": prov} if prov else {}), **{k: conf[k] for k in ("dataset", "features") if k in conf}}
+
+
+def _params(spec):
+    return {**spec["cfg"], "seed": spec["seed"], "folds": spec["folds"]}
+
+
+def _finals(spec):
+    """(final metrics {split_metric: value}, stored status, last epoch run) from the trial's results file."""
+    df = pq.read_table(Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet").to_pandas()
+    agg = df[df.is_aggregate & (df.scenario == "clean")]
+    finals = {f"{r.split}_{m}": float(getattr(r, m)) for r in agg.itertuples() for m in METRICS
+              if pd.notna(getattr(r, m))}  # no labels (MER2023 test3: no valence) -> no metric
+    return finals, str(df.status.iloc[0]), int(df.epochs_run.max())
+
+
+# ---------------------------------------------------------------- MLflow
 
 def _find_run(client, exp_id, trial_id):
     runs = client.search_runs([exp_id], filter_string=f"tags.trial_id = '{trial_id}'", max_results=1)
     return runs[0] if runs else None
 
 
-def _tags(spec):
-    cfg = spec["cfg"]
-    return {"trial_id": spec["trial_id"], "sweep": spec["sweep"], "experiment": spec["experiment"],
-            "seed": str(spec["seed"]), "model": cfg.get("model", ""),
-            "dataset": spec["mlflow"]["dataset"], "features": spec["mlflow"]["features"]}
-
-
-class _Run:
-    """The worker's handle on one trial's MLflow run (a no-op without --mlflow). A pack trains many
-    trials in one process, so every call names its run (MlflowClient), never MLflow's one active run."""
+class _Mlflow:
+    """One trial's MLflow run. A pack trains many trials in one process, so every call names its
+    run (MlflowClient), never MLflow's one active run."""
 
     def __init__(self, spec):
-        self.spec, self.client, self.run_id, self.logged_to = spec, None, None, 0
-        conf = spec.get("mlflow")
-        if not conf:
-            return
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
-        self.client = MlflowClient(tracking_uri=conf["uri"])
+        conf = spec["mlflow"]
+        self.spec, self.client, self.logged_to, self.ended = spec, MlflowClient(tracking_uri=conf["uri"]), 0, False
         old = _find_run(self.client, conf["experiment_id"], spec["trial_id"])
         if old:  # a resumed trial continues its run from the epoch after the last one logged
-            self.run_id = old.info.run_id
+            self.run_id, self.ended = old.info.run_id, "status" in old.data.tags  # finals logged, maybe not terminated
             history = self.client.get_metric_history(self.run_id, "val_emoval")
             self.logged_to = max((m.step for m in history), default=0)
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _tags(spec).items()])  # this run's commit
         else:
-            run = self.client.create_run(conf["experiment_id"], run_name=spec["trial_id"], tags=_tags(spec))
-            self.run_id = run.info.run_id
-            params = {**spec["cfg"], "seed": spec["seed"], "folds": spec["folds"]}
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self.run_id = self.client.create_run(conf["experiment_id"], run_name=spec["trial_id"], tags=_tags(spec)).info.run_id
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in _params(spec).items()])
 
     def epoch(self, metrics):
-        if self.client and metrics["epoch"] > self.logged_to:
+        if metrics["epoch"] > self.logged_to:
             from mlflow.entities import Metric
             now, step = store.timestamp() * 1000, int(metrics["epoch"])
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), now, step) for k in EPOCH_METRICS])
 
+    def end(self, finals, status, last_epoch):
+        from mlflow.entities import Metric
+        if not self.ended:  # the status tag is set last: with it, everything but the end is there
+            now = store.timestamp() * 1000
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in finals.items()])
+            pred = Path(self.spec["store"]) / "predictions" / self.spec["trial_id"]
+            if pred.is_dir():
+                self.client.log_artifacts(self.run_id, str(pred), artifact_path="predictions")
+            self.client.set_tag(self.run_id, "status", status)
+        self.client.set_terminated(self.run_id, "FINISHED")
 
-def start(spec) -> _Run:
-    return _Run(spec)
-
-
-def log_result(spec, status):
-    """A trial's results are in the store: final metrics, predictions, status; the run ends."""
-    conf = spec.get("mlflow")
-    if not conf:
-        return
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=conf["uri"])
-    run = _find_run(client, conf["experiment_id"], spec["trial_id"])
-    if run is None:  # stored before --mlflow was given: a run with its params and finals
-        run = client.create_run(conf["experiment_id"], run_name=spec["trial_id"], tags=_tags(spec))
-        for k, v in {**spec["cfg"], "seed": spec["seed"], "folds": spec["folds"]}.items():
-            client.log_param(run.info.run_id, k, v)
-    _log_final(client, run.info.run_id, Path(spec["store"]), spec["trial_id"], status)
+    def close(self):
+        pass  # RUNNING until the trial ends: a resume continues it
 
 
-def _log_final(client, run_id, root, trial_id, status):
-    from mlflow.entities import Metric
-    df = pq.read_table(root / "results" / f"{trial_id}.parquet").to_pandas()
-    agg = df[df.is_aggregate & (df.scenario == "clean")]
-    now = store.timestamp() * 1000
-    metrics = [Metric(f"{r.split}_{m}", float(getattr(r, m)), now, 0) for r in agg.itertuples() for m in METRICS
-               if pd.notna(getattr(r, m))]  # no labels (MER2023 test3: no valence) -> no metric
-    client.log_batch(run_id, metrics=metrics)
-    pred = root / "predictions" / trial_id
-    if pred.is_dir():
-        client.log_artifacts(run_id, str(pred), artifact_path="predictions")
-    client.set_tag(run_id, "status", status or str(df.status.iloc[0]))
-    client.set_terminated(run_id, "FINISHED")
+# ---------------------------------------------------------------- Weights & Biases
+
+def wandb_id(spec):
+    """The trial's W&B run id: its trial id and the sweep's name (one project holds many sweeps)."""
+    tag = hashlib.sha1(spec["sweep"].encode()).hexdigest()[:6]
+    return re.sub(r"[^A-Za-z0-9_-]", "-", spec["trial_id"])[:56] + "-" + tag
+
+
+def _sidecar(spec):
+    return Path(spec["wandb"]["dir"]) / "steps" / f"{spec['trial_id']}.json"
+
+
+def _read_sidecar(spec):
+    path = _sidecar(spec)
+    return json.loads(path.read_text()) if path.exists() else {"epoch": 0, "ended": False}
+
+
+def _write_sidecar(spec, state):
+    store.atomic_write(_sidecar(spec), lambda tmp: Path(tmp).write_text(json.dumps(state)))
+
+
+class _Wandb:
+    """One trial's W&B run; several live in one process (reinit='create_new'). Offline, a resumed
+    trial is a new run folder with the same id (`wandb sync` joins them); its steps continue."""
+
+    def __init__(self, spec):
+        import wandb
+        conf, tags = spec["wandb"], _tags(spec)
+        self.spec, self.state = spec, _read_sidecar(spec)
+        Path(conf["dir"]).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=conf["project"], group=conf["group"], name=spec["trial_id"], id=wandb_id(spec),
+                              dir=conf["dir"], mode=conf["mode"], resume="allow", reinit="create_new",
+                              config={**_params(spec), **tags}, job_type=spec["experiment"],
+                              tags=[spec["experiment"], f"commit={tags['commit']}"[:64]],
+                              settings=wandb.Settings(silent=True, console="off"))
+
+    def epoch(self, metrics):
+        epoch = int(metrics["epoch"])
+        if epoch > self.state["epoch"]:
+            self.run.log({k: float(metrics[k]) for k in EPOCH_METRICS}, step=epoch)
+            self.state["epoch"] = epoch
+            _write_sidecar(self.spec, self.state)
+
+    def end(self, finals, status, last_epoch):
+        self.run.summary.update({**finals, "status": status})
+        self.run.finish()
+        _write_sidecar(self.spec, {**self.state, "ended": True})
+
+    def close(self):
+        self.run.finish(exit_code=1)  # frees the id for a retry in this process; the resume continues its steps
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+def tb_events(folder):
+    """Every Event in the TensorBoard event files of `folder`, oldest file first; a record cut
+    short by a killed writer ends its file."""
+    from tensorboardX.proto.event_pb2 import Event
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):  # TFRecord: length (8), its CRC (4), data, its CRC (4)
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            if pos + 16 + n > len(data):
+                break
+            event = Event()
+            event.ParseFromString(data[pos + 12:pos + 12 + n])
+            yield event
+            pos += 16 + n
+
+
+def _tb_folder(spec):
+    return Path(spec["tensorboard"]["dir"]) / spec["trial_id"]
+
+
+class _Tensorboard:
+    """One trial's TensorBoard run: its own folder; a resumed trial adds an event file to it and
+    continues from the last epoch in its files."""
+
+    def __init__(self, spec):
+        from tensorboardX import SummaryWriter
+        folder = _tb_folder(spec)
+        steps = [e.step for e in tb_events(folder) for v in e.summary.value if v.tag == "val_emoval"]
+        self.logged_to = max(steps, default=0)
+        # a file of its own (events.out.tfevents.SECOND.HOST alone: a worker resuming within the second
+        # would truncate the killed one's), its name sorting after the files before it: TensorBoard
+        # reads them in name order and drops the steps after one that goes back
+        self.writer = SummaryWriter(logdir=str(folder), filename_suffix=f".from{self.logged_to:06d}.{uuid.uuid4().hex[:8]}")
+        tags = _tags(spec)
+        self.writer.add_text("provenance", "  \n".join(f"{k}: {tags[k]}" for k in ("trial_id", "commit", "provenance")
+                                                        if k in tags), self.logged_to)
+        self.writer.flush()
+
+    def epoch(self, metrics):
+        epoch = int(metrics["epoch"])
+        if epoch > self.logged_to:
+            for k in EPOCH_METRICS:
+                self.writer.add_scalar(k, float(metrics[k]), epoch)
+            self.writer.flush()  # the files are what a resumed trial reads its last epoch from
+            self.logged_to = epoch
+
+    def end(self, finals, status, last_epoch):
+        for k, v in finals.items():
+            self.writer.add_scalar(f"final/{k}", v, last_epoch)
+        self.writer.add_text("status", status, last_epoch)
+        self.writer.close()
+
+    def close(self):
+        self.writer.close()
+
+
+def _tb_ended(spec):
+    return any(v.tag.startswith("status") for e in tb_events(_tb_folder(spec)) for v in e.summary.value)
+
+
+# ---------------------------------------------------------------- a trial's runs
+
+TRACKERS = {"mlflow": _Mlflow, "wandb": _Wandb, "tensorboard": _Tensorboard}
+
+
+class Runs:
+    """The worker's handle on one trial's runs, one per tracker in its spec (none: a no-op)."""
+
+    def __init__(self, spec, kinds=tuple(TRACKERS)):
+        self.spec = spec
+        self.runs = [TRACKERS[k](spec) for k in kinds if spec.get(k)]
+
+    def epoch(self, metrics):
+        for run in self.runs:
+            run.epoch(metrics)
+
+    def end(self, status=None):
+        if self.runs:
+            finals, stored_status, last_epoch = _finals(self.spec)
+            for run in self.runs:
+                run.end(finals, status or stored_status, last_epoch)
+        self.runs = []
+
+    def close(self):
+        """The pack stops before the trial ended (interrupted, failed): this process lets go of its
+        runs, left open for the resume to continue."""
+        for run in self.runs:
+            run.close()
+        self.runs = []
+
+
+def start(spec) -> Runs:
+    return Runs(spec)
+
+
+def log_result(spec, status, runs=None):
+    """A trial's results are in the store: its runs get the final metrics (and in MLflow the NPZ
+    predictions) and the status, and end. `runs`: the pack's open handle (None: open them here)."""
+    (runs or Runs(spec)).end(status)
 
 
 def sync(specs, done):
-    """Driver side, after the sweep: every stored trial whose run has no final status yet gets it."""
-    specs = [s for s in specs if s.get("mlflow") and s["trial_id"] in done]
-    if not specs:
-        return 0
-    from mlflow.tracking import MlflowClient
-    conf = specs[0]["mlflow"]
-    client = MlflowClient(tracking_uri=conf["uri"])
-    runs = client.search_runs([conf["experiment_id"]], max_results=50000)
-    closed = {r.data.tags.get("trial_id") for r in runs if r.data.tags.get("status")}
-    todo = [s for s in specs if s["trial_id"] not in closed]
-    for s in todo:
-        log_result(s, None)
-    return len(todo)
+    """Driver side, after the sweep: every stored trial whose runs are not all ended gets them ended
+    (an MLflow run is ended when terminated, whatever its tags: a driver killed between the status
+    tag and set_terminated left it RUNNING). The number of trials filled in."""
+    specs = [s for s in specs if s["trial_id"] in done and any(s.get(k) for k in TRACKERS)]
+    terminated = set()
+    conf = next((s["mlflow"] for s in specs if s.get("mlflow")), None)
+    if conf:
+        from mlflow.tracking import MlflowClient
+        runs = MlflowClient(tracking_uri=conf["uri"]).search_runs([conf["experiment_id"]], max_results=50000)
+        terminated = {r.data.tags.get("trial_id") for r in runs if r.info.status in TERMINATED}
+    ended = {"mlflow": lambda s: s["trial_id"] in terminated, "wandb": lambda s: _read_sidecar(s)["ended"],
+             "tensorboard": _tb_ended}
+    n = 0
+    for s in specs:
+        todo = [k for k in TRACKERS if s.get(k) and not ended[k](s)]
+        if todo:
+            Runs(s, todo).end()
+            n += 1
+    return n

@@ -4,16 +4,23 @@ calls. The reporter keeps metrics and checkpoints in memory; the store and the r
 real files in a temp folder."""
 import io
 import json
+import struct
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from prmf import store
+from prmf import provenance, store
 from prmf.config import preset_config
 from sweeps import pack_runner, plan, trackers
 from sweeps.definition import Point, RunSettings, Sweep
+
+try:
+    from mlflow.tracking import MlflowClient
+except ImportError:  # the tracker tests skip
+    MlflowClient = None
 
 SMALL = dict(hidden_dim=8, batch_size=128, lr=3e-3, epochs=4, patience=4)
 
@@ -131,19 +138,138 @@ def test_trials_stored_before_leave_the_batch(tmp_path, tiny_data):
     assert np.array_equal(first.acc, stored_before.acc) and np.array_equal(first.f1, stored_before.f1)
 
 
-def test_each_trial_is_one_tracker_run_with_its_epochs_and_final_metrics(tmp_path, tiny_data):
+def wandb_records(path):
+    """The protobuf records of a W&B run file (.wandb: a LevelDB-style log of 32 KiB blocks, each
+    record in chunks with a 7-byte header: CRC, length, FULL/FIRST/MIDDLE/LAST)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    data, pos, buf = path.read_bytes(), 7, b""  # the file header: ':W&B', magic, version
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+def wandb_runs(folder):
+    """{run id: [(name, group, config, tags, [(step, val_emoval)], summary, ended)], one entry per
+    offline run folder (a resumed trial has one more), oldest first} of STORAGE/NAME/wandb."""
+    out = {}
+    for f in sorted(Path(folder).glob("wandb/offline-run-*/*.wandb")):
+        run, steps, summary, ended = None, [], {}, False
+        for r in wandb_records(f):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run = r.run
+            elif kind == "history":
+                items = {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+                if "val_emoval" in items:
+                    steps.append((items["_step"], items["val_emoval"]))
+            elif kind == "summary":
+                summary.update({i.key: json.loads(i.value_json) for i in r.summary.update if i.key})
+            elif kind == "exit":
+                ended = True
+        config = {i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"}
+        out.setdefault(run.run_id, []).append((run.start_time.ToNanoseconds(), run.display_name, run.run_group, config,
+                                               list(run.tags), steps, summary, ended))
+    return {k: [r[1:] for r in sorted(v)] for k, v in out.items()}  # in the order they were started
+
+
+def tb_steps(folder, tag="val_emoval"):
+    return [e.step for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag]
+
+
+def tb_texts(folder, tag="provenance"):
+    """The text summaries `tag` of a TensorBoard run folder, oldest first."""
+    return [v.tensor.string_val[0].decode() for e in trackers.tb_events(folder) for v in e.summary.value
+            if v.tag.startswith(tag + "/")]
+
+
+def tracked_pack(root, data, n=2, wandb="proj"):
+    """A pack of `n` points logged to MLflow (SQLite in `root`), W&B offline (project `wandb`) and
+    TensorBoard, with a provenance record as the driver writes one before launching."""
     pytest.importorskip("mlflow")
-    from mlflow.tracking import MlflowClient
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    pack = make_pack(tmp_path, points(2))
-    tracking = trackers.prepare(Namespace(mlflow=uri, wandb=None, restart=False), "t", tiny_data, tmp_path)
+    pytest.importorskip("wandb")
+    provenance.write_run(root, {"commit": "abc"}, {})
+    pack = make_pack(root, points(n))
+    tracking = trackers.prepare(Namespace(mlflow=f"sqlite:///{root}/mlflow.db", wandb=wandb, restart=False), "t", data, root)
+    assert set(tracking) == {"mlflow", "tensorboard"} | ({"wandb"} if wandb else set())
     for s in pack["trials"]:
-        s.update(tracking)
-    pack_runner.run(pack, tiny_data, MemoryReporter())
-    client = MlflowClient(tracking_uri=uri)
+        s.update(tracking, commit="c0ffee")
+    return pack, tracking
+
+
+def test_a_killed_pack_continues_each_trials_runs_in_every_tracker_without_a_step_twice(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    pack, tracking = tracked_pack(tmp_path, tiny_data)
+    first = MemoryReporter(stop_after=3)  # checkpoint at epoch 2, killed after epoch 3: epoch 3 runs twice
+    with pytest.raises(Killed):
+        pack_runner.run(pack, tiny_data, first)
+    provenance.write_run(tmp_path, {"commit": "abc"}, {})  # the resuming driver's record: run-001
+    pack_runner.run(pack, tiny_data, MemoryReporter(checkpoint=first.checkpoint))
+
+    record = str(tmp_path / "provenance" / "run-001.json")
+    tids = sorted(s["trial_id"] for s in pack["trials"])
+    client = MlflowClient(tracking_uri=tracking["mlflow"]["uri"])
     runs = client.search_runs([tracking["mlflow"]["experiment_id"]])
-    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(s["trial_id"] for s in pack["trials"])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == tids
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["status"] == "finished"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_emoval")] == [1, 2, 3, 4]
+        assert r.data.tags["commit"] == "c0ffee" and r.data.tags["provenance"] == record
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_emoval")) == [1, 2, 3, 4]
         assert {"cv_acc", "test1_acc", "test1_f1"} <= set(r.data.metrics)
+
+    wb = wandb_runs(tmp_path / "wandb")
+    assert sorted(wb) == sorted(trackers.wandb_id(s) for s in pack["trials"])
+    for spec in pack["trials"]:
+        killed, resumed = wb[trackers.wandb_id(spec)]  # one folder per worker that ran the trial
+        assert [s for s, _ in killed[4]] == [1, 2, 3] and "status" not in killed[5]
+        assert [s for s, _ in resumed[4]] == [4] and resumed[6] and resumed[5]["status"] == "finished"
+        assert resumed[5]["cv_acc"] == pytest.approx(store.read_results(tmp_path).query(
+            f"trial_id == '{spec['trial_id']}' and split == 'cv' and is_aggregate and scenario == 'clean'").acc.iloc[0])
+        name, group, config, tags, *_ = resumed
+        assert (name, group, config["trial_id"], config["commit"], config["provenance"]) == (
+            spec["trial_id"], "t", spec["trial_id"], "c0ffee", record)
+        assert "commit=c0ffee" in tags and config["lr"] == spec["cfg"]["lr"] and config["dataset"] == tiny_data.name
+        folder = tmp_path / "tensorboard" / spec["trial_id"]
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # one file per worker, one run in TensorBoard
+        assert tb_steps(folder) == [1, 2, 3, 4] and tb_steps(folder, "folds_running") == [1, 2, 3, 4]
+        assert tb_steps(folder, "final/cv_acc") == [4]
+        texts = tb_texts(folder)
+        assert len(texts) == 2 and "commit: c0ffee" in texts[-1] and record in texts[-1]
+    assert trackers.sync(pack["trials"], {s["trial_id"] for s in pack["trials"]}) == 0  # all ended: nothing to fill in
+
+
+def test_a_driver_killed_while_ending_a_run_leaves_it_for_the_next_fill_in(tmp_path, tiny_data, monkeypatch):
+    # trials stored without trackers, then the driver's fill-in dies between the status tag and
+    # set_terminated: the run stays RUNNING with its status tag (W&B left out: its run would live on
+    # in this process, where a killed driver's dies with it)
+    pack, tracking = tracked_pack(tmp_path, tiny_data, n=1, wandb=None)
+    pack_runner.run(plan.pack_config("bare", [{k: v for k, v in s.items() if k not in tracking} for s in pack["trials"]]),
+                    tiny_data, MemoryReporter())
+    done = {s["trial_id"] for s in pack["trials"]}
+    from mlflow.tracking import MlflowClient as Client
+
+    def die(self, run_id, status=None):
+        raise Killed
+    monkeypatch.setattr(Client, "set_terminated", die)
+    with pytest.raises(Killed):
+        trackers.sync(pack["trials"], done)
+    client = MlflowClient(tracking_uri=tracking["mlflow"]["uri"])
+    (run,) = client.search_runs([tracking["mlflow"]["experiment_id"]])
+    assert run.info.status == "RUNNING" and run.data.tags["status"] == "finished"
+    monkeypatch.undo()
+    assert trackers.sync(pack["trials"], done) == 1  # the next fill-in ends it
+    (run,) = client.search_runs([tracking["mlflow"]["experiment_id"]])
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "cv_acc")) == 1
+    folder = tmp_path / "tensorboard" / pack["trials"][0]["trial_id"]  # filled in too: finals, no epochs
+    assert tb_texts(folder, "status") == ["finished"] and tb_steps(folder) == [] and tb_steps(folder, "final/cv_acc") == [4]
+    assert trackers.sync(pack["trials"], done) == 0
