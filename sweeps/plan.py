@@ -62,6 +62,8 @@ class TrialSpec(TypedDict, total=False):
     robustness: bool  # score the robustness scenarios
     commit: str  # the code's git commit (prmf.provenance)
     mlflow: dict  # trackers.prepare's settings, when --mlflow is given
+    wandb: dict  # likewise, with --wandb
+    tensorboard: dict  # likewise, whenever tensorboardX is installed
     search_values: dict  # a search's proposed values for this point
 
 
