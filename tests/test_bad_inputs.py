@@ -21,23 +21,8 @@ from analysis import best_results, report  # noqa: E402
 from prmf import train  # noqa: E402
 from sweeps import ablation, asha, driver, grid, plan, tune_adapter  # noqa: E402
 
-FEATS = ("a-UTT", "t-UTT", "v-UTT")
-EMOS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+from helpers import EMOS, FEATS, merbench_root  # noqa: E402
 
-
-def merbench_root(path, labels=None, feature=None):
-    """A small valid MERBench root (12 train samples, 2 per class), with one thing broken by the caller."""
-    labels = labels if labels is not None else \
-        {"train": {f"s{i}": {"emo": EMOS[i % 6], "val": float(i % 3 - 1)} for i in range(12)}}
-    for f in FEATS:
-        (path / "features" / f).mkdir(parents=True, exist_ok=True)
-        for corpus in labels.values():
-            for name in corpus:
-                np.save(path / "features" / f / f"{name}.npy", np.ones(3, np.float32))
-    np.savez(path / "label-6way.npz", **{f"{k}_corpus": np.array(v, dtype=object) for k, v in labels.items()})
-    if feature is not None:
-        feature(path / "features" / FEATS[1] / "s1.npy")
-    return path
 
 
 def one_error_line(capsys, expected):

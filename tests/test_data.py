@@ -9,24 +9,10 @@ import pytest
 from prmf.data import DataError, load_merbench, merbench, read_label_file
 from prmf.data.synthetic import CLASS_COUNTS, FEATURES, generate
 
+from helpers import FEATS, LABELS, make_root
 
 
-def make_root(tmp_path, labels, features, dims=(3, 4, 2)):
-    """A MERBench root: labels {split: {name: {'emo', 'val'}}}, features for `features` names."""
-    root = tmp_path / "root"
-    for f, d in zip(features, dims):
-        (root / "features" / f).mkdir(parents=True, exist_ok=True)
-    for corpus in labels.values():
-        for i, name in enumerate(corpus):
-            for f, d in zip(features, dims):
-                np.save(root / "features" / f / f"{name}.npy", np.full(d, i + 1.0, np.float32))
-    np.savez(root / "label-6way.npz", **{f"{k}_corpus": np.array(v, dtype=object) for k, v in labels.items()})
-    return root
 
-
-FEATS = ("a-UTT", "t-UTT", "v-UTT")
-LABELS = {"train": {"s1": {"emo": "happy", "val": 2.0}, "s2": {"emo": "sad", "val": -1.0}},
-          "test3": {"n1": {"emo": "angry", "val": -10}}}
 
 
 def test_round_trip_through_a_merbench_folder(tmp_path):

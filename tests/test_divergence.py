@@ -13,7 +13,7 @@ from prmf import store
 from prmf.config import ConfigError, make_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_bad_inputs import FEATS, merbench_root  # noqa: E402
+from helpers import FEATS, merbench_root  # noqa: E402
 
 from analysis import best_results, report  # noqa: E402
 from prmf import train  # noqa: E402

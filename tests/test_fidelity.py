@@ -5,7 +5,6 @@ that fails if another mode's behaviour leaks in; expected numbers come from the 
 torch's own optimisers, parameter counts from the reference architectures' arithmetic."""
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +16,8 @@ from prmf.models import build_model, n_params
 from prmf.schedules import modality_dropout_rate
 from sweeps import ablation, plan
 from sweeps.definition import DEFAULT_STORAGE
+
+from helpers import batch, fra_root
 
 DIMS, H, C = [10, 20, 8], 16, 6
 PAPER_DIMS = [1024, 5120, 768]  # chinese-hubert-large, Baichuan-13B-Base, clip-vit-large-patch14 (UTT)
@@ -137,11 +138,6 @@ def test_epoch_history_records_the_rate_used(tiny_data):
 
 
 # ---------------------------------------------------------------- placement and masking
-
-def batch(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, d, generator=g) for d in DIMS]
-
 
 @pytest.mark.parametrize("fidelity", MODES)
 def test_modality_dropout_reaches_the_classifier_except_under_the_design_plan(fidelity, fixed_noise):
@@ -309,24 +305,9 @@ def test_rows_are_stored_for_identical_presets_with_n_params(tiny_data):
     assert "modality_dropout_p" in epochs
 
 
-def write_fra_root(tmp_path, names=("a-FRA", "t-FRA", "v-FRA"), dims=(3, 5, 2)):
-    """A MERBench root with frame-level [T, D] features of varying T (3 classes x 4 train samples)."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "fra"
-    labels = {"train": {f"s{i}": {"emo": ("happy", "sad", "angry")[i % 3], "val": float(i % 5 - 2)} for i in range(12)},
-              "test1": {f"t{i}": {"emo": "happy", "val": 1.0} for i in range(3)}}
-    for f, d in zip(names, dims):
-        (root / "features" / f).mkdir(parents=True)
-        for corpus in labels.values():
-            for n in corpus:
-                np.save(root / "features" / f / f"{n}.npy", rng.normal(size=(int(rng.integers(2, 7)), d)).astype(np.float32))
-    np.savez(root / "label-6way.npz", **{f"{k}_corpus": np.array(v, dtype=object) for k, v in labels.items()})
-    return root
-
-
 def test_fra_folders_train_the_frame_level_encoders(tmp_path, capsys):
     from prmf.train import main
-    root = write_fra_root(tmp_path)
+    root = fra_root(tmp_path)
     out = tmp_path / "out"
     rc = main(["--data", str(root), "--features", "a-FRA,t-FRA,v-FRA", "--experiment", "attention", "--epochs", "1",
                "--folds", "2", "--no-robustness", "--out", str(out), "--device", "cpu", "--set", "hidden_dim=8"])
@@ -341,7 +322,7 @@ def test_fra_folders_train_the_frame_level_encoders(tmp_path, capsys):
 
 def test_frame_level_errors_are_one_line(tmp_path, capsys):
     from prmf.train import main
-    root = write_fra_root(tmp_path, names=("a-FRA", "t-FRA", "v-UTT"))
+    root = fra_root(tmp_path, names=("a-FRA", "t-FRA", "v-UTT"))
     assert main(["--data", str(root), "--features", "a-FRA,t-FRA,v-UTT", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "mixes utterance-level and frame-level" in err and err.count("\n") == 1

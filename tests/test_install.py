@@ -6,7 +6,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
 
 from prmf import store
 

@@ -18,8 +18,7 @@ from prmf.data import load_merbench
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_data import FEATS, LABELS, make_root  # noqa: E402
-from test_sweeps import TINY  # noqa: E402
+from helpers import FEATS, LABELS, REPO, make_root, sweep_argv, sweep_env  # noqa: E402
 
 
 def test_feature_file_rewritten_in_place_is_read_again(tmp_path, capsys):
@@ -102,9 +101,8 @@ def test_a_fold_with_non_finite_outputs_stops_marked_diverged(tiny_data):
 
 
 def sweep_proc(*args):
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    return subprocess.Popen([sys.executable, str(REPO / "sweeps" / "ablation.py"), *TINY, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.Popen(sweep_argv("ablation.py", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=sweep_env(), cwd=REPO)
 
 
 @pytest.mark.timeout(600)

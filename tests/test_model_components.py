@@ -12,12 +12,8 @@ from prmf.models.fusion import (DROP_PATTERNS, kl_gaussians, kl_to_standard_norm
                                 uncertainty_fusion, vae_parts)
 from prmf.models.layers import init_member
 
-DIMS = [10, 20, 8]
+from helpers import DIMS, batch
 
-
-def batch(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, d, generator=g) for d in DIMS]
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():

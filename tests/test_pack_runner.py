@@ -4,9 +4,7 @@ calls. The reporter keeps metrics and checkpoints in memory; the store and the r
 real files in a temp folder."""
 import io
 import json
-import struct
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +14,8 @@ from prmf import provenance, store
 from prmf.config import preset_config
 from sweeps import pack_runner, plan, trackers
 from sweeps.definition import Point, RunSettings, Sweep
+
+from helpers import tb_steps, tb_texts, wandb_runs
 
 try:
     from mlflow.tracking import MlflowClient
@@ -136,61 +136,6 @@ def test_trials_stored_before_leave_the_batch(tmp_path, tiny_data):
     assert not df.duplicated(store.RESULT_KEY).any() and df.trial_id.nunique() == 2
     first = df[df.trial_id == pack["trials"][0]["trial_id"]].reset_index(drop=True)
     assert np.array_equal(first.acc, stored_before.acc) and np.array_equal(first.f1, stored_before.f1)
-
-
-def wandb_records(path):
-    """The protobuf records of a W&B run file (.wandb: a LevelDB-style log of 32 KiB blocks, each
-    record in chunks with a 7-byte header: CRC, length, FULL/FIRST/MIDDLE/LAST)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-    data, pos, buf = path.read_bytes(), 7, b""  # the file header: ':W&B', magic, version
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(buf)
-            buf = b""
-            yield record
-
-
-def wandb_runs(folder):
-    """{run id: [(name, group, config, tags, [(step, val_emoval)], summary, ended)], one entry per
-    offline run folder (a resumed trial has one more), oldest first} of STORAGE/NAME/wandb."""
-    out = {}
-    for f in sorted(Path(folder).glob("wandb/offline-run-*/*.wandb")):
-        run, steps, summary, ended = None, [], {}, False
-        for r in wandb_records(f):
-            kind = r.WhichOneof("record_type")
-            if kind == "run":
-                run = r.run
-            elif kind == "history":
-                items = {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-                if "val_emoval" in items:
-                    steps.append((items["_step"], items["val_emoval"]))
-            elif kind == "summary":
-                summary.update({i.key: json.loads(i.value_json) for i in r.summary.update if i.key})
-            elif kind == "exit":
-                ended = True
-        config = {i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"}
-        out.setdefault(run.run_id, []).append((run.start_time.ToNanoseconds(), run.display_name, run.run_group, config,
-                                               list(run.tags), steps, summary, ended))
-    return {k: [r[1:] for r in sorted(v)] for k, v in out.items()}  # in the order they were started
-
-
-def tb_steps(folder, tag="val_emoval"):
-    return [e.step for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag]
-
-
-def tb_texts(folder, tag="provenance"):
-    """The text summaries `tag` of a TensorBoard run folder, oldest first."""
-    return [v.tensor.string_val[0].decode() for e in trackers.tb_events(folder) for v in e.summary.value
-            if v.tag.startswith(tag + "/")]
 
 
 def tracked_pack(root, data, n=2, wandb="proj"):

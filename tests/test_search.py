@@ -14,7 +14,7 @@ from prmf.config import ConfigError
 from sweeps import grid as grid_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_sweeps import REPO, TINY, sweep  # noqa: E402
+from helpers import REPO, TINY, sweep  # noqa: E402
 
 SPACE = """base: Exp1
 grid:

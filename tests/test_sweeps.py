@@ -6,25 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from prmf import store
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data", "synthetic", "--profile", "tiny", "--set", "hidden_dim=16", "--set", "batch_size=64",
-        "--set", "lr=0.003", "--address", "local"]
-
-
-def sweep(script, *args, check=True, **kw):
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.run([sys.executable, str(REPO / "sweeps" / script), *TINY, *args], capture_output=True,
-                          text=True, env=env, timeout=600, **kw)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+from helpers import REPO, TINY, sweep
 
 
 def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, data_dir):

@@ -11,8 +11,7 @@ from prmf import store
 from sweeps import trackers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pack_runner import tb_steps, tb_texts, wandb_runs  # noqa: E402
-from test_sweeps import sweep  # noqa: E402
+from helpers import sweep, tb_steps, tb_texts, wandb_runs  # noqa: E402
 
 mlflow = pytest.importorskip("mlflow")
 EPOCHS = 4
