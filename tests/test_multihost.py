@@ -101,16 +101,24 @@ def results(root):
     return store.read_results(root).sort_values(store.RESULT_KEY).reset_index(drop=True)
 
 
-def pack_host(c):
-    """The worker whose namespace runs the pack (Tune's function trainable actor), or None."""
+def pack_hosts(c) -> set:
+    """The workers whose namespaces run a process of the pack (Tune's function trainable actor). A
+    cut-off worker's copy lives on until its raylet learns it was declared dead, beside the retry."""
+    hosts = set()
     for host in ("w1", "w2"):
         for pid in netns_pids(c.ns(host)):
             try:
                 if b"ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return host
+                    hosts.add(host)
             except OSError:
                 pass
-    return None
+    return hosts
+
+
+def pack_host(c):
+    """The one worker running the pack, or None (none, or not yet only one)."""
+    hosts = pack_hosts(c)
+    return hosts.pop() if len(hosts) == 1 else None
 
 
 def checkpoint_epoch(root):
@@ -141,7 +149,7 @@ def run_with_fault(c, storage, name, fault, heal=None):
         t_dead = time.monotonic() - t0
         if heal:
             heal(host)
-        wait_until(lambda: pack_host(c) == other, 120, interval=0.2, what=f"the pack to run on {other}")
+        wait_until(lambda: other in pack_hosts(c), 120, interval=0.2, what=f"the pack to run on {other}")
         t_moved = time.monotonic() - t0
         seen = {}
         while proc.poll() is None:  # the first inode of every results file, to catch a second write
