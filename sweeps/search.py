@@ -25,7 +25,6 @@ running is refused and asked again.
 """
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
