@@ -145,7 +145,8 @@ class Engine:
         val_mse = ((vals_out - self.vals0[idx]).pow(2) * has_val).sum(1) / has_val.sum(1).clamp(min=1)
         return interloss + emo_w * ce.mean(1) + val_w * val_mse  # no valence in a batch: 0
 
-    def _train_epoch(self, live, modality_p):
+    def _train_epoch(self, live, modality_p, batches=None):
+        """One epoch of `live` (or its first `batches` batches); each member's mean training loss."""
         model, bs, grad_clip = self.model, self.trials[0][0].batch_size, self.trials[0][0].grad_clip
         model.train()
         device = self.device
@@ -156,7 +157,7 @@ class Engine:
         hyper = [(m.cfg.optimizer, m.lr, m.cfg.weight_decay) for m in live]
         params = list(model.parameters())
         totals = torch.zeros(len(live), dtype=torch.float64, device=device)
-        for start in range(0, max(len(o) for o in orders), bs):
+        for start in range(0, max(len(o) for o in orders), bs)[:batches]:
             chunks = [o[start:start + bs] for o in orders]
             groups = {}  # batch size -> positions: folds differ by a sample or so, so their last batches differ
             for i, c in enumerate(chunks):
@@ -214,8 +215,7 @@ class Engine:
         t0 = time.perf_counter()
         epoch = self.epoch + 1
         live = [self.members[i] for i in self.live]
-        uses = self.model.uses_modality_dropout
-        modality_p = [modality_dropout_rate(m.cfg, epoch) if uses and m.cfg.use_modality_dropout else 0.0 for m in live]
+        modality_p = self._modality_p(live, epoch)
         losses = self._train_epoch(live, modality_p)
         results = self._validate(live, losses, epoch, modality_p)
         self.epoch = epoch
@@ -225,6 +225,24 @@ class Engine:
         for m, result in zip(live, results):
             scores.setdefault(m.trial, []).append(result)
         return {t: _mean_finite(s) for t, s in scores.items()}
+
+    def _modality_p(self, live, epoch):
+        uses = self.model.uses_modality_dropout
+        return [modality_dropout_rate(m.cfg, epoch) if uses and m.cfg.use_modality_dropout else 0.0 for m in live]
+
+    def time_steps(self, steps, warmup=1) -> float:
+        """Seconds per training step of every member (the mean of `steps` after `warmup` untimed
+        ones; no validation): what `--pack auto` measures (sweeps/pack_choice.py). It trains the
+        members, so the engine is for measuring only."""
+        live = [self.members[i] for i in self.live]
+        modality_p = self._modality_p(live, self.max_epochs)  # the rate of most epochs
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        self._train_epoch(live, modality_p, warmup)
+        sync()
+        t0 = time.perf_counter()
+        self._train_epoch(live, modality_p, steps)
+        sync()
+        return (time.perf_counter() - t0) / steps
 
     def prune(self, trials):
         """Stop every member of these trials now (ASHA); they leave the batch."""

@@ -6,7 +6,7 @@ from prmf.config import ConfigError, parse_sets
 from prmf.data import DataError
 from sweeps import driver, trackers
 from sweeps.definition import DEFAULT_STORAGE, QUICK, SweepError
-from sweeps.plan import AUTO_PACK_MAX, AUTO_PACK_MAX_CPU
+from sweeps.plan import AUTO_PACK_MAX
 
 
 def add_common_args(ap: argparse.ArgumentParser):
@@ -32,9 +32,10 @@ def add_common_args(ap: argparse.ArgumentParser):
                     "(default: from the model size, 0.25 for small models, 0.5 for paper-size inputs)")
     ap.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per Tune trial, i.e. per pack (default 1)")
     ap.add_argument("--pack", default="auto", help="trials trained together as one batched model: auto (default: "
-                    "as many as memory allows, spread over the free slots, at most %d on a GPU, %d on CPUs), N, or 1 "
-                    "(none); only trials that differ in loss weights, temperatures, dropout, optimiser, lr and its "
-                    "schedule, weight decay or seed pack" % (AUTO_PACK_MAX, AUTO_PACK_MAX_CPU))
+                    "packs only where a few training steps timed at start, on one pack's resources, predict them "
+                    "faster than one trial per pack; at most as many as memory allows, spread over the free slots, "
+                    "%d), N, or 1 (none); only trials that differ in loss weights, temperatures, dropout, optimiser, "
+                    "lr and its schedule, weight decay or seed pack" % AUTO_PACK_MAX)
     ap.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS if set, else a new local Ray)")
     ap.add_argument("--storage", help=f"shared directory for results and Tune state (default {DEFAULT_STORAGE}/ "
                     f"under the current folder)")

@@ -17,8 +17,7 @@ from prmf import provenance, records, store
 from prmf.config import make_config, pack_key
 from sweeps.definition import SweepError, Sweep
 
-AUTO_PACK_MAX = 27  # trials per pack on a GPU: the paper's grid in one batched model
-AUTO_PACK_MAX_CPU = 9  # on CPUs the step is memory-bound: packs of 9 were the fastest measured (benchmarks/RESULTS.md)
+AUTO_PACK_MAX = 27  # the largest pack --pack auto considers: the paper's grid in one batched model
 PACK_FIELDS = ("store", "folds", "checkpoint_every", "milestones", "cpus", "robustness")  # the same for a pack's trials
 MEMBER_NOTE = ("loss weights", "temperatures", "dropout", "optimiser", "lr and its schedule", "weight decay", "seed")
 
@@ -85,9 +84,10 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None) -> l
 
 
 def auto_pack_size(specs, data, slots, gpus_per_trial, memory) -> int:
-    """As many trials per pack as half the memory of one trial slot holds (weights, gradients, AdamW
-    moments and best states of every fold), spread over the free slots, at most AUTO_PACK_MAX on a
-    GPU and AUTO_PACK_MAX_CPU on CPUs. `memory`: the cluster's memory in bytes (Ray's resource)."""
+    """The largest pack worth considering: as many trials as half the memory of one trial slot holds
+    (weights, gradients, AdamW moments and best states of every fold), the trials spread over the
+    free slots, at most AUTO_PACK_MAX. `memory`: the cluster's memory in bytes (Ray's resource).
+    Whether packing pays at all is measured (sweeps/pack_choice.py)."""
     from prmf.models import build_model, n_params
     cfg = make_config(specs[0]["cfg"])
     per_trial = n_params(build_model(cfg, data.dims, len(data.classes), init=False)) * 4 * 5 * specs[0]["folds"]
@@ -96,14 +96,13 @@ def auto_pack_size(specs, data, slots, gpus_per_trial, memory) -> int:
         budget = gpus_per_trial * gpu / 2
     else:
         budget = memory / max(1, slots) / 2
-    cap = AUTO_PACK_MAX if gpus_per_trial else AUTO_PACK_MAX_CPU
-    return int(max(1, min(cap, budget // per_trial, math.ceil(len(specs) / max(1, slots)))))
+    return int(max(1, min(AUTO_PACK_MAX, budget // per_trial, math.ceil(len(specs) / max(1, slots)))))
 
 
-def make_packs(specs, size, root, data, slots, gpus_per_trial, memory=8 * 2 ** 30):
+def make_packs(specs, size, root):
     """[(pack id, [trial specs])]: trials that may share a batched model (same config.pack_key) in
-    packs of `size` (None: auto), balanced; the packs of a sweep's first run (packs.json) are kept
-    on resume."""
+    packs of at most `size` trials (an int, or a function of a group of such trials), balanced;
+    the packs of a sweep's first run (packs.json) are kept on resume."""
     saved = root / "packs.json"
     stored = json.loads(saved.read_text()) if saved.exists() else {}
     by_id = {s["trial_id"]: s for s in specs}
@@ -115,7 +114,7 @@ def make_packs(specs, size, root, data, slots, gpus_per_trial, memory=8 * 2 ** 3
         if s["trial_id"] not in placed:
             groups.setdefault(pack_key(make_config(s["cfg"])), []).append(s)
     for group in groups.values():
-        n = size or auto_pack_size(group, data, slots, gpus_per_trial, memory)
+        n = size(group) if callable(size) else size
         k = math.ceil(len(group) / n)
         for chunk in (group[i::k] for i in range(k)):  # k packs of near-equal size
             tids = [s["trial_id"] for s in chunk]

@@ -44,7 +44,7 @@ def test_asha_stops_a_hopeless_grid_point_inside_its_pack(tmp_path, data_dir):
     # the three points differ in lr only: one pack (one slot of 2 CPUs), judged in grid order, so the
     # hopeless point meets its rung last; the folds' patience (40) cannot stop anything in 8 epochs:
     # only ASHA (rungs at epochs 2 and 6) can
-    out = sweep("grid.py", "--grid", str(grid), "--epochs", "8", "--grace-period", "2", "--cpus-per-trial", "2",
+    out = sweep("grid.py", "--grid", str(grid), "--epochs", "8", "--grace-period", "2", "--cpus-per-trial", "2", "--pack", "3",
                 "--storage", str(tmp_path), "--name", "g")
     assert "3 trials in 1 packs of 3" in out.stderr
     df = store.read_results(tmp_path / "g")
@@ -59,6 +59,24 @@ def test_asha_stops_a_hopeless_grid_point_inside_its_pack(tmp_path, data_dir):
     assert not list((tmp_path / "g").glob("tune/run-*/*/checkpoint_*"))
     rung2 = json.loads((tmp_path / "g" / "asha_rungs.json").read_text())["2"]  # for a resumed sweep to judge by
     assert sorted(rung2) == sorted(df.trial_id.unique())
+
+
+def test_pack_auto_measures_once_says_why_and_packs_as_it_said(tmp_path, data_dir):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: Exp4\ngrid:\n  kl_weight: [0.001, 0.002, 0.003]\n")
+    args = ["--grid", str(grid), "--epochs", "1", "--no-asha", "--cpus-per-trial", "2", "--storage", str(tmp_path)]
+    said = []
+    for name in ("first", "second"):
+        err = sweep("grid.py", *args, "--name", name).stderr
+        line, = [x for x in err.splitlines() if x.startswith("--pack auto: ")]
+        size = int(line.split()[2])
+        said.append(line)
+        packs = {p for p in store.read_results(tmp_path / name).pack}
+        assert len(packs) == -(-3 // size), (line, packs)  # 3 trials, 1 slot of 2 CPUs: as many packs as it said
+        assert ("3 trials in" in err) == (size > 1)
+    assert re.search(r"measured in [0-9.]+ s with 2 CPU per pack: a step of 1 trial \d+ ms, of 3 trials \d+ ms", said[0])
+    assert "measured before (cached) with 2 CPU per pack" in said[1]
+    assert said[0].split(": a step")[1] == said[1].split(": a step")[1]  # the same timings, the same choice
 
 
 def _results(root):
@@ -141,7 +159,7 @@ def test_same_name_with_other_settings_is_refused_until_restart(tmp_path, data_d
     assert (df.epochs_run <= 3).all() and df.epochs_run.max() == 3 and df.trial_id.nunique() == 1
 
 
-def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp_path, tiny_data):
+def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp_path):
     from prmf.config import preset_config
     from sweeps import plan
 
@@ -151,11 +169,11 @@ def test_packs_group_trials_by_architecture_and_keep_their_members_on_resume(tmp
     base = preset_config("Exp4", hidden_dim=16)
     specs = [spec(f"k{i}", base.replace(kl_weight=0.01 * i, lr=1e-3 * (i + 1))) for i in range(5)]
     specs.append(spec("wide", base.replace(hidden_dim=32)))  # another architecture: its own pack
-    packs = plan.make_packs(specs, 2, tmp_path, tiny_data, slots=1, gpus_per_trial=0)
+    packs = plan.make_packs(specs, 2, tmp_path)
     members = sorted(sorted(s["trial_id"] for s in m) for _, m in packs)
     assert members == [["k0", "k3"], ["k1", "k4"], ["k2"], ["wide"]]  # 5 in 3 packs of 2/2/1, balanced
     assert {pid for pid, m in packs if len(m) == 1} == {"k2", "wide"}  # a pack of one is named by its trial
-    again = plan.make_packs(specs[::-1], 3, tmp_path, tiny_data, slots=4, gpus_per_trial=0)  # resumed: packs.json
+    again = plan.make_packs(specs[::-1], 3, tmp_path)  # resumed: packs.json
     assert sorted(sorted(s["trial_id"] for s in m) for _, m in again) == members
 
 

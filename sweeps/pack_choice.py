@@ -1,0 +1,139 @@
+"""`--pack auto`: how many trials a pack holds, decided by measuring, on the sweep's own device and
+CPU share, rather than by a fixed cap.
+
+A pack trains its trials as one batched model. On a GPU that shares every kernel launch among many
+members (horizontally fused training: up to 15x, HFTA); on a CPU at paper dims the step is
+memory-bound and a big pack can be slower per trial than trials run alone side by side
+(benchmarks/RESULTS.md). So before packing, one Ray task with exactly a pack's resources (the
+trials' device, threads and kind of node) times a few training steps of packs of 1 trial, of the
+largest useful pack (the slots filled once, within memory) and of one in between; the sweep's
+training time is then predicted for every pack size (packs run `slots` at a time, a round as long
+as its largest pack) and packs are used only where they are predicted at least MIN_GAIN faster
+than one trial per pack. The timings are cached per machine kind, resources and shapes
+(PRMF_DATA_DIR or ~/.cache/prmf, pack-timings.json): the next sweep of those shapes reuses them.
+"""
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from prmf import store
+from prmf.config import make_config, pack_key
+
+MIN_GAIN = 0.05  # below this the prediction is within the measurement's noise: one trial per pack
+STEPS, WARMUP = 2, 1  # timed and untimed training steps per measured size
+
+
+def measure(specs, data, sizes, cpus) -> dict:
+    """{size: {'step': seconds per training step, 'build': seconds to set the pack up}} of packs of
+    the first `size` trials of `specs`, on this process's device with `cpus` threads."""
+    from prmf.engine import Engine
+    torch.set_num_threads(max(1, int(cpus)))
+    out = {}
+    for size in sizes:
+        t0 = time.perf_counter()
+        engine = Engine([(make_config(s["cfg"]), s["seed"]) for s in specs[:size]], data, specs[0]["folds"])
+        build = time.perf_counter() - t0
+        out[size] = {"step": engine.time_steps(STEPS, WARMUP), "build": build}
+        del engine
+    return out
+
+
+def sizes_to_measure(largest) -> list:
+    return sorted({1, math.ceil(largest / 2), largest})
+
+
+def _at(timings, size, key):
+    """timings[size][key], linear between the measured sizes."""
+    sizes = sorted(s for s in timings if s != "seconds")
+    lo = max(s for s in sizes if s <= size)
+    hi = min(s for s in sizes if s >= size)
+    if lo == hi:
+        return timings[lo][key]
+    w = (size - lo) / (hi - lo)
+    return (1 - w) * timings[lo][key] + w * timings[hi][key]
+
+
+def predict(n, slots, size, timings, steps) -> float:
+    """Seconds to train n trials in packs of at most `size` (balanced, as plan.make_packs makes them),
+    `slots` packs at a time, each pack `steps` training steps (epochs x batches per epoch)."""
+    k = math.ceil(n / size)
+    biggest = math.ceil(n / k)
+    return math.ceil(k / max(1, slots)) * (_at(timings, biggest, "build") + steps * _at(timings, biggest, "step"))
+
+
+def choose(n, slots, largest, timings, steps) -> tuple:
+    """(trials per pack, the reason in one line) from measured `timings`."""
+    alone = predict(n, slots, 1, timings, steps)
+    best = min(range(2, largest + 1), key=lambda s: (predict(n, slots, s, timings, steps), s))
+    packed = predict(n, slots, best, timings, steps)
+    t1, tl = timings[1]["step"], timings[largest]["step"]
+    said = (f"a step of 1 trial {t1 * 1e3:.0f} ms, of {largest} trials {tl * 1e3:.0f} ms "
+            f"({t1 * largest / tl:.2f}x the trials' throughput alone); predicted {alone:.0f} s alone, "
+            f"{packed:.0f} s in packs of {best}")
+    if packed > alone * (1 - MIN_GAIN):
+        return 1, f"{said}: packing gains less than {MIN_GAIN:.0%}, so one trial per pack"
+    return best, said
+
+
+def machine_kind(gpus_per_trial) -> str:
+    """What the timings depend on besides the shapes: the GPU type (Ray's accelerator_type), or the
+    CPU model of this host."""
+    if gpus_per_trial:
+        import ray
+        kinds = sorted(k.split(":", 1)[1] for k in ray.cluster_resources() if k.startswith("accelerator_type:"))
+        return "gpu " + (",".join(kinds) or "unknown")
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"cpu {model}"
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("PRMF_DATA_DIR", Path.home() / ".cache" / "prmf")) / "pack-timings.json"
+
+
+def timings(group, data, largest, cpus, gpus_per_trial) -> tuple:
+    """(timings, whether they came from the cache) of the group's pack shapes, measured by one Ray
+    task with a pack's resources unless cached."""
+    cfg = make_config(group[0]["cfg"])
+    key = json.dumps([machine_kind(gpus_per_trial), cpus, gpus_per_trial, torch.__version__, list(data.dims),
+                      len(data.splits["train"].emos), group[0]["folds"], pack_key(cfg), sizes_to_measure(largest)],
+                     default=str)
+    path = cache_path()
+    try:
+        cached = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        cached = {}  # unreadable: measure again and write it anew
+    if key in cached:
+        return {(k if k == "seconds" else int(k)): t for k, t in cached[key].items()}, True
+    t0 = time.perf_counter()
+    found = _measure_on_a_worker(group[:largest], data, sizes_to_measure(largest), cpus, gpus_per_trial)
+    found["seconds"] = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**cached, key: found}, indent=1)))
+    return found, False
+
+
+def _measure_on_a_worker(specs, data, sizes, cpus, gpus):
+    """measure() in one Ray task with a pack's resources: where, and with what, the packs will run."""
+    import ray
+    return ray.get(ray.remote(num_cpus=cpus, num_gpus=gpus)(measure).remote(specs, data, sizes, cpus))
+
+
+def auto_size(group, data, slots, largest, cpus, gpus_per_trial, epochs) -> tuple:
+    """(trials per pack, reason) for a group of trials that may share packs; `largest`: the biggest
+    pack memory and the slots allow (plan.auto_pack_size)."""
+    found, cached = timings(group, data, largest, cpus, gpus_per_trial)
+    n_train = len(data.splits["train"].emos)
+    folds = group[0]["folds"]
+    steps = epochs * math.ceil(n_train * (folds - 1) / folds / make_config(group[0]["cfg"]).batch_size)
+    size, reason = choose(len(group), slots, largest, found, steps)
+    where = f"{cpus:g} CPU{f' + {gpus_per_trial:g} GPU' if gpus_per_trial else ''} per pack"
+    when = "before (cached)" if cached else f"in {found['seconds']:.1f} s"
+    return size, f"measured {when} with {where}: {reason}"
