@@ -6,9 +6,13 @@ competent plain PyTorch loop, interleaved, with the load average printed.
 The plain loop (`--child plain`, its own process, as a user would write it):
   - data preloaded as tensors (prmf.data.load_data, then one torch.tensor per input), batches by
     index from a seeded randperm per fold and epoch;
-  - the same model code with one member (prmf.models.build_model: its fused layers make the plain
-    loop faster than nn.Linear would, so the ratio is conservative), vectorised modality-dropout
-    masks (the model's own draw);
+  - the same model (prmf.models.build_model with one member: the same architecture and FLOPs) with
+    its three hand-written kernels replaced by plain autograd, as a user's nn.Module would compute
+    them: every Linear is F.linear (autograd's backward), the decoders' reconstruction MSE is
+    `(F.linear(h, w, b) - x).pow(2).mean()`, dropout masks are `torch.rand_like(x) >= p` floats per
+    element (nn.Dropout draws the same way); vectorised modality-dropout masks (the model's own
+    draw). A second mode, "plain loop, engine kernels", keeps the engine's kernels (_Linear,
+    _ReconMSE, 16-bit dropout masks), to split the gain between the kernels and the loop;
   - torch.optim.AdamW (torch's default implementation), ReduceLROnPlateau(max, 0.5, 10, 1e-6),
     clip_grad_value_ at the preset's value, validation every epoch (in chunks of 1024), a copy of
     the best state;
@@ -44,6 +48,8 @@ def plain(args):
     from prmf.schedules import modality_dropout_rate
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.child == "plain":
+        plain_kernels()
     t_import = time.perf_counter()
     cfg = preset_config("Exp4", epochs=args.epochs)
     data = load_data("synthetic", profile=args.profile)
@@ -107,6 +113,21 @@ def plain(args):
           f"scoring {t_end - t_train:.2f} s", file=sys.stderr)
 
 
+def plain_kernels():
+    """The model's hand-written kernels replaced by what plain PyTorch code computes (one member)."""
+    import torch
+    import torch.nn.functional as F
+
+    from prmf.models import encoders, layers
+
+    def linear(x, w, b, scale):
+        return F.linear(x if scale == 1.0 else x * scale, w[0], b[0])
+
+    layers._Linear.apply = staticmethod(linear)
+    layers._ReconMSE.apply = staticmethod(lambda h, w, b, x: (F.linear(h, w[0], b[0]) - x).pow(2).mean((1, 2)))
+    layers.keep_mask = encoders.keep_mask = lambda x, rate: torch.rand_like(x) >= rate
+
+
 def timed(cmd, env):
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -122,7 +143,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch threads in every mode (default: torch's)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"])
-    ap.add_argument("--child", choices=["plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["plain", "plain-engine-kernels"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return plain(args)
@@ -135,6 +156,9 @@ def main():
     modes = {
         "plain loop": [py, __file__, "--child", "plain", "--epochs", str(args.epochs), "--profile", args.profile,
                        "--precision", args.precision] + (["--threads", str(args.threads)] if args.threads else []),
+        "plain loop, engine kernels": [py, __file__, "--child", "plain-engine-kernels", "--epochs", str(args.epochs),
+                                       "--profile", args.profile, "--precision", args.precision]
+                                      + (["--threads", str(args.threads)] if args.threads else []),
         "prmf.train --no-robustness": [py, "-m", "prmf.train", *common, "--no-robustness", "--out", out + "/a"],
         "prmf.train (robustness on)": [py, "-m", "prmf.train", *common, "--out", out + "/b"],
     }

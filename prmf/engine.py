@@ -176,8 +176,9 @@ class Engine:
                     pick = [modality_p[i] for i in pos]
                     loss = self._loss(call, idx, _member_values(pick, device), _pick(emo_all, sub), _pick(val_all, sub))
                 loss.sum().backward()
-                if grad_clip > 0:  # MERBench's call: each gradient element into [-c, c]
-                    torch.nn.utils.clip_grad_value_(params, grad_clip)
+                if grad_clip > 0:  # MERBench's clip_grad_value_: each gradient element into [-c, c], in one pass
+                    for p in params:  # (clip_grad_value_ makes two: clamp_min_, then clamp_max_)
+                        p.grad.clamp_(-grad_clip, grad_clip)
                 self.optimizer.step(pos, hyper)
                 for p in params:
                     p.grad = None

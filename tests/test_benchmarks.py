@@ -67,3 +67,34 @@ def test_grid_throughput_bad_inputs(tmp_path, capsys):
             gt.check_args(types.SimpleNamespace(**{**good, **change}))
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and says in err and err.count("\n") == 1
+
+
+def test_one_config_plain_kernels_compute_the_engine_kernels_model(tiny_data, monkeypatch):
+    """benchmarks/one_config.py's plain loop swaps the model's hand-written kernels for plain autograd:
+    the same model, the same outputs and gradients (dropout off), so the ratio compares loops."""
+    from prmf.config import preset_config
+    from prmf.models import build_model, encoders, layers
+    oc = load("one_config")
+    cfg = preset_config("Exp4", hidden_dim=16)
+    torch.manual_seed(0)
+    model = build_model(cfg, tiny_data.dims, len(tiny_data.classes)).double()
+    xs = [torch.as_tensor(x[:8], dtype=torch.float64)[None] for x in tiny_data.splits["train"].inputs]
+
+    def run():
+        model.zero_grad()
+        model.eval()  # no dropout: the two kernels' masks are drawn differently
+        _, emos, vals, interloss = model(xs, None)
+        (emos.sum() + vals.sum() + interloss.sum()).backward()
+        return [emos.detach(), vals.detach(), interloss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    engine = run()
+    for owner, name in [(layers._Linear, "apply"), (layers._ReconMSE, "apply"), (layers, "keep_mask"),
+                        (encoders, "keep_mask")]:
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
+    original = layers._Linear.apply
+    oc.plain_kernels()
+    assert layers._Linear.apply is not original and encoders.keep_mask(torch.ones(4), 0.5).dtype == torch.bool
+    plain = run()
+    assert len(plain) == len(engine) > 20
+    for a, b in zip(plain, engine):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
