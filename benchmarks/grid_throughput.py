@@ -84,7 +84,7 @@ DEFAULT_GRID = REPO / "sweeps" / "configs" / "prmf_grid.yaml"
 ADAMW_ACCESSES = {"fused": 7, "single_tensor": 21}  # 4-byte tensor accesses per parameter per step
 
 
-def grid_trials(path, epochs, seeds=1):
+def grid_trials(path, epochs, seeds=1, precision="fp32"):
     """[(config, seed)]: the grid's points in sweeps/grid.py's order (itertools.product of `grid:` over `base:` and
     `set:`) for seed 0, then again for each further seed; read here rather than through sweeps.grid
     so that the children do not import Ray."""
@@ -93,7 +93,8 @@ def grid_trials(path, epochs, seeds=1):
     spec = yaml.safe_load(Path(path).read_text())
     if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
         raise ValueError("expected a mapping with a non-empty 'grid:' of key -> list of values")
-    changes = {**(spec.get("set") or {}), "epochs": epochs, "patience": 10 ** 6, "modality_dropout_warmup": 0}
+    changes = {**(spec.get("set") or {}), "epochs": epochs, "patience": 10 ** 6, "modality_dropout_warmup": 0,
+               **({"precision": precision} if precision != "fp32" else {})}
     grid = spec["grid"]
     cfgs = [preset_config(spec.get("base", "Exp4"), **changes, **dict(zip(grid, combo)))
             for combo in itertools.product(*grid.values())]
@@ -230,7 +231,7 @@ def child(args):
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     data = load_data("synthetic", profile=args.profile)
-    trials = grid_trials(args.grid, args.epochs, args.seeds)
+    trials = grid_trials(args.grid, args.epochs, args.seeds, args.precision)
     points = [int(i) for i in args.points.split(",")]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -369,7 +370,7 @@ def check_args(args):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {args.device}: torch sees no CUDA device")
     try:
-        grid_trials(args.grid, args.epochs)
+        grid_trials(args.grid, args.epochs, precision=args.precision)
     except Exception as e:  # unreadable file, not a grid YAML, a key or value the config refuses
         fail(f"--grid {args.grid}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
@@ -384,6 +385,8 @@ def main():
     ap.add_argument("--merbench-subset", default="2,1", help="C,F: C configs spread over the grid x their first F folds")
     ap.add_argument("--packs-measured", type=int, default=0, help="packs timed per pack size (default 2 for k=1, else 1)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed", "tf32"], help="the engine modes' config key precision (fp32, bf16-mixed, "
+                    "tf32); the merbench loop stays fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     ap.add_argument("--json", help="also write the results here (one JSON document)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -407,7 +410,7 @@ def main():
     machine = {"peak": [gemm_peak(device)], "bw": [triad_bandwidth(device)]}
     print(f"{started}, load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}; "
           f"{n_points} grid points x {args.seeds} seeds x 5 folds, profile {args.profile} (dims {data.dims}), {args.epochs} epochs "
-          f"(the first not timed), device {args.device}, {torch.get_num_threads()} threads", flush=True)
+          f"(the first not timed), device {args.device}, {args.precision}, {torch.get_num_threads()} threads", flush=True)
     print(f"model: {costs['params'] / 1e6:.2f} M parameters per member; {costs['flops_train_sample'] / 1e6:.2f} MFLOP "
           f"per training sample, {costs['flops_val_sample'] / 1e6:.2f} per validation sample; machine: fp32 GEMM "
           f"{machine['peak'][0] / 1e9:.0f} GFLOP/s, triad {machine['bw'][0] / 1e9:.1f} GB/s", flush=True)
@@ -422,7 +425,7 @@ def main():
         folds = args.merbench_subset.split(",")[1] if mode == "merbench" else "5"
         cmd = [sys.executable, __file__, "--child", mode, "--points", ",".join(map(str, points)), "--folds", folds,
                "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--profile", args.profile, "--grid", args.grid, "--device", args.device,
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--precision", args.precision]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"error: mode {mode} failed:\n{proc.stderr[-3000:]}")

@@ -56,7 +56,7 @@ def test_gpu_check_compare_on_cpu(tiny_data, capsys):
 def test_grid_throughput_bad_inputs(tmp_path, capsys):
     gt = load("grid_throughput")
     good = dict(epochs=2, modes="merbench,1,27", merbench_subset="2,1", seeds=1, packs_measured=0, threads=0,
-                device="cpu", grid=str(gt.DEFAULT_GRID))
+                device="cpu", grid=str(gt.DEFAULT_GRID), precision="fp32")
     gt.check_args(types.SimpleNamespace(**good))
     bad_grid = tmp_path / "g.yaml"
     bad_grid.write_text("base: Exp4\ngrid:\n  nope: [1]\n")
