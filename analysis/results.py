@@ -21,13 +21,15 @@ from prmf.store import StoreError, is_store, read_part
 
 DEFAULT_RESULT_DIR = Path("runs")  # where the sweeps store by default: runs/ under the current folder
 SPLITS = ("cv", "test1", "test2", "test3")
-CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "fidelity", "split", "f1", "acc",
-                     "val", "source", "run", "status", "commit", "diverged_epoch"]
-JSON_KEYS = ["dataset", "features", "model", "experiment", "fidelity", "split", "f1", "acc", "val", "display_name",
-             "source", "n_runs", "commit"]
+CANDIDATE_COLUMNS = ["dataset", "features", "profile", "model", "experiment", "fidelity", "precision", "split", "f1",
+                     "acc", "val", "source", "run", "status", "commit", "diverged_epoch"]
+JSON_KEYS = ["dataset", "features", "model", "experiment", "fidelity", "precision", "split", "f1", "acc", "val",
+             "display_name", "source", "n_runs", "commit"]
 # MERBench's own files ran the real code, so they count as the published behaviour; store rows say
-# theirs. Rows of other fidelities are other rows of the table, never one cell with the default's.
+# theirs. Rows of other fidelities or precisions are other rows of the table, never one cell with
+# the default's (MERBench's files and stores without the column ran in fp32).
 DEFAULT_FIDELITY = "published"
+DEFAULT_PRECISION = "fp32"
 UNNAMED = "unnamed"  # data set of a MERBench file name without a `_dataset:` field
 
 # The seeds' names (extract_best_results.py); attention_robust_vN -> "Robust vN" otherwise.
@@ -85,10 +87,12 @@ def features_key(features) -> str:
     return "+".join(sorted((p.strip() for p in parts if p.strip()), key=lambda p: (p.lower(), p)))
 
 
-def display_name(model, experiment=None, fidelity=DEFAULT_FIDELITY) -> str:
+def display_name(model, experiment=None, fidelity=DEFAULT_FIDELITY, precision=DEFAULT_PRECISION) -> str:
     """A row's name: the preset's own name when the row is one preset, else the model's; rows of a
-    fidelity other than the default say which (`P-RMF full (Exp4) [design_plan]`)."""
-    tag = "" if fidelity in (None, DEFAULT_FIDELITY) or pd.isna(fidelity) else f" [{fidelity}]"
+    fidelity or precision other than the default say which (`P-RMF full (Exp4) [design_plan]`,
+    `P-RMF full (Exp4) [bf16-mixed]`)."""
+    tag = "".join(f" [{v}]" for v, default in ((fidelity, DEFAULT_FIDELITY), (precision, DEFAULT_PRECISION))
+                  if v is not None and not pd.isna(v) and v != default)
     if experiment and experiment in EXPERIMENT_NAMES:
         return EXPERIMENT_NAMES[experiment] + tag
     model = base_model(model)
@@ -146,7 +150,8 @@ def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
         return None
     model = base_model(info["model"])
     return {"dataset": dataset_name(info["dataset"] or UNNAMED), "features": features_key(info["features"]),
-            "profile": "", "model": model, "experiment": None, "fidelity": DEFAULT_FIDELITY, "split": info["split"],
+            "profile": "", "model": model, "experiment": None, "fidelity": DEFAULT_FIDELITY,
+            "precision": DEFAULT_PRECISION, "split": info["split"],
             "f1": info["f1"], "acc": info["acc"], "val": info["val"], "source": str(path),
             "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished", "commit": None, "diverged_epoch": 0}
 
@@ -208,6 +213,7 @@ def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
         "model": df["model"].map(base_model),
         "experiment": experiment.where(experiment.notna() & (experiment.astype(str) != ""), None),
         "fidelity": col("fidelity", DEFAULT_FIDELITY).fillna(DEFAULT_FIDELITY).astype(str),  # old names read as today's
+        "precision": col("precision", DEFAULT_PRECISION).fillna(DEFAULT_PRECISION).astype(str),
         "split": df["split"].astype(str),
         "f1": df["f1"].astype(float),
         "acc": df["acc"].astype(float),
@@ -299,7 +305,8 @@ def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model"
         raise ValueError(f"metric must be acc or f1, by model or experiment, select_by split or cv; "
                          f"got {metric!r}, {by!r}, {select_by!r}")
     other = "f1" if metric == "acc" else "acc"
-    row_keys = ["dataset", "features", "model", "fidelity"] + (["experiment"] if by == "experiment" else [])
+    row_keys = ["dataset", "features", "model", "fidelity", "precision"]
+    row_keys += ["experiment"] if by == "experiment" else []
     cands = candidates.copy()
     cands["experiment_key"] = cands["experiment"].fillna("")
     row_keys = [k if k != "experiment" else "experiment_key" for k in row_keys]
@@ -318,13 +325,16 @@ def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model"
         best = best.sort_values("source").groupby(["run", "split"], sort=False).head(1)
         best["n_runs"] = [n_runs[tuple(r)] for r in best[row_keys].itertuples(index=False)]
     experiments = best["experiment"] if by == "experiment" else [None] * len(best)
-    best["display_name"] = [display_name(m, e, f) for m, e, f in zip(best["model"], experiments, best["fidelity"])]
+    best["display_name"] = [display_name(m, e, f, p) for m, e, f, p in
+                            zip(best["model"], experiments, best["fidelity"], best["precision"])]
 
     def row_order(i):
         row = best.iloc[i]
         experiment = natural_key(row["experiment_key"]) if by == "experiment" else []
-        fidelity = (row["fidelity"] != DEFAULT_FIDELITY, row["fidelity"])  # the default's rows first
-        return (row["dataset"], row["features"], _model_order(row["model"]), experiment, fidelity, split_key(row["split"]))
+        fidelity = (row["fidelity"] != DEFAULT_FIDELITY, row["fidelity"])  # the defaults' rows first
+        precision = (row["precision"] != DEFAULT_PRECISION, row["precision"])
+        return (row["dataset"], row["features"], _model_order(row["model"]), experiment, fidelity, precision,
+                split_key(row["split"]))
 
     best = best.iloc[sorted(range(len(best)), key=row_order)]
     return best.drop(columns="experiment_key").reset_index(drop=True)
@@ -371,7 +381,7 @@ def to_records(best: pd.DataFrame) -> list[dict]:
         for key in ("f1", "acc", "val"):
             rec[key] = None if pd.isna(rec[key]) or not math.isfinite(rec[key]) else float(rec[key])
         rec["experiment"] = None if rec["experiment"] is None or pd.isna(rec["experiment"]) else str(rec["experiment"])
-        rec["fidelity"] = str(rec["fidelity"])
+        rec["fidelity"], rec["precision"] = str(rec["fidelity"]), str(rec["precision"])
         rec["n_runs"] = int(rec["n_runs"])
         rec["commit"] = None if rec["commit"] is None or pd.isna(rec["commit"]) else str(rec["commit"])
         records.append(rec)

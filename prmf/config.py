@@ -4,7 +4,8 @@ Defaults are the paper's best configuration (SPEC §5, Exp4 / `train_v2.sh`). A 
 value raises ConfigError with one line naming the key, before any training starts. `fidelity`
 chooses what a dropped or missing modality does: the published file behind the table (default), the
 design plan's code, or the paper's equations; the training loop (optimiser, schedule, clipping) is
-set per preset (docs/FIDELITY.md lists every difference and the key that selects it).
+set per preset (docs/FIDELITY.md lists every difference and the key that selects it). `precision`
+chooses the float arithmetic: fp32 (default: the published runs'), bf16-mixed or tf32 (prmf/precision.py).
 """
 import dataclasses
 from dataclasses import dataclass, fields
@@ -16,6 +17,7 @@ RAMPS = ("auto", "warmup", "last_epoch")  # auto: 'last_epoch' under paper, else
 OPTIMIZERS = ("adam", "adamw")  # adam: torch.optim.Adam(lr, weight_decay) = coupled L2 (MERBench); adamw: decoupled
 LR_SCHEDULES = ("constant", "plateau")
 FEAT_TYPES = ("utt", "frm_unalign")  # MERBench's names; 'frm_align' (align-to-text pooling) is not built
+PRECISIONS = ("fp32", "bf16-mixed", "tf32")  # bf16-mixed: autocast, fp32 master weights; tf32: CUDA matmuls only
 
 
 class ConfigError(ValueError):
@@ -27,6 +29,7 @@ class TrialConfig:
     model: str = "attention_robust_v2"
     fidelity: str = "published"  # 004's published file; 'design_plan': 000's code; 'paper': the equations
     feat_type: str = "utt"  # 'utt' (one vector per sample) or 'frm_unalign' (frame sequences, LSTM encoders)
+    precision: str = "fp32"  # the published runs'; 'bf16-mixed' (autocast) or 'tf32' (CUDA): prmf/precision.py
     # architecture
     hidden_dim: int = 128
     dropout: float = 0.4
@@ -83,6 +86,7 @@ class TrialConfig:
         need(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS))
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
         need(self.modality_dropout_ramp in RAMPS, "modality_dropout_ramp", ", ".join(RAMPS))
+        need(self.precision in PRECISIONS, "precision", ", ".join(PRECISIONS))
         need(self.feat_type in FEAT_TYPES, "feat_type", f"one of {', '.join(FEAT_TYPES)} (frm_align is not supported)")
         need(self.ramp != "last_epoch" or self.modality_dropout_ramp_end > self.modality_dropout_warmup,
              "modality_dropout_ramp_end", "> modality_dropout_warmup (the paper's ramp ends after the warm-up)")
@@ -110,6 +114,17 @@ class TrialConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Keys added after trials had been stored, with the value every earlier trial ran under: left out of
+# stable_dict at that value, so those trials keep their ids and checkpoints and sweeps their settings.
+LATER_KEYS = {"precision": "fp32"}
+
+
+def stable_dict(cfg) -> dict:
+    """cfg.to_dict() as trial ids, checkpoints and sweep settings compare it (LATER_KEYS at their
+    old value left out): a resumed sweep never retrains what it stored before such a key existed."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in LATER_KEYS or v != LATER_KEYS[k]}
 
 
 def make_config(base: dict | None = None, **changes) -> TrialConfig:
@@ -150,8 +165,8 @@ def parse_sets(items) -> dict:
 
 # Keys in which the members of one batched model may differ (prmf/engine.py): loss weights,
 # temperatures, dropout rates and their schedule, optimiser, learning rate and its schedule, weight
-# decay, early-stopping delta. Every other key (model, architecture, fidelity, gradient clipping,
-# epochs, patience, batch size...) splits a grid into packs.
+# decay, early-stopping delta. Every other key (model, architecture, fidelity, precision, gradient
+# clipping, epochs, patience, batch size...) splits a grid into packs.
 MEMBER_KEYS = ("kl_weight", "recon_weight", "cross_kl_weight", "fusion_temperature", "dropout", "use_modality_dropout",
                "modality_dropout", "modality_dropout_warmup", "modality_dropout_ramp", "modality_dropout_ramp_end",
                "optimizer", "lr_schedule", "lr", "weight_decay", "min_delta", "emo_weight", "val_weight")
@@ -205,7 +220,7 @@ def effective_config(cfg) -> dict:
 # with coupled L2, constant lr, no clipping: model-tune.yaml's attention grad_clip -1), the V2 rows
 # clip by value at 1.0 (000's model-tune.yaml) with AdamW and the plateau schedule (SPEC §3: the
 # seeds do not name the V2 runner's optimiser). docs/FIDELITY.md gives the source of each value.
-# `fidelity` is not part of a preset: every preset runs in every mode.
+# `fidelity` and `precision` are not part of a preset: every preset runs in every mode and precision.
 PRESETS = {
     "attention": dict(
         model="attention", hidden_dim=128, dropout=0.4, num_attention_heads=4,

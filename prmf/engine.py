@@ -8,7 +8,9 @@ generator seeded by seed and fold), initial weights (models.build_model), Adam/A
 learning rate, its schedule (constant or ReduceLROnPlateau), patience, best state and dropout masks. The engine owns the schedule: epochs, patience, the
 learning rate and the modality-dropout rate per member and epoch (models receive it per step). A
 member that stops (patience, divergence, pruning) leaves the batch and costs nothing more.
-`state_dict()` checkpoints the pack between epochs (format version CHECKPOINT_VERSION).
+`state_dict()` checkpoints the pack between epochs (format version CHECKPOINT_VERSION). The pack's
+`precision` (prmf/precision.py) sets the arithmetic of its forwards (bf16 autocast) or matmuls (TF32);
+weights, gradients, optimiser moments and best states stay in the engine's dtype.
 """
 import math
 import time
@@ -18,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import pack_key
+from .config import LATER_KEYS, pack_key
 from .evaluation import SplitTensors, metrics, predict, score
 from .models import build_model
 from .optim import StackedAdam
+from .precision import autocast, check as check_precision, matmuls
 from .schedules import SCHEDULES, modality_dropout_rate
 
 CHECKPOINT_VERSION = 3  # 3: members' optimiser and schedule follow their config (adam/adamw, constant/plateau)
@@ -106,6 +109,8 @@ class Engine:
             raise ValueError("the trials of a pack must share every config key but config.MEMBER_KEYS")
         self.trials, self.data, self.n_folds = list(trials), data, n_folds
         self.device = torch.device(device) if device else default_device()
+        self.precision = trials[0][0].precision  # one per pack (not a member key)
+        check_precision(self.precision, self.device)  # a ConfigError (ValueError) before any work
         self.splits = {name: SplitTensors.from_split(sp, self.device, dtype) for name, sp in data.splits.items()}
         train = self.splits["train"]
         self.has_val = ~torch.isnan(train.vals)
@@ -139,11 +144,12 @@ class Engine:
         """Per-member training loss [M] on batch indices idx [M, B]."""
         train = self.splits["train"]
         xs, ns = train.batch(idx)
-        _, emos_out, vals_out, interloss = call(xs, ns, modality_p)
-        ce = F.cross_entropy(emos_out.flatten(0, 1), train.emos[idx].flatten(), reduction="none").view(idx.shape)
-        has_val = self.has_val[idx]
-        val_mse = ((vals_out - self.vals0[idx]).pow(2) * has_val).sum(1) / has_val.sum(1).clamp(min=1)
-        return interloss + emo_w * ce.mean(1) + val_w * val_mse  # no valence in a batch: 0
+        with autocast(self.precision, self.device):  # forward and loss; the caller's backward runs outside it
+            _, emos_out, vals_out, interloss = call(xs, ns, modality_p)
+            ce = F.cross_entropy(emos_out.flatten(0, 1), train.emos[idx].flatten(), reduction="none").view(idx.shape)
+            has_val = self.has_val[idx]
+            val_mse = ((vals_out - self.vals0[idx]).pow(2) * has_val).sum(1) / has_val.sum(1).clamp(min=1)
+            return interloss + emo_w * ce.mean(1) + val_w * val_mse  # no valence in a batch: 0
 
     def _train_epoch(self, live, modality_p, batches=None):
         """One epoch of `live` (or its first `batches` batches); each member's mean training loss."""
@@ -189,7 +195,7 @@ class Engine:
         n = max(len(m.val_idx) for m in live)
         idx = torch.stack([torch.cat([m.val_idx, m.val_idx[:1].expand(n - len(m.val_idx))]) for m in live])  # padded
         train = self.splits["train"]
-        logits, vals = predict(self.model, train.inputs, train.lengths, idx)
+        logits, vals = predict(self.model, train.inputs, train.lengths, idx, self.precision)
         emos, true_vals = self.data.splits["train"].emos, self.data.splits["train"].vals
         params = dict(self.model.named_parameters())
         scores = []
@@ -217,8 +223,9 @@ class Engine:
         epoch = self.epoch + 1
         live = [self.members[i] for i in self.live]
         modality_p = self._modality_p(live, epoch)
-        losses = self._train_epoch(live, modality_p)
-        results = self._validate(live, losses, epoch, modality_p)
+        with matmuls(self.precision, self.device):
+            losses = self._train_epoch(live, modality_p)
+            results = self._validate(live, losses, epoch, modality_p)
         self.epoch = epoch
         self._leave([m.index for m in live if m.stopped or m.epochs_run >= m.cfg.epochs])
         self.train_seconds += time.perf_counter() - t0
@@ -238,11 +245,12 @@ class Engine:
         live = [self.members[i] for i in self.live]
         modality_p = self._modality_p(live, self.max_epochs)  # the rate of most epochs
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        self._train_epoch(live, modality_p, warmup)
-        sync()
-        t0 = time.perf_counter()
-        self._train_epoch(live, modality_p, steps)
-        sync()
+        with matmuls(self.precision, self.device):
+            self._train_epoch(live, modality_p, warmup)
+            sync()
+            t0 = time.perf_counter()
+            self._train_epoch(live, modality_p, steps)
+            sync()
         return (time.perf_counter() - t0) / steps
 
     def prune(self, trials):
@@ -282,7 +290,9 @@ class Engine:
         members = [m for m in self.members if m.trial in trials]
         with_best = [m.index for m in members if m.best_val is not None]
         model = self.best_model(with_best) if with_best else None
-        return score(model, members, self.splits, self.data, self.history, self.train_seconds, trials, scenarios)
+        with matmuls(self.precision, self.device):
+            return score(model, members, self.splits, self.data, self.history, self.train_seconds, trials, scenarios,
+                         self.precision)
 
     def state_dict(self):
         """Everything needed to continue this pack bit for bit after a restart."""
@@ -299,7 +309,8 @@ class Engine:
     def load_state_dict(self, state):
         if state.get("version") != CHECKPOINT_VERSION:
             raise CheckpointError(f"checkpoint format {state.get('version', 1)}, this engine reads {CHECKPOINT_VERSION}")
-        if state["trials"] != [(cfg.to_dict(), seed) for cfg, seed in self.trials]:
+        saved = [({**LATER_KEYS, **cfg}, seed) for cfg, seed in state["trials"]]  # keys added since: old value
+        if saved != [(cfg.to_dict(), seed) for cfg, seed in self.trials]:
             raise CheckpointError("the checkpoint is of another pack (other configs or seeds)")
         self.epoch, self.history, self.train_seconds = state["epoch"], state["history"], state["train_seconds"]
         torch.set_rng_state(state["torch_rng"])

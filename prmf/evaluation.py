@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .precision import autocast
+
 EVAL_CHUNK = 8192  # member-samples per forward when predicting
 
 
@@ -50,9 +52,10 @@ class SplitTensors:
 
 
 @torch.inference_mode()
-def predict(model, inputs, lengths=None, idx=None):
+def predict(model, inputs, lengths=None, idx=None, precision="fp32"):
     """Eval-mode logits [M, n, C] and valence [M, n] of every member of `model`: on the samples
-    idx [M, n] (each member its own), or on all N samples of `inputs` (the same for every member)."""
+    idx [M, n] (each member its own), or on all N samples of `inputs` (the same for every member),
+    in fp32 whatever the `precision` of the forward."""
     model.eval()
     n_members = model.n_members
     n = inputs[0].shape[0] if idx is None else idx.shape[1]
@@ -66,7 +69,8 @@ def predict(model, inputs, lengths=None, idx=None):
         else:
             sub = idx[:, start:start + step]
             xs, ns = [x[sub] for x in inputs], None if lengths is None else [v[sub] for v in lengths]
-        _, emos_out, vals_out, _ = model(xs, ns)
+        with autocast(precision, inputs[0].device):
+            _, emos_out, vals_out, _ = model(xs, ns)
         logits.append(emos_out.float())
         vals.append(vals_out.float())
     return torch.cat(logits, 1).cpu().numpy(), torch.cat(vals, 1).cpu().numpy()
@@ -100,11 +104,12 @@ def _nan_metrics():
     return dict.fromkeys(("f1", "acc", "val_mse", "emoval"), math.nan)
 
 
-def score(model, members, splits, data, history, train_seconds, trials, scenarios=None) -> dict:
+def score(model, members, splits, data, history, train_seconds, trials, scenarios=None, precision="fp32") -> dict:
     """TrialResult of each trial index in `trials`, from its members' best epochs: `members` (of
     those trials; engine.Member) with a best epoch have their best weights in `model`, in order
     (None: no member has one), which predicts every test split (`splits`: SplitTensors) and
-    scenario at once. `history`: the pack's per-epoch rows; `train_seconds`: its training time."""
+    scenario at once, in `precision`. `history`: the pack's per-epoch rows; `train_seconds`: its
+    training time."""
     from .models import n_params
     from .models.layers import shared_input_cache
     scenarios = scenarios or {}
@@ -114,9 +119,9 @@ def score(model, members, splits, data, history, train_seconds, trials, scenario
         for name, split in splits.items():
             if name == "train" or model is None:
                 continue
-            preds[(name, "clean")] = predict(model, split.inputs, split.lengths)
+            preds[(name, "clean")] = predict(model, split.inputs, split.lengths, precision=precision)
             for scen, transform in scenarios.items():
-                preds[(name, scen)] = predict(model, transform(split.inputs), split.lengths)
+                preds[(name, scen)] = predict(model, transform(split.inputs), split.lengths, precision=precision)
     row = {m.index: i for i, m in enumerate(with_model)}
     n_cls = len(data.classes)
     out = {}

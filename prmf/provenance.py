@@ -43,10 +43,19 @@ def versions() -> dict:
 
 
 def machine() -> dict:
+    """The host, its CPUs and GPUs, and what `precision` meets there: the CPU's vector capability,
+    which devices compute bf16 natively, and CUDA's TF32 flags outside the engine (it sets them only
+    while a tf32 pack runs)."""
     import torch
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+    from .precision import native_bf16
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "gpus": gpus}
+            "gpus": [torch.cuda.get_device_name(i) for i in range(n_gpus)],
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": {"cpu": native_bf16("cpu"), **{f"cuda:{i}": native_bf16(f"cuda:{i}")
+                                                           for i in range(n_gpus)}},
+            "cuda_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
 
 
 def collect(argv=None) -> dict:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
+from .config import stable_dict
 from .data.merbench import NO_VALENCE
 
 # Statuses of trials that stopped before their end: their scores are not comparable, so tables
@@ -26,8 +27,10 @@ def diverged_trials(results: pd.DataFrame) -> pd.DataFrame:
 def trial_id(experiment: str, cfg, seed: int, dataset=None) -> str:
     """Stable id of (config, seed, data set, features): the same trial gets the same id in every run
     of a sweep, and one config on two data sets two ids. Without `dataset`: the id of sweeps started
-    before the data set was part of it (config and seed only), which resume under their old ids."""
-    key = cfg.to_dict()
+    before the data set was part of it (config and seed only), which resume under their old ids.
+    Keys added since, at the value trials ran under before them (fp32 precision), are left out, so
+    those ids are unchanged."""
+    key = stable_dict(cfg)
     if dataset is not None:
         key = {"config": key, "dataset": dataset.name, "features": list(dataset.features), "dims": list(dataset.dims)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]

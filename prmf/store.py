@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 #   2: an `is_aggregate` column (fold is null there); no 'all' rows; `val_mse`; sweep and experiment.
 #   3: fidelity 'published' (the new default); the former default 'seeds_code' reads as 'design_plan'
 #      (what it trained: 000's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
-SCHEMA_VERSION = 3
+#   4: the config key `precision`; rows written before it ran in fp32.
+SCHEMA_VERSION = 4
 # What the config keys added in schema 3 were for every row written before them (docs/FIDELITY.md).
 BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
 SCHEMA_KEY = b"prmf_schema_version"
@@ -145,6 +146,8 @@ def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
         for key, value in BEFORE_V3.items():
             if key not in df:
                 df[key] = value
+    if version < 4 and "precision" not in df:
+        df = df.assign(precision="fp32")  # every run before the key was fp32
     return df
 
 

@@ -103,12 +103,15 @@ def _inputs(args):
                           f"not {args.model}")
     cfg = preset_config(preset, **changes) if preset else make_config({"model": args.model or "attention_robust_v2"}, **changes)
     device = check_device(args.device)
+    note = precision_note(cfg.precision, device)
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     features = args.features.split(",") if args.features else None
     data = load_data(args.data, features, args.profile, name=args.dataset_name)
     check_folds(data, args.folds)
     store.check_writable(args.out, "--out")
+    if note:  # after every check: a refused run prints its error alone
+        print(f"note: {note}", file=sys.stderr)
     return preset, changes, for_data(cfg, data.feat_type), device, data
 
 
@@ -177,6 +180,14 @@ def check_device(text):
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"--device {text}: not supported here (cpu, cuda, cuda:N, mps)")
     return str(device)
+
+
+def precision_note(precision, device):
+    """`precision` on `device` (None: the engine's default) refused up front where the device cannot
+    run it (ConfigError); a note ('' if none) where it runs slowly."""
+    from .engine import default_device
+    from .precision import check
+    return check(precision, device or default_device())
 
 
 def cli():

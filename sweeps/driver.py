@@ -28,8 +28,9 @@ import torch  # noqa: E402
 
 from cluster.address import grpc_problem, resolve_address  # noqa: E402
 from prmf import provenance, records, store  # noqa: E402
-from prmf.config import ConfigError, for_data  # noqa: E402
+from prmf.config import ConfigError, for_data, stable_dict  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
+from prmf.precision import check as check_precision  # noqa: E402
 from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, trackers  # noqa: E402
 from sweeps.definition import DEFAULT_STORAGE, SweepError, parse_pack  # noqa: E402
 
@@ -85,6 +86,7 @@ def _prepare(sweep):
     run = sweep.run
     started = time.time()
     run.check()
+    _check_precision(sweep)
     horizon = plan.asha_horizon(sweep)
     _check_ray_start(run)
     data = load_data(run.data, run.features, run.profile, name=run.dataset_name)
@@ -102,7 +104,7 @@ def _prepare(sweep):
     ray_local.end_leftovers(root)  # this driver holds the lock: the last one is dead
     settings = {"kind": sweep.kind, "data": run.data, "features": list(data.features), "profile": run.profile,
                 "folds": run.folds, "seeds": run.seeds, "asha": sweep.asha, "points": [p.label for p in sweep.points],
-                **{f"{p.label}.{k}": v for p in sweep.points for k, v in p.cfg.to_dict().items()}, **sweep.settings,
+                **{f"{p.label}.{k}": v for p in sweep.points for k, v in stable_dict(p.cfg).items()}, **sweep.settings,
                 "pack": run.pack}
     _check_settings(root, settings, run.restart)
     tracking = trackers.prepare(sweep.args, run.name, data, root)  # {'mlflow': {...}} or {}; refused before --restart deletes
@@ -199,6 +201,20 @@ def _check_ray_start(run):
     if problem:
         raise SweepError(f"{hostport} is not a Ray GCS ({problem}); give the address that ray start --head prints "
                          f"(its default port is 6379)")
+
+
+def _check_precision(sweep):
+    """A `precision` the sweep's devices cannot run (tf32 on CPUs, bf16-mixed on a GPU without it),
+    refused before Ray starts; GPUs this machine lacks (a cluster's) are left to the workers, whose
+    engines check again. A slow one (bf16 emulated on this CPU) is a note."""
+    device = "cuda" if sweep.run.num_gpus else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        return
+    cfgs = [p.cfg for p in sweep.points] + ([sweep.search.base_cfg] if sweep.search else [])
+    for precision in sorted({c.precision for c in cfgs}):
+        note = check_precision(precision, device)
+        if note:
+            sweep.notes.append(note)
 
 
 def _restart(root: Path):

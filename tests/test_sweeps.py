@@ -207,3 +207,17 @@ def test_a_worker_killed_mid_trial_is_one_line_counted_in_the_progress(tmp_path,
     assert len(died) == 1 and "retried from its last checkpoint" in died[0], err[-3000:]
     assert re.search(r"errors 1 \|", err), err[-3000:]
     assert len(store.completed_trials(tmp_path / "k")) == 1
+
+
+def test_a_packed_bf16_mixed_ablation_stores_finite_bf16_rows(tmp_path, data_dir):
+    # two seeds of Exp4 packed into one batched model (modality dropout on), trained and scored under
+    # bf16 autocast
+    out = sweep("ablation.py", "--experiments", "Exp4", "--seeds", "2", "--folds", "2", "--epochs", "2", "--pack", "2",
+                "--set", "precision=bf16-mixed", "--set", "modality_dropout_warmup=0", "--storage", str(tmp_path),
+                "--name", "bf16")
+    assert "2 trials in 1 packs of 2" in out.stderr
+    df = store.read_results(tmp_path / "bf16")
+    assert df.trial_id.nunique() == 2 and df.pack.nunique() == 1 and (df.status == "finished").all()
+    assert set(df.precision) == {"bf16-mixed"} and {json.loads(c)["precision"] for c in df.config_json} == {"bf16-mixed"}
+    assert np.isfinite(df[["f1", "acc"]].to_numpy()).all()
+    assert json.loads((tmp_path / "bf16" / "sweep.json").read_text())["Exp4.precision"] == "bf16-mixed"

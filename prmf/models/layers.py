@@ -38,14 +38,28 @@ def per_member(rate, x):
     return rate if isinstance(rate, float) else rate.view(-1, *[1] * (x.dim() - 1))
 
 
+def _autocast(*tensors):
+    """The tensors in autocast's dtype while it is on (a custom Function's forward runs under it,
+    but its backward outside it, so the forward saves what it computed with), else as they are."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 class _Linear(torch.autograd.Function):
     """scale * (x [M, B, in] @ w[M, out, in]^T) + b[M, out]. Its own backward gives the weight
     gradient in the weight's layout (autograd's bmm backward gives it transposed: a strided copy
     of every weight gradient per step) and skips the input gradient of a leaf input. `scale`
-    carries an input dropout's 1/(1-p), so the wide inputs are not rescaled elementwise."""
+    carries an input dropout's 1/(1-p), so the wide inputs are not rescaled elementwise. Under
+    autocast it computes in autocast's dtype, forward and backward, and returns each gradient in its
+    input's dtype (fp32 for the weights)."""
 
     @staticmethod
     def forward(ctx, x, w, b, scale):
+        ctx.dtypes = x.dtype, w.dtype, b.dtype
+        x, w, b = _autocast(x, w, b)
         ctx.save_for_backward(x, w)
         ctx.scale = scale
         if isinstance(scale, float):
@@ -55,27 +69,35 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
-        scale = ctx.scale
+        scale, (dx, dw, db) = ctx.scale, ctx.dtypes
         g = grad if isinstance(scale, float) and scale == 1.0 else grad * per_member(scale, grad)
-        grad_x = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
-        return grad_x, torch.bmm(g.transpose(1, 2), x), grad.sum(1), None
+        g = g.to(w.dtype)  # the forward's dtype (an fp32 per-member scale [M] would promote a bf16 gradient)
+        grad_x = torch.bmm(g, w).to(dx) if ctx.needs_input_grad[0] else None
+        return grad_x, torch.bmm(g.transpose(1, 2), x).to(dw), grad.sum(1).to(db), None
 
 
 class _ReconMSE(torch.autograd.Function):
     """mean((h @ w^T + b - x)^2) per member [M]: a decoder's last Linear fused with its MSE, so the
-    [M, B, D] reconstruction (D up to 5120) is written once and its gradient is one pass."""
+    [M, B, D] reconstruction (D up to 5120) is written once and its gradient is one pass. Under
+    autocast the reconstruction is computed in autocast's dtype, its difference to x and the mean
+    square in x's (fp32: a bf16 sum over B*D elements would lose the loss's precision)."""
 
     @staticmethod
     def forward(ctx, h, w, b, x):
-        diff = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)).sub_(x).flatten(1)  # [M, B*D]
+        ctx.dtypes = h.dtype, w.dtype, b.dtype
+        h, w, b = _autocast(h, w, b)
+        diff = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)).to(x.dtype).sub_(x).flatten(1)  # [M, B*D]
         ctx.save_for_backward(h, w, diff)
-        return torch.linalg.vecdot(diff, diff) / diff.shape[1]
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run vecdot in bf16
+            return torch.linalg.vecdot(diff, diff) / diff.shape[1]
 
     @staticmethod
     def backward(ctx, grad):
         h, w, diff = ctx.saved_tensors
+        dh, dw, db = ctx.dtypes
         g = (diff * (2.0 / diff.shape[1]) * grad[:, None]).view(h.shape[0], h.shape[1], -1)  # [M, B, D]
-        return torch.bmm(g, w), torch.bmm(g.transpose(1, 2), h), g.sum(1), None
+        gw = g.to(w.dtype)  # the matmuls in the forward's dtype, the bias's sum from the fp32 difference
+        return torch.bmm(gw, w).to(dh), torch.bmm(gw.transpose(1, 2), h).to(dw), g.sum(1).to(db), None
 
 
 def keep_mask(x, rate):
