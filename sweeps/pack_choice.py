@@ -3,14 +3,16 @@ CPU share, rather than by a fixed cap.
 
 A pack trains its trials as one batched model. On a GPU that shares every kernel launch among many
 members (horizontally fused training: up to 15x, HFTA); on a CPU at paper dims the step is
-memory-bound and a big pack can be slower per trial than trials run alone side by side
-(benchmarks/RESULTS.md). So before packing, one Ray task with exactly a pack's resources (the
-trials' device, threads and kind of node) times a few training steps of packs of 1 trial, of the
-largest useful pack (the slots filled once, within memory) and of one in between; the sweep's
-training time is then predicted for every pack size (packs run `slots` at a time, a round as long
-as its largest pack) and packs are used only where they are predicted at least MIN_GAIN faster
-than one trial per pack. The timings are cached per machine kind, resources and shapes
-(PRMF_DATA_DIR or ~/.cache/prmf, pack-timings.json): the next sweep of those shapes reuses them.
+memory-bound and a pack is hardly faster per trial than trials run alone side by side
+(benchmarks/RESULTS.md). So before packing, one Ray task per slot, each with exactly a pack's
+resources (the trials' device, threads and kind of node) and all at once (as the packs will run:
+side by side, sharing the memory bus or the GPU), times a few training steps of the largest useful
+pack (the slots filled once, within memory) and of one trial alone; the sweep's training time is
+then predicted for every pack size (packs run `slots` at a time, a round as long as its largest
+pack, sizes in between interpolated) and packs are used only where they are predicted at least
+MIN_GAIN faster than one trial per pack. The timings are cached per machine kind, resources and
+shapes (PRMF_DATA_DIR or ~/.cache/prmf, pack-timings.json): the next sweep of those shapes reuses
+them.
 """
 import json
 import math
@@ -24,27 +26,24 @@ import torch
 from prmf import store
 from prmf.config import make_config, pack_key
 
-MIN_GAIN = 0.05  # below this the prediction is within the measurement's noise: one trial per pack
-STEPS, WARMUP = 2, 1  # timed and untimed training steps per measured size
+MIN_GAIN = 0.10  # below this the prediction is within the measurement's noise: one trial per pack
+STEPS, WARMUP = 3, 1  # timed and untimed training steps per measured size
+MAX_COPIES = 8  # concurrent measurements (one per slot): packs side by side share the memory bus or the GPU
 
 
-def measure(specs, data, sizes, cpus) -> dict:
-    """{size: {'step': seconds per training step, 'build': seconds to set the pack up}} of packs of
-    the first `size` trials of `specs`, on this process's device with `cpus` threads."""
+def measure(specs, data, cpus) -> dict:
+    """{size: {'step': seconds per training step, 'build': seconds to set the pack up}} of a pack of
+    all `specs` and of its first trial alone (the same engine, the others pruned), on this
+    process's device with `cpus` threads."""
     from prmf.engine import Engine
     torch.set_num_threads(max(1, int(cpus)))
-    out = {}
-    for size in sizes:
-        t0 = time.perf_counter()
-        engine = Engine([(make_config(s["cfg"]), s["seed"]) for s in specs[:size]], data, specs[0]["folds"])
-        build = time.perf_counter() - t0
-        out[size] = {"step": engine.time_steps(STEPS, WARMUP), "build": build}
-        del engine
+    t0 = time.perf_counter()
+    engine = Engine([(make_config(s["cfg"]), s["seed"]) for s in specs], data, specs[0]["folds"])
+    build = time.perf_counter() - t0
+    out = {len(specs): {"step": engine.time_steps(STEPS, WARMUP), "build": build}}
+    engine.prune(range(1, len(specs)))
+    out[1] = {"step": engine.time_steps(STEPS, WARMUP), "build": build / len(specs)}
     return out
-
-
-def sizes_to_measure(largest) -> list:
-    return sorted({1, math.ceil(largest / 2), largest})
 
 
 def _at(timings, size, key):
@@ -98,13 +97,13 @@ def cache_path() -> Path:
     return Path(os.environ.get("PRMF_DATA_DIR", Path.home() / ".cache" / "prmf")) / "pack-timings.json"
 
 
-def timings(group, data, largest, cpus, gpus_per_trial) -> tuple:
+def timings(group, data, largest, slots, cpus, gpus_per_trial) -> tuple:
     """(timings, whether they came from the cache) of the group's pack shapes, measured by one Ray
-    task with a pack's resources unless cached."""
+    task per slot (at most MAX_COPIES) with a pack's resources, all at once, unless cached."""
     cfg = make_config(group[0]["cfg"])
-    key = json.dumps([machine_kind(gpus_per_trial), cpus, gpus_per_trial, torch.__version__, list(data.dims),
-                      len(data.splits["train"].emos), group[0]["folds"], pack_key(cfg), sizes_to_measure(largest)],
-                     default=str)
+    copies = min(slots, MAX_COPIES)
+    key = json.dumps([machine_kind(gpus_per_trial), cpus, gpus_per_trial, copies, torch.__version__, list(data.dims),
+                      len(data.splits["train"].emos), group[0]["folds"], pack_key(cfg), largest], default=str)
     path = cache_path()
     try:
         cached = json.loads(path.read_text()) if path.exists() else {}
@@ -113,23 +112,26 @@ def timings(group, data, largest, cpus, gpus_per_trial) -> tuple:
     if key in cached:
         return {(k if k == "seconds" else int(k)): t for k, t in cached[key].items()}, True
     t0 = time.perf_counter()
-    found = _measure_on_a_worker(group[:largest], data, sizes_to_measure(largest), cpus, gpus_per_trial)
+    runs = _measure_on_workers(group[:largest], data, cpus, gpus_per_trial, copies)
+    found = {size: {k: sum(r[size][k] for r in runs) / len(runs) for k in ("step", "build")} for size in runs[0]}
     found["seconds"] = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     store.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**cached, key: found}, indent=1)))
     return found, False
 
 
-def _measure_on_a_worker(specs, data, sizes, cpus, gpus):
-    """measure() in one Ray task with a pack's resources: where, and with what, the packs will run."""
+def _measure_on_workers(specs, data, cpus, gpus, copies) -> list:
+    """measure() in `copies` Ray tasks at once, each with a pack's resources: where, with what and
+    beside what the packs will run."""
     import ray
-    return ray.get(ray.remote(num_cpus=cpus, num_gpus=gpus)(measure).remote(specs, data, sizes, cpus))
+    task, ref = ray.remote(num_cpus=cpus, num_gpus=gpus)(measure), ray.put(data)
+    return ray.get([task.remote(specs, ref, cpus) for _ in range(copies)])
 
 
 def auto_size(group, data, slots, largest, cpus, gpus_per_trial, epochs) -> tuple:
     """(trials per pack, reason) for a group of trials that may share packs; `largest`: the biggest
     pack memory and the slots allow (plan.auto_pack_size)."""
-    found, cached = timings(group, data, largest, cpus, gpus_per_trial)
+    found, cached = timings(group, data, largest, slots, cpus, gpus_per_trial)
     n_train = len(data.splits["train"].emos)
     folds = group[0]["folds"]
     steps = epochs * math.ceil(n_train * (folds - 1) / folds / make_config(group[0]["cfg"]).batch_size)
