@@ -24,7 +24,7 @@ def test_a_packed_sweep_logs_one_run_per_trial_in_every_tracker(mlflow_server, t
     grid.write_text("base: Exp1\ngrid:\n  lr: [0.003, 0.000000001]\n")
     # as in test_sweeps: both points in one pack, the hopeless one meets ASHA's rung (epoch 2) last and is
     # stopped there; its pack stores it and closes its run while the other trains on
-    args = ["--grid", str(grid), "--epochs", str(EPOCHS), "--grace-period", "2", "--cpus-per-trial", "2", "--folds", "2",
+    args = ["--grid", str(grid), "--epochs", str(EPOCHS), "--grace-period", "2", "--cpus-per-trial", "2", "--folds", "2", "--pack", "2",
             "--storage", str(tmp_path), "--name", "tracked", "--mlflow", mlflow_server, "--wandb", "test-project"]
     sweep("grid.py", *args)
     root = tmp_path / "tracked"
