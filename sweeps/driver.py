@@ -125,21 +125,18 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
         _check_cuda_on_workers(gpus_per_trial)
     max_concurrent = int(run.num_gpus // gpus_per_trial) if gpus_per_trial else 0
     slots = max_concurrent or int(_ray_resource("CPU", 1) // run.cpus_per_trial)
-    reasons = []
 
     def auto(group):  # --pack auto: measured (sweeps/pack_choice.py), said at start
-        largest = plan.auto_pack_size(group, data, slots, gpus_per_trial, _ray_resource("memory", 8 * 2 ** 30))
+        largest = plan.largest_pack(group, data, slots, gpus_per_trial, _ray_resource("memory", 8 * 2 ** 30))
         if largest <= 1:
             return 1  # as many packs as slots, or memory for one trial: nothing to measure
         size, reason = pack_choice.auto_size(group, data, slots, largest, run.cpus_per_trial, gpus_per_trial, epochs)
-        reasons.append(f"--pack auto: {size} trial{'s' if size > 1 else ''} per pack for {len(group)} trials of "
-                       f"{group[0]['experiment'] if len(group) == 1 else 'one shape'}: {reason}")
+        print(f"--pack auto: {size} trial{'s' if size > 1 else ''} per pack for {len(group)} trials of one shape: "
+              f"{reason}", file=sys.stderr)
         return size
     packs = [] if sweep.search else [  # all of a pack's trials: its checkpoint's
         (pid, trials) for pid, trials in plan.make_packs(specs, parse_pack(run.pack) or auto, root)
         if any(s["trial_id"] not in done for s in trials)]
-    for reason in reasons:
-        print(reason, file=sys.stderr)
     if packs and len(packs) < len(pending):
         sizes = sorted({len(t) for _, t in packs})
         print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "

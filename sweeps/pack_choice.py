@@ -16,7 +16,6 @@ them.
 """
 import json
 import math
-import os
 import platform
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from prmf import store
 from prmf.config import make_config, pack_key
+from prmf.data import synthetic
 
 MIN_GAIN = 0.10  # below this the prediction is within the measurement's noise: one trial per pack
 STEPS, WARMUP = 3, 1  # timed and untimed training steps per measured size
@@ -48,7 +48,7 @@ def measure(specs, data, cpus) -> dict:
 
 def _at(timings, size, key):
     """timings[size][key], linear between the measured sizes."""
-    sizes = sorted(s for s in timings if s != "seconds")
+    sizes = sorted(timings)
     lo = max(s for s in sizes if s <= size)
     hi = min(s for s in sizes if s >= size)
     if lo == hi:
@@ -94,12 +94,12 @@ def machine_kind(gpus_per_trial) -> str:
 
 
 def cache_path() -> Path:
-    return Path(os.environ.get("PRMF_DATA_DIR", Path.home() / ".cache" / "prmf")) / "pack-timings.json"
+    return synthetic.cache_dir() / "pack-timings.json"
 
 
 def timings(group, data, largest, slots, cpus, gpus_per_trial) -> tuple:
-    """(timings, whether they came from the cache) of the group's pack shapes, measured by one Ray
-    task per slot (at most MAX_COPIES) with a pack's resources, all at once, unless cached."""
+    """(timings, seconds spent measuring them; None: from the cache) of the group's pack shapes,
+    measured by one Ray task per slot (at most MAX_COPIES) with a pack's resources, all at once."""
     cfg = make_config(group[0]["cfg"])
     copies = min(slots, MAX_COPIES)
     key = json.dumps([machine_kind(gpus_per_trial), cpus, gpus_per_trial, copies, torch.__version__, list(data.dims),
@@ -107,17 +107,18 @@ def timings(group, data, largest, slots, cpus, gpus_per_trial) -> tuple:
     path = cache_path()
     try:
         cached = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        cached = {}  # unreadable: measure again and write it anew
-    if key in cached:
-        return {(k if k == "seconds" else int(k)): t for k, t in cached[key].items()}, True
+        hit = {int(size): t for size, t in cached[key].items()} if key in cached else None
+    except (OSError, ValueError, AttributeError):
+        cached, hit = {}, None  # unreadable: measure again and write it anew
+    if hit:
+        return hit, None
     t0 = time.perf_counter()
     runs = _measure_on_workers(group[:largest], data, cpus, gpus_per_trial, copies)
     found = {size: {k: sum(r[size][k] for r in runs) / len(runs) for k in ("step", "build")} for size in runs[0]}
-    found["seconds"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     store.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**cached, key: found}, indent=1)))
-    return found, False
+    return found, seconds
 
 
 def _measure_on_workers(specs, data, cpus, gpus, copies) -> list:
@@ -130,12 +131,12 @@ def _measure_on_workers(specs, data, cpus, gpus, copies) -> list:
 
 def auto_size(group, data, slots, largest, cpus, gpus_per_trial, epochs) -> tuple:
     """(trials per pack, reason) for a group of trials that may share packs; `largest`: the biggest
-    pack memory and the slots allow (plan.auto_pack_size)."""
-    found, cached = timings(group, data, largest, slots, cpus, gpus_per_trial)
+    pack memory and the slots allow (plan.largest_pack)."""
+    found, seconds = timings(group, data, largest, slots, cpus, gpus_per_trial)
     n_train = len(data.splits["train"].emos)
     folds = group[0]["folds"]
     steps = epochs * math.ceil(n_train * (folds - 1) / folds / make_config(group[0]["cfg"]).batch_size)
     size, reason = choose(len(group), slots, largest, found, steps)
     where = f"{cpus:g} CPU{f' + {gpus_per_trial:g} GPU' if gpus_per_trial else ''} per pack"
-    when = "before (cached)" if cached else f"in {found['seconds']:.1f} s"
+    when = "before (cached)" if seconds is None else f"in {seconds:.1f} s"
     return size, f"measured {when} with {where}: {reason}"

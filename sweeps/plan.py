@@ -83,7 +83,7 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None) -> l
     return specs
 
 
-def auto_pack_size(specs, data, slots, gpus_per_trial, memory) -> int:
+def largest_pack(specs, data, slots, gpus_per_trial, memory) -> int:
     """The largest pack worth considering: as many trials as half the memory of one trial slot holds
     (weights, gradients, AdamW moments and best states of every fold), the trials spread over the
     free slots, at most AUTO_PACK_MAX. `memory`: the cluster's memory in bytes (Ray's resource).

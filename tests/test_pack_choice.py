@@ -51,13 +51,16 @@ def test_timings_are_cached_per_machine_kind_resources_and_shapes(tiny_data, dat
         measured.append((len(specs), cpus, copies))
         return [pack_choice.measure(specs, data, cpus) for _ in range(copies)]
     monkeypatch.setattr(pack_choice, "_measure_on_workers", in_process)
-    first, cached = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
-    assert not cached and measured == [(3, 1, 2)] and set(first) == {1, 3, "seconds"}
-    again, cached = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
-    assert cached and again == first and len(measured) == 1
-    _, cached = pack_choice.timings(group, tiny_data, 3, 1, 2, 0)  # other threads, other slots: measured anew
-    assert not cached and len(measured) == 2
+    first, seconds = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
+    assert seconds > 0 and measured == [(3, 1, 2)] and set(first) == {1, 3}
+    again, seconds = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
+    assert seconds is None and again == first and len(measured) == 1  # from the cache
+    _, seconds = pack_choice.timings(group, tiny_data, 3, 1, 2, 0)  # other threads, other slots: measured anew
+    assert seconds > 0 and len(measured) == 2
     assert len(json.loads(path.read_text())) >= 2
+    path.write_text(json.dumps({k: {"seconds": 1.0} for k in json.loads(path.read_text())}))  # entries of another shape
+    _, seconds = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
+    assert seconds > 0 and len(measured) == 3
     path.write_text("{not json")  # a damaged cache is measured again and rewritten, not an error
-    _, cached = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
-    assert not cached and len(json.loads(path.read_text())) == 1
+    _, seconds = pack_choice.timings(group, tiny_data, 3, 2, 1, 0)
+    assert seconds > 0 and len(json.loads(path.read_text())) == 1

@@ -118,10 +118,14 @@ def generate(out, profile="small", seed=0):
     return out
 
 
+def cache_dir() -> Path:
+    """Where generated sets and measured timings are kept (PRMF_DATA_DIR, else ~/.cache/prmf)."""
+    return Path(os.environ.get("PRMF_DATA_DIR", Path.home() / ".cache" / "prmf"))
+
+
 def default_root(profile="small", seed=0) -> Path:
-    """Where `--data synthetic` keeps its generated set (PRMF_DATA_DIR, else ~/.cache/prmf)."""
-    base = Path(os.environ.get("PRMF_DATA_DIR", Path.home() / ".cache" / "prmf"))
-    return base / f"synthetic-{profile}-seed{seed}"
+    """Where `--data synthetic` keeps its generated set."""
+    return cache_dir() / f"synthetic-{profile}-seed{seed}"
 
 
 def ensure(profile="small", seed=0) -> Path:
