@@ -42,7 +42,7 @@ def measure(specs, data, cpus) -> dict:
     build = time.perf_counter() - t0
     out = {len(specs): {"step": engine.time_steps(STEPS, WARMUP), "build": build}}
     engine.prune(range(1, len(specs)))
-    out[1] = {"step": engine.time_steps(STEPS, WARMUP), "build": build / len(specs)}
+    out[1] = {"step": engine.time_steps(STEPS, WARMUP), "build": build / len(specs)}  # its share: not built alone
     return out
 
 
