@@ -5,9 +5,13 @@ an architecture (grid points and seeds differ only in loss weights, temperatures
 optimiser, learning rate and its schedule, weight decay: config.MEMBER_KEYS), so their members'
 matmuls run as one. Each member keeps what makes it a fold of its trial: its batch order (a
 generator seeded by seed and fold), initial weights (models.build_model), Adam/AdamW state and
-learning rate, its schedule (constant or ReduceLROnPlateau), patience, best state and dropout masks. The engine owns the schedule: epochs, patience, the
-learning rate and the modality-dropout rate per member and epoch (models receive it per step). A
-member that stops (patience, divergence, pruning) leaves the batch and costs nothing more.
+learning rate, its schedule (constant or ReduceLROnPlateau), patience, best state and its random
+streams: every draw of training (dropout masks, modality dropout, the VAE's noise) comes from a
+counter-based stream keyed by the member's (seed, fold), the epoch and the batch
+(prmf/models/draws.py), so a trial's numbers depend on its config, seed and data only, never on its
+pack-mates, its place in the pack or what they do. The engine owns the schedule: epochs, patience,
+the learning rate and the modality-dropout rate per member and epoch (models receive it per step).
+A member that stops (patience, divergence, pruning) leaves the batch and costs nothing more.
 `state_dict()` checkpoints the pack between epochs (format version CHECKPOINT_VERSION). The pack's
 `precision` (prmf/precision.py) sets the arithmetic of its forwards (bf16 autocast) or matmuls (TF32);
 weights, gradients, optimiser moments and best states stay in the engine's dtype.
@@ -23,11 +27,13 @@ import torch.nn.functional as F
 from .config import LATER_KEYS, pack_key
 from .evaluation import SplitTensors, metrics, predict, score
 from .models import build_model
+from .models.draws import Draws, member_key, step_counter
 from .optim import StackedAdam
 from .precision import autocast, check as check_precision, matmuls
 from .schedules import SCHEDULES, modality_dropout_rate
 
-CHECKPOINT_VERSION = 3  # 3: members' optimiser and schedule follow their config (adam/adamw, constant/plateau)
+CHECKPOINT_VERSION = 4  # 4: per-member random streams (no global generator state); 3: per-member optimiser and schedule
+RANDOM_STREAMS = "member"  # stored with every result; rows from before per-member streams read "pack"
 STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run",
                    "diverged_epoch", "pruned")
 
@@ -58,6 +64,7 @@ class Member:
     val_idx: torch.Tensor
     scheduler: object  # schedules.Plateau or Constant: this member's learning rate and its schedule (cfg.lr_schedule)
     generator: torch.Generator  # batch order
+    key: int = 0  # its random streams (draws.member_key of seed and fold)
     best_metric: float = -math.inf
     best_epoch: int = 0
     best_val: dict | None = None  # metrics, logits and valence predictions at the best epoch
@@ -94,11 +101,12 @@ def update_member(m, result, epoch, logits, vals_pred, save_best):
     m.epochs_run = epoch
 
 
-def _member_values(values, device):
-    """A per-member value: a float when all members have the same (the fast path), else a tensor [M]."""
+def _member_values(values, device, dtype=torch.float64):
+    """A per-member value: a float when all members have the same (the fast path), else a tensor [M]
+    (float64 by default: exact, so a member's draws compare against the same threshold as alone)."""
     if all(v == values[0] for v in values):
         return float(values[0])
-    return torch.tensor(values, dtype=torch.float32, device=device)
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 class Engine:
@@ -117,14 +125,13 @@ class Engine:
         self.vals0 = torch.nan_to_num(train.vals)  # NaN-free, so masked entries give no NaN gradients
         self.epoch, self.history, self.train_seconds = 0, [], 0.0
         self.max_epochs = max(cfg.epochs for cfg, _ in trials)
-        torch.manual_seed(trials[0][1])  # dropout masks come from torch's global generator
         self.members, folds_of = [], {}
         for t, (cfg, seed) in enumerate(self.trials):
             folds = folds_of.setdefault(seed, stratified_folds(data.splits["train"].emos, n_folds, seed))
             for k, (tr, va) in enumerate(folds):
                 self.members.append(Member(len(self.members), t, cfg, seed, k, torch.as_tensor(tr, device=self.device),
                                            torch.as_tensor(va, device=self.device), SCHEDULES[cfg.lr_schedule](cfg.lr),
-                                           torch.Generator().manual_seed(seed * 1000 + k)))
+                                           torch.Generator().manual_seed(seed * 1000 + k), member_key(seed, k)))
         self.model = build_model(trials[0][0], data.dims, len(data.classes), [m.cfg for m in self.members],
                                  [(m.seed, m.fold) for m in self.members]).to(self.device, dtype)
         self.live = [m.index for m in self.members]  # the members in the model, in its order
@@ -151,20 +158,23 @@ class Engine:
             val_mse = ((vals_out - self.vals0[idx]).pow(2) * has_val).sum(1) / has_val.sum(1).clamp(min=1)
             return interloss + emo_w * ce.mean(1) + val_w * val_mse  # no valence in a batch: 0
 
-    def _train_epoch(self, live, modality_p, batches=None):
-        """One epoch of `live` (or its first `batches` batches); each member's mean training loss."""
+    def _train_epoch(self, live, modality_p, epoch, batches=None):
+        """One epoch of `live` (or its first `batches` batches); each member's mean training loss.
+        Batch j of the epoch draws from every member's stream at step (epoch, j)."""
         model, bs, grad_clip = self.model, self.trials[0][0].batch_size, self.trials[0][0].grad_clip
         model.train()
         device = self.device
         orders = [m.train_idx[torch.randperm(len(m.train_idx), generator=m.generator).to(device)] for m in live]
         p_all = _member_values(modality_p, device)
-        emo_all = _member_values([m.cfg.emo_weight for m in live], device)
-        val_all = _member_values([m.cfg.val_weight for m in live], device)
+        emo_all = _member_values([m.cfg.emo_weight for m in live], device, self.vals0.dtype)
+        val_all = _member_values([m.cfg.val_weight for m in live], device, self.vals0.dtype)
+        keys = torch.tensor([m.key for m in live], dtype=torch.int64, device=device)
         hyper = [(m.cfg.optimizer, m.lr, m.cfg.weight_decay) for m in live]
         params = list(model.parameters())
         totals = torch.zeros(len(live), dtype=torch.float64, device=device)
-        for start in range(0, max(len(o) for o in orders), bs)[:batches]:
+        for batch, start in enumerate(range(0, max(len(o) for o in orders), bs)[:batches]):
             chunks = [o[start:start + bs] for o in orders]
+            step = step_counter(epoch, batch)
             groups = {}  # batch size -> positions: folds differ by a sample or so, so their last batches differ
             for i, c in enumerate(chunks):
                 if len(c):
@@ -172,13 +182,15 @@ class Engine:
             for size, pos in groups.items():
                 idx = torch.stack([chunks[i] for i in pos])
                 if len(pos) == len(live):
-                    loss = self._loss(model, idx, p_all, emo_all, val_all)
+                    draws = Draws(keys, step)
+                    loss = self._loss(lambda xs, ns, p: model(xs, ns, p, draws), idx, p_all, emo_all, val_all)
                 else:  # some members only: the others' parameters and values left out
                     sub = torch.tensor(pos, device=device)
                     sel = {n: t.index_select(0, sub) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+                    draws = Draws(keys, step).subset(sub)
 
-                    def call(xs, ns, p, sel=sel):
-                        return torch.func.functional_call(model, sel, (xs, ns, p))
+                    def call(xs, ns, p, sel=sel, draws=draws):
+                        return torch.func.functional_call(model, sel, (xs, ns, p, draws))
                     pick = [modality_p[i] for i in pos]
                     loss = self._loss(call, idx, _member_values(pick, device), _pick(emo_all, sub), _pick(val_all, sub))
                 loss.sum().backward()
@@ -224,7 +236,7 @@ class Engine:
         live = [self.members[i] for i in self.live]
         modality_p = self._modality_p(live, epoch)
         with matmuls(self.precision, self.device):
-            losses = self._train_epoch(live, modality_p)
+            losses = self._train_epoch(live, modality_p, epoch)
             results = self._validate(live, losses, epoch, modality_p)
         self.epoch = epoch
         self._leave([m.index for m in live if m.stopped or m.epochs_run >= m.cfg.epochs])
@@ -246,10 +258,10 @@ class Engine:
         modality_p = self._modality_p(live, self.max_epochs)  # the rate of most epochs
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         with matmuls(self.precision, self.device):
-            self._train_epoch(live, modality_p, warmup)
+            self._train_epoch(live, modality_p, self.epoch + 1, warmup)
             sync()
             t0 = time.perf_counter()
-            self._train_epoch(live, modality_p, steps)
+            self._train_epoch(live, modality_p, self.epoch + 1, steps)
             sync()
         return (time.perf_counter() - t0) / steps
 
@@ -297,8 +309,7 @@ class Engine:
     def state_dict(self):
         """Everything needed to continue this pack bit for bit after a restart."""
         return {"version": CHECKPOINT_VERSION, "epoch": self.epoch, "history": self.history,
-                "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "train_seconds": self.train_seconds,
                 "trials": [(cfg.to_dict(), seed) for cfg, seed in self.trials], "live": list(self.live),
                 "members": [{**{k: getattr(m, k) for k in STOPPING_FIELDS},
                              "scheduler": m.scheduler.state_dict(), "generator": m.generator.get_state()}
@@ -313,9 +324,6 @@ class Engine:
         if saved != [(cfg.to_dict(), seed) for cfg, seed in self.trials]:
             raise CheckpointError("the checkpoint is of another pack (other configs or seeds)")
         self.epoch, self.history, self.train_seconds = state["epoch"], state["history"], state["train_seconds"]
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         for m, s in zip(self.members, state["members"]):
             for k in STOPPING_FIELDS:
                 setattr(m, k, s[k])

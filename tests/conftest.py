@@ -102,12 +102,15 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture
 def fixed_noise(monkeypatch):
-    """The VAE's eps ~ N(0, I) replaced by one fixed pattern over (sample, unit), the same in any
-    pack or run: with dropout off, training has no randomness left."""
+    """The VAE's eps ~ N(0, I) replaced by one fixed pattern over (sample, unit), the same for every
+    member and step: with dropout off, training has no randomness left (for comparisons with a plain
+    torch loop, whose draws could not be the engine's)."""
     import torch
+    from prmf.models.draws import Draws
 
-    def pattern(t, **_):
+    def pattern(self, t):
+        self.skip()
         rows, cols = t.shape[-2:]
         eps = torch.sin(0.37 * torch.arange(rows * cols, dtype=t.dtype, device=t.device))
         return eps.view(rows, cols).expand(t.shape)
-    monkeypatch.setattr(torch, "randn_like", pattern)
+    monkeypatch.setattr(Draws, "normal", pattern)

@@ -13,6 +13,7 @@ from prmf import records, store
 from prmf.config import PRESETS, ConfigError, effective_config, for_data, make_config, preset_config
 from prmf.engine import Engine, stratified_folds, train_trial
 from prmf.models import build_model, n_params
+from prmf.models.draws import Draws
 from prmf.schedules import modality_dropout_rate
 from sweeps import ablation, plan
 from sweeps.definition import DEFAULT_STORAGE
@@ -191,7 +192,7 @@ def test_a_dropped_modality_keeps_the_seeds_fusion_weight_under_the_default(othe
         model.proxy_attention.register_forward_hook(lambda mod, args, out: seen.update(w=args[2]))
         keep = torch.tensor([[False, True, True]]).expand(1, 16, 3)
         present = keep if fidelity == "paper" else None
-        model.forward_members([x[None] for x in batch()], [None] * 3, present, keep, True)
+        model.forward_members([x[None] for x in batch()], [None] * 3, present, keep, Draws.from_global(1, "cpu"))
         w = seen["w"][0].double()
         assert torch.allclose(w[:, 0], torch.full((16,), want, dtype=torch.float64), atol=1e-6 if want else 1e-12), fidelity
         assert torch.allclose(w[:, 1], w[:, 2])  # the two kept modalities share the rest
@@ -204,8 +205,8 @@ def test_attention_is_merbenchs_raw_scores_and_robust_v1_the_softmax():
         assert model.fusion.softmax is softmax and model.uses_feat_dropout == (feat_dropout > 0)
         assert model.value("dropout") == 0.4
         hid = [torch.rand(1, 4, H) for _ in range(3)]
-        fused, w = model.fusion(hid, 0.0, False)
-        raw = model.fusion.fc_att(model.fusion.attention_mlp(torch.cat(hid, -1), None, 0.0, False))
+        fused, w = model.fusion(hid, 0.0, None)
+        raw = model.fusion.fc_att(model.fusion.attention_mlp(torch.cat(hid, -1), None, 0.0, None))
         assert torch.allclose(w, torch.softmax(raw, -1) if softmax else raw)
 
 

@@ -8,6 +8,7 @@ from prmf.config import PRESETS, make_config, preset_config
 from prmf.schedules import modality_dropout_rate
 from prmf.models import build_model
 from prmf.models.encoders import VariationalEncoder
+from prmf.models.draws import Draws
 from prmf.models.fusion import (DROP_PATTERNS, kl_gaussians, kl_to_standard_normal, modality_dropout_keep, present_mask,
                                 uncertainty_fusion, vae_parts)
 from prmf.models.layers import init_member
@@ -96,11 +97,11 @@ def test_all_zero_input_is_treated_as_missing_by_the_model():
 def test_logvar_is_clamped_and_initial_variance_is_one():
     enc = VariationalEncoder(1, 5, 8)
     init_member(enc, [0], None)
-    z, mu, logvar, std = enc(torch.randn(1, 3, 5), None, 0.0, True)
+    z, mu, logvar, std = enc(torch.randn(1, 3, 5), None, 0.0, Draws.from_global(1, "cpu"))
     assert torch.allclose(logvar, torch.zeros_like(logvar)) and torch.allclose(std, torch.ones_like(std))
     with torch.no_grad():
         enc.heads.logvar_layer.bias.fill_(100.0)
-    _, _, logvar, std = enc(torch.randn(1, 3, 5), None, 0.0, True)
+    _, _, logvar, std = enc(torch.randn(1, 3, 5), None, 0.0, Draws.from_global(1, "cpu"))
     assert logvar.max() == 10 and torch.isfinite(std).all()
 
 
@@ -128,7 +129,7 @@ def test_gradients_reach_every_parameter_that_should_learn(experiment):
 
 def test_modality_dropout_is_vectorised_and_uses_the_six_patterns():
     torch.manual_seed(0)
-    keep = modality_dropout_keep((3, 20000), torch.tensor([0.3, 0.0, 0.6]), "cpu")  # each member its own rate
+    keep = modality_dropout_keep((3, 20000), torch.tensor([0.3, 0.0, 0.6], dtype=torch.float64), Draws.from_global(3, "cpu"))  # each member its own rate
     dropped = ~keep.all(-1)
     assert abs(dropped[0].float().mean().item() - 0.3) < 0.02 and not dropped[1].any()
     assert abs(dropped[2].float().mean().item() - 0.6) < 0.02
@@ -154,8 +155,8 @@ def test_dropped_modality_has_zero_mu_in_the_proxy():
     x_no_text = [x[0], torch.zeros_like(x[1]), x[2]]
     # Exp2's fused feature is the proxy: with text absent, it is a weighted sum of audio and video mu only
     feats = model(x_no_text)[0]
-    mus = [model.encoders[i](x_no_text[i][None], None, 0.0, False)[1][0] for i in (0, 2)]
-    stds = [model.encoders[i](x_no_text[i][None], None, 0.0, False)[3][0] for i in (0, 2)]
+    mus = [model.encoders[i](x_no_text[i][None], None, 0.0, None)[1][0] for i in (0, 2)]
+    stds = [model.encoders[i](x_no_text[i][None], None, 0.0, None)[3][0] for i in (0, 2)]
     _, w = uncertainty_fusion(mus, stds, None, model.cfg.fusion_temperature)
     assert torch.allclose(feats, w[:, :1] * mus[0] + w[:, 1:] * mus[1], atol=1e-5)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .encoders import LSTMEncoder, MLPEncoder
 from .fusion import modality_dropout_keep, present_mask
+from .draws import Draws
 from .layers import Linear, dropout
 
 # The per-member config keys the models read themselves (the engine owns the optimiser, lr, weight
@@ -44,11 +45,12 @@ class FusionModel(nn.Module):
 
     def value(self, key):
         """A per-member hyperparameter: the exact float when every member has the same (the fast
-        path), else a tensor [M]."""
+        path), else a float64 tensor [M] of the exact values (layers.per_member casts it where it
+        meets a tensor, so a member's value rounds as its float would alone)."""
         values = self.hp[key]
         if all(v == values[0] for v in values):
             return values[0]
-        return getattr(self, key).to(self.fc_out_1.weight.dtype)  # exact values, the model's float type
+        return getattr(self, key)
 
     @torch.no_grad()
     def keep(self, index):
@@ -62,7 +64,9 @@ class FusionModel(nn.Module):
         self.n_members = len(index)
         self.hp = {key: [values[i] for i in index.tolist()] for key, values in self.hp.items()}
 
-    def forward(self, inputs, lengths=None, modality_p=None):
+    def forward(self, inputs, lengths=None, modality_p=None, draws=None):
+        """`draws`: the step's random streams per member (prmf/models/draws.py; the engine gives
+        them); in training without them, keys are drawn from torch's global generator."""
         one = inputs[0].dim() == (3 if self.frames else 2)  # no member axis
         if one:
             inputs = [x[None] for x in inputs]
@@ -70,15 +74,18 @@ class FusionModel(nn.Module):
         lengths = lengths or [None] * 3
         shape = inputs[0].shape[:2]
         present = present_mask(inputs, self.frames) if self.cfg.fidelity == "paper" else None
+        draws = (draws or Draws.from_global(shape[0], inputs[0].device)) if self.training else None
         keep = None
-        if self.training and self.uses_modality_dropout and modality_p is not None and not (
-                isinstance(modality_p, float) and modality_p == 0):
-            keep = modality_dropout_keep(shape, modality_p, inputs[0].device)
-        out = self.forward_members(inputs, lengths, present, keep, self.training)
+        if draws is not None and self.uses_modality_dropout:
+            if modality_p is None or (isinstance(modality_p, float) and modality_p == 0):
+                draws.skip()  # the site is taken all the same
+            else:
+                keep = modality_dropout_keep(shape, modality_p, draws)
+        out = self.forward_members(inputs, lengths, present, keep, draws)
         return tuple(o[0] for o in out) if one else out
 
-    def heads(self, fused):
-        features = dropout(fused, self.value("dropout") if self.uses_feat_dropout else 0.0, self.training)
+    def heads(self, fused, draws):
+        features = dropout(fused, self.value("dropout") if self.uses_feat_dropout else 0.0, draws)
         return features, self.fc_out_1(features), self.fc_out_2(features).squeeze(-1)
 
 
@@ -102,8 +109,8 @@ class AttentionFusion(nn.Module):
         self.attention_mlp = MLPEncoder(n_members, hidden_dim * 3, hidden_dim)
         self.fc_att = Linear(n_members, hidden_dim, 3)
 
-    def forward(self, hiddens, rate, training):
-        weights = self.fc_att(self.attention_mlp(torch.cat(hiddens, dim=-1), None, rate, training))
+    def forward(self, hiddens, rate, draws):
+        weights = self.fc_att(self.attention_mlp(torch.cat(hiddens, dim=-1), None, rate, draws))
         if self.softmax:
             weights = F.softmax(weights, dim=-1)
         return (torch.stack(hiddens, dim=-2) * weights.unsqueeze(-1)).sum(dim=-2), weights
@@ -120,12 +127,12 @@ class Attention(FusionModel):
         self.encoders = make_encoders(cfg, dims, self.n_members)
         self.fusion = AttentionFusion(self.n_members, cfg.hidden_dim, self.softmax)
 
-    def forward_members(self, inputs, lengths, present, keep, training):
+    def forward_members(self, inputs, lengths, present, keep, draws):
         rate = self.value("dropout")
-        hiddens = [enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)]
+        hiddens = [enc(x, n, rate, draws) for enc, x, n in zip(self.encoders, inputs, lengths)]
         hiddens = mask_hiddens(mask_hiddens(hiddens, present), keep)
-        fused, _ = self.fusion(hiddens, rate, training)
-        return (*self.heads(fused), fused.new_zeros(fused.shape[0]))
+        fused, _ = self.fusion(hiddens, rate, draws)
+        return (*self.heads(fused, draws), fused.new_zeros(fused.shape[0]))
 
 
 class AttentionRobust(Attention):

@@ -1,9 +1,10 @@
 """Per-modality encoders (deterministic and variational) and the reconstruction decoder, every
-one with the member axis first (prmf/models/layers.py). `rate` is the dropout rate of each member."""
+one with the member axis first (prmf/models/layers.py). `rate` is the dropout rate of each member;
+`draws` the step's random streams (prmf/models/draws.py), None at evaluation."""
 import torch
 import torch.nn as nn
 
-from .layers import LSTM, Linear, dropout, keep_mask
+from .layers import LSTM, Linear, dropout
 
 
 class MLPEncoder(nn.Module):
@@ -16,10 +17,13 @@ class MLPEncoder(nn.Module):
         for i in range(1, n_layers + 1):
             setattr(self, f"linear_{i}", Linear(n_members, in_size if i == 1 else hidden_size, hidden_size))
 
-    def forward(self, x, lengths, rate, training):
-        if training and not (isinstance(rate, float) and rate == 0):  # dropout's 1/(1-p) after the matmul
-            h = torch.relu(self.linear_1(x * keep_mask(x, rate), 1.0 / (1.0 - rate)))
+    def forward(self, x, lengths, rate, draws):
+        if draws is not None and not (isinstance(rate, float) and rate == 0):  # dropout's 1/(1-p) after the matmul
+            scale = 1.0 / (1.0 - rate)
+            h = torch.relu(self.linear_1(x * draws.keep_mask(x, rate), scale if isinstance(scale, float) else scale.to(x.dtype)))
         else:
+            if draws is not None:
+                draws.skip()  # the site is taken all the same (prmf/models/draws.py)
             h = torch.relu(self.linear_1(x))
         for i in range(2, self.layers + 1):
             h = torch.relu(getattr(self, f"linear_{i}")(h))
@@ -36,8 +40,8 @@ class LSTMEncoder(nn.Module):
         self.rnn = LSTM(n_members, in_size, hidden_size)
         self.linear_1 = Linear(n_members, hidden_size, hidden_size)
 
-    def forward(self, x, lengths, rate, training):
-        return self.linear_1(dropout(self.rnn(x, lengths), rate, training))
+    def forward(self, x, lengths, rate, draws):
+        return self.linear_1(dropout(self.rnn(x, lengths), rate, draws))
 
 
 class GaussianHeads(nn.Module):
@@ -56,11 +60,11 @@ class GaussianHeads(nn.Module):
                 self.logvar_layer.weight[m].zero_()
                 self.logvar_layer.bias[m].zero_()
 
-    def forward(self, h, training):
+    def forward(self, h, draws):
         mu = self.mu_layer(h)
         logvar = self.logvar_layer(h).clamp(-10, 10)
         std = torch.exp(0.5 * logvar)
-        z = mu + torch.randn_like(std) * std if training else mu
+        z = mu + draws.normal(std) * std if draws is not None else mu
         return z, mu, logvar, std
 
 
@@ -75,8 +79,8 @@ class VariationalEncoder(nn.Module):
                        else MLPEncoder(n_members, in_size, hidden_size, n_layers=2))
         self.heads = GaussianHeads(n_members, hidden_size)
 
-    def forward(self, x, lengths, rate, training):
-        return self.heads(self.shared(x, lengths, rate, training), training)
+    def forward(self, x, lengths, rate, draws):
+        return self.heads(self.shared(x, lengths, rate, draws), draws)
 
 
 class ModalityDecoder(nn.Module):
@@ -89,6 +93,6 @@ class ModalityDecoder(nn.Module):
         self.linear_2 = Linear(n_members, hidden_size, hidden_size)
         self.linear_3 = Linear(n_members, hidden_size, out_size)
 
-    def recon_mse(self, z, target, rate, training):
-        h = dropout(torch.relu(self.linear_1(z)), rate, training)
+    def recon_mse(self, z, target, rate, draws):
+        h = dropout(torch.relu(self.linear_1(z)), rate, draws)
         return self.linear_3.recon_mse(torch.relu(self.linear_2(h)), target)

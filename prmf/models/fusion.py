@@ -1,5 +1,7 @@
 """P-RMF's fusion parts: uncertainty weights, the proxy's cross-modal attention, the VAE losses,
 and modality dropout, member axis first. Modalities are always in the order (audio, text, video)."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,12 +21,15 @@ def present_mask(inputs, frames=False) -> torch.Tensor:
     return torch.stack([x.abs().sum(dims) > 0 for x in inputs], dim=-1)
 
 
-def modality_dropout_keep(shape, p, device) -> torch.Tensor:
-    """[*shape, 3] bool keep-mask: each sample, with probability p (float, or [M] for shape (M, B)),
-    loses one of the 6 patterns."""
-    rand = torch.rand(shape, device=device)
-    drop = rand < (p if isinstance(p, float) else p.view(-1, *[1] * (len(shape) - 1)))
-    pattern = DROP_PATTERNS.to(device)[torch.randint(0, 6, shape, device=device)]
+def modality_dropout_keep(shape, p, draws) -> torch.Tensor:
+    """[M, B, 3] bool keep-mask for shape (M, B): each sample, with probability p (float, or float64
+    [M]; resolved to 2^-32), loses one of the 6 patterns (chosen uniformly, up to 2^-32)."""
+    u, v = draws.uniform32(shape)
+    if isinstance(p, float):
+        drop = u < math.floor(p * 2 ** 32)
+    else:
+        drop = u < torch.floor(p.double() * 2 ** 32).long().view(-1, *[1] * (len(shape) - 1))
+    pattern = DROP_PATTERNS.to(u.device)[v % 6]
     return torch.where(drop[..., None], pattern, torch.ones_like(pattern))
 
 
@@ -63,16 +68,16 @@ class ProxyCrossModalAttention(nn.Module):
         self.ffn_1 = Linear(n_members, hidden_dim, hidden_dim * 2)
         self.ffn_2 = Linear(n_members, hidden_dim * 2, hidden_dim)
 
-    def forward(self, proxy, mus, weights, present, rate, training):
+    def forward(self, proxy, mus, weights, present, rate, draws):
         if self.kind == "per_modality":
-            outs = [attn.single_key(mu, rate, training) for attn, mu in zip(self.attn, mus)]
+            outs = [attn.single_key(mu, rate, draws) for attn, mu in zip(self.attn, mus)]
             attended = (torch.stack(outs, dim=2) * weights.unsqueeze(-1)).sum(dim=2)
         else:
             pad = None if present is None else ~present & present.any(dim=-1, keepdim=True)  # all absent: attend to all
-            attended = self.attn[0](proxy, torch.stack(mus, dim=2), pad, rate, training)
+            attended = self.attn[0](proxy, torch.stack(mus, dim=2), pad, rate, draws)
         fused = self.norm(proxy + attended)
-        ffn = dropout(F.gelu(self.ffn_1(fused)), rate, training)
-        return fused + dropout(self.ffn_2(ffn), rate, training)
+        ffn = dropout(F.gelu(self.ffn_1(fused)), rate, draws)
+        return fused + dropout(self.ffn_2(ffn), rate, draws)
 
 
 def kl_to_standard_normal(mu, logvar):

@@ -2,7 +2,7 @@
 
 A member is one (config, seed, fold) of a batched model; M = 1 is one model. One baddbmm serves
 all members, so 135 small models fill a machine like one large one, while each member keeps its
-own weights, initial draw, dropout masks and per-member hyperparameters (a float when all members
+own weights, initial draw, random streams (draws.py) and per-member hyperparameters (a float when all members
 share it, else a tensor [M]). `init_member` draws a member's weights exactly as torch's own
 nn.Linear / nn.MultiheadAttention / nn.LSTM would, from a given generator, so a seed gives the
 same start whether the member trains alone or in a pack.
@@ -34,8 +34,8 @@ def shared_input_cache():
 
 
 def per_member(rate, x):
-    """A per-member value (float, or tensor [M]) shaped to broadcast against x [M, ...]."""
-    return rate if isinstance(rate, float) else rate.view(-1, *[1] * (x.dim() - 1))
+    """A per-member value (float, or tensor [M]) shaped to broadcast against x [M, ...], in x's type."""
+    return rate if isinstance(rate, float) else rate.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
 
 
 def _autocast(*tensors):
@@ -100,21 +100,15 @@ class _ReconMSE(torch.autograd.Function):
         return torch.bmm(gw, w).to(dh), torch.bmm(gw.transpose(1, 2), h).to(dw), g.sum(1).to(db), None
 
 
-def keep_mask(x, rate):
-    """Dropout's keep mask (probability 1 - rate) from 16 random bits per element: half the
-    generator work of a float per element, p resolved to 2^-16. rate: float or [M]."""
-    bits = torch.empty(x.numel() // 4 + 1, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
-    bits = bits.view(torch.int16)[:x.numel()].view(x.shape)
-    if isinstance(rate, float):
-        return bits < round((1 - rate) * 65536) - 32768
-    return bits < torch.round((1 - per_member(rate, x)) * 65536) - 32768
-
-
-def dropout(x, rate, training):
-    """Inverted dropout (nn.Dropout's distribution), every member's mask drawn at once."""
-    if not training or (isinstance(rate, float) and rate == 0):
+def dropout(x, rate, draws):
+    """Inverted dropout (nn.Dropout's distribution), every member's mask from its own stream
+    (prmf/models/draws.py); draws None: evaluation, x as it is."""
+    if draws is None:
         return x
-    return x * keep_mask(x, rate) * (1.0 / (1.0 - per_member(rate, x)))
+    if isinstance(rate, float) and rate == 0:
+        draws.skip()
+        return x
+    return x * draws.keep_mask(x, rate) * per_member(1.0 / (1.0 - rate), x)
 
 
 def init_member(module, members, gen):
@@ -212,15 +206,15 @@ class MultiheadAttention(nn.Module):
         h = self.in_proj_weight.shape[2]
         return _Linear.apply(x, self.in_proj_weight[:, part * h:(part + 1) * h], self.in_proj_bias[:, part * h:(part + 1) * h], 1.0)
 
-    def single_key(self, value, rate, training):
+    def single_key(self, value, rate, draws):
         v = self._proj(value, 2)
-        if training:
+        if draws is not None:
             heads = self.num_heads
-            weight = dropout(v.new_ones(*v.shape[:2], heads, 1), rate, True)  # the softmax's 1, dropped out
+            weight = dropout(v.new_ones(*v.shape[:2], heads, 1), rate, draws)  # the softmax's 1, dropped out
             v = (v.unflatten(-1, (heads, -1)) * weight).flatten(-2)
         return self.out_proj(v)
 
-    def forward(self, query, tokens, pad, rate, training):
+    def forward(self, query, tokens, pad, rate, draws):
         """query [M, B, H] over tokens [M, B, T, H]; pad [M, B, T] True = ignore (or None)."""
         heads = self.num_heads
         q = self._proj(query, 0).unflatten(-1, (heads, -1))  # [M, B, heads, hd]
@@ -230,7 +224,7 @@ class MultiheadAttention(nn.Module):
         scores = torch.einsum("mbnd,mbtnd->mbnt", q, k) / math.sqrt(q.shape[-1])
         if pad is not None:
             scores = scores.masked_fill(pad[:, :, None, :], float("-inf"))
-        attn = dropout(F.softmax(scores, dim=-1), rate, training)
+        attn = dropout(F.softmax(scores, dim=-1), rate, draws)
         return self.out_proj(torch.einsum("mbnt,mbtnd->mbnd", attn, v).flatten(-2))
 
 

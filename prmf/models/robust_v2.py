@@ -16,6 +16,7 @@ import torch
 from .attention import AttentionFusion, FusionModel, make_encoders, mask_hiddens
 from .encoders import ModalityDecoder, VariationalEncoder
 from .fusion import MISSING_STD, ProxyCrossModalAttention, uncertainty_fusion, vae_parts
+from .layers import per_member
 
 
 def utterance_vector(x, lengths):
@@ -46,13 +47,13 @@ class AttentionRobustV2(FusionModel):
         if builds_proxy_attention(cfg):
             self.proxy_attention = ProxyCrossModalAttention(m, h, cfg.num_attention_heads, cfg.proxy_attention)
 
-    def forward_members(self, inputs, lengths, present, keep, training):
+    def forward_members(self, inputs, lengths, present, keep, draws):
         cfg, rate = self.cfg, self.value("dropout")
         if present is not None and keep is not None:
             present = present & keep
         if not cfg.use_vae:
-            return self.forward_original(inputs, lengths, keep if present is None else present, present, training)
-        encoded = [enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)]
+            return self.forward_original(inputs, lengths, keep if present is None else present, present, draws)
+        encoded = [enc(x, n, rate, draws) for enc, x, n in zip(self.encoders, inputs, lengths)]
         zs, mus, logvars, stds = map(list, zip(*encoded))
         if cfg.fidelity == "published":  # 004 §3.1: mu dropped, std 1e6 where the dropped mu is all zero
             mus_d = mask_hiddens(mus, keep)
@@ -66,23 +67,24 @@ class AttentionRobustV2(FusionModel):
             mus_d = [mu * c for mu, c in zip(mus, cols)]
             stds_d = [torch.where(c, s, MISSING_STD) for s, c in zip(stds, cols)]
         proxy, weights = uncertainty_fusion(mus_d, stds_d, present, self.value("fusion_temperature"))
-        fused = self.proxy_attention(proxy, mus_d, weights, present, rate, training) if cfg.use_proxy_attention else proxy
-        features, emos_out, vals_out = self.heads(fused)
-        if not training:
+        fused = self.proxy_attention(proxy, mus_d, weights, present, rate, draws) if cfg.use_proxy_attention else proxy
+        features, emos_out, vals_out = self.heads(fused, draws)
+        if draws is None:
             return features, emos_out, vals_out, proxy.new_zeros(proxy.shape[0])
-        recons = [dec.recon_mse(z, utterance_vector(x, n), rate, training)
+        recons = [dec.recon_mse(z, utterance_vector(x, n), rate, draws)
                   for dec, z, x, n in zip(self.decoders, zs_d, inputs, lengths)]
         kl, recon, cross = vae_parts(mus, logvars, recons)
-        interloss = self.value("kl_weight") * kl + self.value("recon_weight") * recon + self.value("cross_kl_weight") * cross
+        kl_w, recon_w, cross_w = (per_member(self.value(k), kl) for k in ("kl_weight", "recon_weight", "cross_kl_weight"))
+        interloss = kl_w * kl + recon_w * recon + cross_w * cross
         return features, emos_out, vals_out, interloss
 
-    def forward_original(self, inputs, lengths, mask, present, training):
+    def forward_original(self, inputs, lengths, mask, present, draws):
         """use_vae=False: the seeds' attention fusion (softmax) of deterministic hiddens, dropped
         (and, under 'paper', absent) ones zeroed; under 'paper' with use_proxy_attention (Exp5) the
         fused vector is the proxy of the cross-modal attention, weighted by the fusion's weights."""
         rate = self.value("dropout")
-        hiddens = mask_hiddens([enc(x, n, rate, training) for enc, x, n in zip(self.encoders, inputs, lengths)], mask)
-        fused, weights = self.fusion(hiddens, rate, training)
+        hiddens = mask_hiddens([enc(x, n, rate, draws) for enc, x, n in zip(self.encoders, inputs, lengths)], mask)
+        fused, weights = self.fusion(hiddens, rate, draws)
         if builds_proxy_attention(self.cfg):
-            fused = self.proxy_attention(fused, hiddens, weights, present, rate, training)
-        return (*self.heads(fused), fused.new_zeros(fused.shape[0]))
+            fused = self.proxy_attention(fused, hiddens, weights, present, rate, draws)
+        return (*self.heads(fused, draws), fused.new_zeros(fused.shape[0]))
