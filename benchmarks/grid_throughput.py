@@ -120,10 +120,10 @@ class MERDataset(torch.utils.data.Dataset):
         return self.feats[0][n], self.feats[1][n], self.feats[2][n], self.emos[n], self.vals[n], n
 
 
-def seeds_modality_dropout_keep(shape, p, device):
+def seeds_modality_dropout_keep(shape, p, draws):
     """The seeds' apply_modality_dropout: a Python loop with torch.rand(1).item() per sample; it
     replaces the model's vectorised draw (prmf.models.fusion.modality_dropout_keep) in this loop."""
-    masks = torch.ones(*shape, 3, device=device)
+    masks = torch.ones(*shape, 3, device=draws.keys.device)  # torch's global generator, not the draws
     for i in range(shape[-1]):
         if torch.rand(1).item() < p:
             mode = torch.randint(0, 6, (1,)).item()

@@ -118,14 +118,15 @@ def plain_kernels():
     import torch
     import torch.nn.functional as F
 
-    from prmf.models import encoders, layers
+    from prmf.models import layers
+    from prmf.models.draws import Draws
 
     def linear(x, w, b, scale):
         return F.linear(x if scale == 1.0 else x * scale, w[0], b[0])
 
     layers._Linear.apply = staticmethod(linear)
     layers._ReconMSE.apply = staticmethod(lambda h, w, b, x: (F.linear(h, w[0], b[0]) - x).pow(2).mean((1, 2)))
-    layers.keep_mask = encoders.keep_mask = lambda x, rate: torch.rand_like(x) >= rate
+    Draws.keep_mask = lambda self, x, rate: torch.rand_like(x) >= rate  # torch's own dropout draw
 
 
 def timed(cmd, env):

@@ -33,7 +33,6 @@ from .precision import autocast, check as check_precision, matmuls
 from .schedules import SCHEDULES, modality_dropout_rate
 
 CHECKPOINT_VERSION = 4  # 4: per-member random streams (no global generator state); 3: per-member optimiser and schedule
-RANDOM_STREAMS = "member"  # stored with every result; rows from before per-member streams read "pack"
 STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run",
                    "diverged_epoch", "pruned")
 

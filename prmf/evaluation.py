@@ -98,6 +98,7 @@ class TrialResult:
     train_seconds: float = 0.0
     n_params: int = 0  # trainable parameters of one fold's model (also those that get no gradient)
     diverged_epochs: list = field(default_factory=list)  # per fold, 0 = did not diverge
+    random_streams: str = "member"  # every draw from the member's own stream (prmf/models/draws.py)
 
 
 def _nan_metrics():

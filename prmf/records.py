@@ -76,7 +76,7 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,
             "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, "n_params": result.n_params,
-            "commit": commit, **(extra or {})}
+            "commit": commit, "random_streams": result.random_streams, **(extra or {})}
     names = [experiment, *identical]
     results = pd.DataFrame([{**meta, "experiment": name, "identical_to": ",".join(n for n in names if n != name),
                              **r, **config, "config_json": json.dumps(config, sort_keys=True)}

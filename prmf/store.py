@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 #   3: fidelity 'published' (the new default); the former default 'seeds_code' reads as 'design_plan'
 #      (what it trained: 000's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
 #   4: the config key `precision`; rows written before it ran in fp32.
-SCHEMA_VERSION = 4
+#   5: `random_streams`: 'member' (each member draws from its own stream, so a trial's numbers do not
+#      depend on its pack); rows written before read 'pack' (one generator fed a whole pack).
+SCHEMA_VERSION = 5
 # What the config keys added in schema 3 were for every row written before them (docs/FIDELITY.md).
 BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
 SCHEMA_KEY = b"prmf_schema_version"
@@ -148,6 +150,8 @@ def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
                 df[key] = value
     if version < 4 and "precision" not in df:
         df = df.assign(precision="fp32")  # every run before the key was fp32
+    if version < 5 and "random_streams" not in df:
+        df = df.assign(random_streams="pack")  # trained with one generator per pack
     return df
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prmf.config import MEMBER_KEYS, pack_key
+from prmf.models.draws import Draws
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -34,7 +35,7 @@ def test_grid_throughput_parts(tiny_data):
     flops_mb, nbytes_mb = gt.epoch_traffic(costs, "merbench", 1, 400, 100)
     assert flops == flops_mb and nbytes_mb > nbytes  # plain AdamW and per-batch validation move more bytes
 
-    keep = gt.seeds_modality_dropout_keep((1, 4000), 0.5, "cpu")
+    keep = gt.seeds_modality_dropout_keep((1, 4000), 0.5, Draws.from_global(1, "cpu"))
     assert keep.shape == (1, 4000, 3) and keep.dtype == torch.bool
     dropped = ~keep.all(-1)
     assert abs(dropped.float().mean().item() - 0.5) < 0.05 and keep[dropped].sum(-1).max() <= 2
@@ -73,7 +74,7 @@ def test_one_config_plain_kernels_compute_the_engine_kernels_model(tiny_data, mo
     """benchmarks/one_config.py's plain loop swaps the model's hand-written kernels for plain autograd:
     the same model, the same outputs and gradients (dropout off), so the ratio compares loops."""
     from prmf.config import preset_config
-    from prmf.models import build_model, encoders, layers
+    from prmf.models import build_model, layers
     oc = load("one_config")
     cfg = preset_config("Exp4", hidden_dim=16)
     torch.manual_seed(0)
@@ -88,12 +89,11 @@ def test_one_config_plain_kernels_compute_the_engine_kernels_model(tiny_data, mo
         return [emos.detach(), vals.detach(), interloss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     engine = run()
-    for owner, name in [(layers._Linear, "apply"), (layers._ReconMSE, "apply"), (layers, "keep_mask"),
-                        (encoders, "keep_mask")]:
+    for owner, name in [(layers._Linear, "apply"), (layers._ReconMSE, "apply"), (Draws, "keep_mask")]:
         monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
     original = layers._Linear.apply
     oc.plain_kernels()
-    assert layers._Linear.apply is not original and encoders.keep_mask(torch.ones(4), 0.5).dtype == torch.bool
+    assert layers._Linear.apply is not original and Draws.keep_mask(None, torch.ones(4), 0.5).dtype == torch.bool
     plain = run()
     assert len(plain) == len(engine) > 20
     for a, b in zip(plain, engine):

@@ -37,7 +37,7 @@ def test_store_round_trip_has_one_row_per_fold_or_aggregate_and_split(tmp_path, 
     agg = df[df.is_aggregate & (df.split == "test1")].iloc[0]
     assert agg.acc == pytest.approx(result.splits["test1"].metrics["acc"])
     assert agg.kl_weight == cfg.kl_weight and json.loads(agg.config_json)["use_vae"] is True
-    assert agg.model == "attention_robust_v2" and agg.experiment == "Exp2"
+    assert agg.model == "attention_robust_v2" and agg.experiment == "Exp2" and set(df.random_streams) == {"member"}
     ep = store.read_epochs(tmp_path)
     assert len(ep) == 5 * 2 and set(ep.columns) >= {"trial_id", "fold", "epoch", "val_emoval", "train_loss", "val_mse"}
     assert (set(ep.sweep), set(ep.experiment)) == ({"t"}, {"Exp2"}) and not any(c.startswith("val_val") for c in ep)
@@ -151,6 +151,7 @@ def test_a_store_of_schema_1_reads_as_the_current_schema(tmp_path):
     df = store.read_results(tmp_path)
     assert list(df.is_aggregate) == [False, False, True, True] and list(df.fold.isna()) == [False, False, True, True]
     assert "all" not in set(df.scenario) and df.fold.dropna().tolist() == [0, 1]
+    assert set(df.random_streams) == {"pack"}  # trained when one generator fed a whole pack
     ep = store.read_epochs(tmp_path)
     assert list(ep.columns[:2]) == ["sweep", "experiment"] and ep.val_mse.tolist() == [1.0, 2.0]
     assert "val_val_mse" not in ep
