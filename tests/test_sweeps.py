@@ -123,6 +123,54 @@ def test_sigkilled_packed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_p
     assert len(ep_a) == len(ep_b) and not ep_b.duplicated(["trial_id", "fold", "epoch"]).any()
 
 
+def test_sigterm_at_a_store_write_resumes_to_the_numbers_of_every_packing_and_of_prmf_train(tmp_path, data_dir):
+    # 4 points: two stop early (min_delta 10: no gain counts; patience 2: stored at epoch 3) while
+    # their pack-mates run on; the first checkpoint is due at epoch 4, so the resumed pack starts
+    # over without the stored trials. Each trial's rows must be the same in packs of 1, 2 and 4,
+    # after the kill and resume, and from prmf.train (float32: to 1e-6, ACC and best epochs equal)
+    from prmf.train import main as train_main
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: Exp4\nset:\n  patience: 2\n  modality_dropout_warmup: 1\n"
+                    "grid:\n  kl_weight: [0.005, 0.01]\n  min_delta: [0.0, 10.0]\n")
+    common = ["--grid", str(grid), "--epochs", "5", "--folds", "2", "--no-asha", "--checkpoint-every", "4",
+              "--storage", str(tmp_path)]
+    sweep("grid.py", *common, "--pack", "1", "--name", "alone")
+    sweep("grid.py", *common, "--pack", "2", "--name", "pairs")
+    killed = [*common, "--pack", "4", "--name", "killed"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "grid.py"), *TINY, *killed], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
+    root = tmp_path / "killed"
+    deadline = time.time() + 300
+    while not (list(root.glob(".pred-*")) or store.completed_trials(root)):  # a trial's store write under way
+        assert time.time() < deadline and proc.poll() is None, "the sweep never stored a trial"
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGTERM)  # every process of the sweep, as a scheduler's preemption does
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(store.completed_trials(root)) < 4
+    sweep("grid.py", *killed)
+    assert train_main(["--data", "synthetic", "--profile", "tiny", "--experiment", "Exp4", "--epochs", "5", "--folds", "2",
+                       "--no-robustness", "--out", str(tmp_path / "train"), "--device", "cpu",
+                       *[a for kv in ("hidden_dim=16", "batch_size=64", "lr=0.003", "patience=2", "modality_dropout_warmup=1",
+                                      "kl_weight=0.01", "min_delta=0.0") for a in ("--set", kv)]]) == 0
+    frames = {name: _results(tmp_path / name) for name in ("alone", "pairs", "killed")}
+    a = frames["alone"]
+    assert len(a) == 4 * len(a[a.trial_id == a.trial_id[0]]) and set(a.epochs_run[a.min_delta == 10.0]) == {3}
+    cols = ["acc", "f1", "emoval", "val_mse"]
+    for name, b in frames.items():
+        assert a[store.RESULT_KEY].equals(b[store.RESULT_KEY]) and not b.duplicated(store.RESULT_KEY).any(), name
+        assert (a.best_epoch == b.best_epoch).all() and (a.epochs_run == b.epochs_run).all() and (a.acc == b.acc).all(), name
+        assert np.allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=0, atol=1e-6, equal_nan=True), name
+    one = a[(a.kl_weight == 0.01) & (a.min_delta == 0.0) & (a.scenario == "clean")].sort_values(["split", "fold"])
+    alone = _results(tmp_path / "train")
+    alone = alone[alone.scenario == "clean"].sort_values(["split", "fold"])
+    assert len(one) == len(alone) and (one.acc.to_numpy() == alone.acc.to_numpy()).all()
+    assert np.allclose(one[cols].to_numpy(float), alone[cols].to_numpy(float), rtol=0, atol=1e-6, equal_nan=True)
+
+
 def test_bad_inputs_are_one_line_errors_that_leave_nothing(tmp_path, data_dir):
     cases = [
         (["ablation.py", "--experiments", "Exp1,Exp9"], "unknown experiment 'Exp9'"),
