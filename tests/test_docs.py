@@ -15,8 +15,8 @@ from sweeps.plan import MEMBER_NOTE
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-CODE = [p for p in [*REPO.glob("*/**/*.py"), *REPO.glob("*/*.sh"), REPO / "Makefile"]
-        if p.parts[len(REPO.parts)] in ("prmf", "sweeps", "analysis", "cluster", "slurm", "benchmarks", "Makefile")]
+CODE = [REPO / "Makefile", *(p for d in ("prmf", "sweeps", "analysis", "cluster", "slurm", "benchmarks")
+                              for p in (REPO / d).rglob("*") if p.suffix in (".py", ".sh"))]
 # Our command lines: module -> how main() is called (argv where it takes one).
 CLIS = ["prmf.train", "prmf.data.synthetic", "sweeps.ablation", "sweeps.grid", "analysis.best_results",
         "analysis.report", "cluster.wait_for_nodes", "cluster.local_slurm", "benchmarks.sweep_packing",
