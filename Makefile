@@ -20,7 +20,7 @@ TORCH_BUILT = $(shell sed -n 1p $(VENV)/.torch)
 TORCH_BUILT_INDEX = $(shell sed -n 2p $(VENV)/.torch)
 DEMO_ARGS ?= --quick
 
-.PHONY: venv demo test bench clean clean-runs FORCE
+.PHONY: venv demo lint test bench clean clean-runs FORCE
 
 venv: $(VENV)/.installed
 
@@ -44,9 +44,17 @@ demo: venv
 	$(PY) sweeps/ablation.py --data synthetic $(DEMO_ARGS) --storage $(DEMO_STORE) --name ablation --restart
 	$(PY) analysis/best_results.py --result-dir $(DEMO_STORE)/ablation --by experiment
 
-test: venv
+# lint: ruff, with the rules in pyproject.toml (installed by the test extra).
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# test: the linter, then every test. PYTEST_ARGS selects (.ci/run: the fast tier first, then
+# PYTEST_ARGS='-m slow' SKIP_LINT=1 for the rest).
+SKIP_LINT ?=
+PYTEST_ARGS ?=
+test: venv $(if $(SKIP_LINT),,lint)
 	bash slurm/install-test-slurm.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/grid_throughput.py

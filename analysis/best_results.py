@@ -1,4 +1,4 @@
-"""Best result per model and split over stores and MERBench result folders, as the seeds' table.
+"""Best result per model and split over stores and MERBench result folders, as the paper's table.
 
     python analysis/best_results.py [--result-dir DIR ...] [--output FILE] [--format md|csv|latex|json]
                                     [--metric acc|f1] [--by model|experiment] [--select-by split|cv]
@@ -34,7 +34,7 @@ def parse_args(argv):
     p.add_argument("--by", choices=("model", "experiment"), default="model",
                    help="one row per model (the paper's table, default), or one per ablation preset")
     p.add_argument("--select-by", choices=("split", "cv"), default="split",
-                   help="split: best of each split on its own (the seeds' rule, default); "
+                   help="split: best of each split on its own (the paper's rule, default); "
                         "cv: per row the run best on cv, with that run's test splits")
     p.add_argument("--dataset", help="only this data set (e.g. MER2023, MER2023-synthetic-small)")
     p.add_argument("--features", help="only this feature set (names joined by + or ,; any order)")

@@ -1,7 +1,7 @@
 """The paper table in the formats a lab pastes it into: Markdown, CSV, LaTeX (booktabs) and JSON.
 
 All four are views of one wide table per (data set, feature set): a row per method, a column per
-split and metric, as the seeds' table. LaTeX marks the best value of each column in bold.
+split and metric, as the paper's table. LaTeX marks the best value of each column in bold.
 """
 import io
 

@@ -32,11 +32,11 @@ DEFAULT_FIDELITY = "published"
 DEFAULT_PRECISION = "fp32"
 UNNAMED = "unnamed"  # data set of a MERBench file name without a `_dataset:` field
 
-# The seeds' names (extract_best_results.py); attention_robust_vN -> "Robust vN" otherwise.
+# The paper's names (its extract_best_results.py); attention_robust_vN -> "Robust vN" otherwise.
 DISPLAY_NAMES = {
     "attention": "Baseline (v0)",
     "attention_robust": "Robust v1 (Dropout)",
-    "attention_robust_v2": "P-RMF V2 (VAE)",  # the seeds' name for the model (its best preset in --by model)
+    "attention_robust_v2": "P-RMF V2 (VAE)",  # the paper's name for the model (its best preset in --by model)
 }
 # The presets (prmf.config) by their own names: a V2 row says which ablation it is.
 EXPERIMENT_NAMES = {
@@ -82,7 +82,7 @@ def base_model(model) -> str:
 
 def features_key(features) -> str:
     """The sorted '+'-joined feature names, as in MERBench file names ('b,a' or 'b+a' -> 'a+b';
-    case-blind, as the seeds' Baichuan+chinese+CLIP)."""
+    case-blind, as the paper's Baichuan+chinese+CLIP)."""
     parts = features if isinstance(features, (list, tuple)) else re.split(r"[+,]", str(features))
     return "+".join(sorted((p.strip() for p in parts if p.strip()), key=lambda p: (p.lower(), p)))
 
@@ -294,7 +294,7 @@ def diverged_note(candidates: pd.DataFrame) -> str:
 def select_best(candidates: pd.DataFrame, metric: str = "acc", by: str = "model", select_by: str = "split") -> pd.DataFrame:
     """The table's cells, per (dataset, features, model[, experiment]) and split.
 
-    select_by='split' (the seeds' rule, the paper's): each split's cell is the candidate with the
+    select_by='split' (the paper's rule): each split's cell is the candidate with the
     highest `metric` on that split, so cells of one row may come from different runs.
     select_by='cv': one run per row, the one with the highest cv `metric`, and that run's test
     splits, so no test set takes part in the choice. Ties go to the other metric, then the first
@@ -345,7 +345,7 @@ def _cell(value) -> str:
 
 
 SELECTION_NOTES = {
-    "split": "Selection: the seeds' rule (highest {metric} on each split separately; a row's cells may "
+    "split": "Selection: the paper's rule (highest {metric} on each split separately; a row's cells may "
              "come from different runs and the test sets take part in the choice). --select-by cv avoids that.",
     "cv": "Selection: per row the run with the highest cv {metric}, and that run's test splits "
           "(test sets take no part in the choice).",
@@ -357,7 +357,7 @@ def generated(dataset: str) -> bool:
 
 
 def render_markdown(best: pd.DataFrame) -> str:
-    """One seeds' comparison table per (dataset, features), a header naming both."""
+    """One comparison table, as the paper's, per (dataset, features), a header naming both."""
     out = []
     for (dataset, features), table in wide_tables(best, SPLITS):
         header = list(table.columns)

@@ -9,7 +9,7 @@ peak RSS and ratios, with this machine's measured fp32 GEMM peak and memory band
 Modes (each in a fresh process, one after another; `--modes` lists them, an integer k is the engine
 on packs of k grid points, 1 = one config at a time):
   merbench  per-sample Dataset + DataLoader with default collation, `.to(device)` per batch, the
-            seeds' per-sample Python modality-dropout loop (`torch.rand(1).item()` per sample; its
+            published code's per-sample Python modality-dropout loop (`torch.rand(1).item()` per sample; its
             mask is the one the model uses), outputs gathered per batch as numpy, plain AdamW
             (torch's single-tensor loop on CPU), a deepcopy of the best state; one fold of one
             config after another. It does not score the test splits every epoch as MERBench does,
@@ -121,7 +121,7 @@ class MERDataset(torch.utils.data.Dataset):
 
 
 def seeds_modality_dropout_keep(shape, p, draws):
-    """The seeds' apply_modality_dropout: a Python loop with torch.rand(1).item() per sample; it
+    """The published apply_modality_dropout: a Python loop with torch.rand(1).item() per sample; it
     replaces the model's vectorised draw (prmf.models.fusion.modality_dropout_keep) in this loop."""
     masks = torch.ones(*shape, 3, device=draws.keys.device)  # torch's global generator, not the draws
     for i in range(shape[-1]):

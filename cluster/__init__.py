@@ -7,7 +7,8 @@
 - `cluster/ray-cluster.yaml`, `cluster/ray-cluster-aws.yaml`: Ray cluster-launcher configs
   (`ray up`) for on-prem GPU machines and for AWS GPU instances.
 - `cluster/start_local_cluster.sh`: a head and N workers on one workstation.
-- `slurm/launch_ray.sh` (outside this package): the same on a Slurm allocation.
+- `cluster.slurm` (`prmf-slurm`) and `cluster/launch_ray.sh` (also `slurm/launch_ray.sh` in a
+  checkout): the same on a Slurm allocation; `cluster.local_slurm`: a Slurm on one workstation.
 """
 from .address import resolve_address
 

@@ -1,6 +1,6 @@
 """One typed config for a trial, with the paper's settings as defaults and the table's presets.
 
-Defaults are the paper's best configuration (SPEC §5, Exp4 / `train_v2.sh`). A bad key, type or
+Defaults are the paper's best configuration (Exp4, as the published `train_v2.sh` runs it). A bad key, type or
 value raises ConfigError with one line naming the key, before any training starts. `fidelity`
 chooses what a dropped or missing modality does: the published file behind the table (default), the
 design plan's code, or the paper's equations; the training loop (optimiser, schedule, clipping) is
@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 MODELS = ("attention", "attention_robust", "attention_robust_v2")
 PROXY_ATTENTION_KINDS = ("per_modality", "joint")
 FIDELITY_MODES = ("published", "design_plan", "paper")
-RAMPS = ("auto", "warmup", "last_epoch")  # auto: 'last_epoch' under paper, else 'warmup' (the seeds' code)
+RAMPS = ("auto", "warmup", "last_epoch")  # auto: 'last_epoch' under paper, else 'warmup' (the published code's)
 OPTIMIZERS = ("adam", "adamw")  # adam: torch.optim.Adam(lr, weight_decay) = coupled L2 (MERBench); adamw: decoupled
 LR_SCHEDULES = ("constant", "plateau")
 FEAT_TYPES = ("utt", "frm_unalign")  # MERBench's names; 'frm_align' (align-to-text pooling) is not built
@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrialConfig:
     model: str = "attention_robust_v2"
-    fidelity: str = "published"  # 004's published file; 'design_plan': 000's code; 'paper': the equations
+    fidelity: str = "published"  # the published code; 'design_plan': the design plan's code; 'paper': the equations
     feat_type: str = "utt"  # 'utt' (one vector per sample) or 'frm_unalign' (frame sequences, LSTM encoders)
     precision: str = "fp32"  # the published runs'; 'bf16-mixed' (autocast) or 'tf32' (CUDA): prmf/precision.py
     # architecture
@@ -41,7 +41,7 @@ class TrialConfig:
     cross_kl_weight: float = 0.01
     # proxy modality
     use_proxy_attention: bool = True
-    proxy_attention: str = "per_modality"  # the seeds' design; 'joint' attends over all 3 tokens at once
+    proxy_attention: str = "per_modality"  # the published design; 'joint' attends over all 3 tokens at once
     fusion_temperature: float = 0.8
     # modality dropout (attention_robust, attention_robust_v2)
     use_modality_dropout: bool = True
@@ -50,7 +50,7 @@ class TrialConfig:
     modality_dropout_ramp: str = "auto"  # 'warmup': 0 to p_max over e_w..2e_w (code); 'last_epoch': to E (paper)
     modality_dropout_ramp_end: int = 150  # the paper's E; never --epochs, so a short run keeps the schedule
     modality_dropout_z: bool = True  # published: a dropped modality's z is zeroed too (the decoders see zeros)
-    # optimisation (SPEC §3)
+    # optimisation (docs/FIDELITY.md: the training loop)
     lr: float = 3e-4
     weight_decay: float = 1e-4
     batch_size: int = 32
@@ -80,8 +80,9 @@ class TrialConfig:
 
         need(self.model in MODELS, "model", f"one of {', '.join(MODELS)}")
         if self.fidelity == "seeds_code":
-            raise ConfigError("config key 'fidelity': 'seeds_code' is now called 'design_plan' (000's code: modality "
-                              "dropout reaches only the decoders); the default 'published' is 004's file (docs/FIDELITY.md)")
+            raise ConfigError("config key 'fidelity': 'seeds_code' is now called 'design_plan' (the design plan's code: "
+                              "modality dropout reaches only the decoders); the default 'published' is the code behind "
+                              "the paper's table (docs/FIDELITY.md)")
         need(self.fidelity in FIDELITY_MODES, "fidelity", ", ".join(FIDELITY_MODES))
         need(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS))
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
@@ -215,11 +216,11 @@ def effective_config(cfg) -> dict:
     return d | off
 
 
-# The rows of the paper's table (seeds/004 §1, §4, §7; SPEC §5). Each preset writes out every
+# The rows of the paper's table (its ablation script run_ablation.sh). Each preset writes out every
 # training setting, its loop included: the baselines train in MERBench's main-release.py loop (Adam
 # with coupled L2, constant lr, no clipping: model-tune.yaml's attention grad_clip -1), the V2 rows
-# clip by value at 1.0 (000's model-tune.yaml) with AdamW and the plateau schedule (SPEC §3: the
-# seeds do not name the V2 runner's optimiser). docs/FIDELITY.md gives the source of each value.
+# clip by value at 1.0 (the design plan's model-tune.yaml) with AdamW and the plateau schedule (the
+# published scripts do not name the V2 runner's optimiser). docs/FIDELITY.md gives the source of each value.
 # `fidelity` and `precision` are not part of a preset: every preset runs in every mode and precision.
 PRESETS = {
     "attention": dict(

@@ -1,6 +1,6 @@
 """Scoring: metrics, batched prediction of many members at once, and a trial's final result.
 
-A trial is one (config, seed) over its folds (SPEC §3-4): cv comes from each fold's validation
+A trial is one (config, seed) over its folds (docs/MODEL.md): cv comes from each fold's validation
 outputs at its best epoch; a test split from the fold-averaged outputs of the folds' best models,
 clean and under every robustness scenario. All members of a pack are scored in one pass per
 (split, scenario) under torch.inference_mode.

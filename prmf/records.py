@@ -1,4 +1,4 @@
-"""Turn a finished trial into the store's rows and NPZ predictions (formats: SPEC §6, prmf.store)."""
+"""Turn a finished trial into the store's rows and NPZ predictions (formats: docs/SCHEMA.md, prmf.store)."""
 import hashlib
 import json
 
@@ -48,7 +48,7 @@ def _row(split, fold, scenario, m, best_epoch, epochs_run, diverged_epoch):
 def name_val_mse(val_mse, preds, vals) -> float:
     """The `val:` of an NPZ name. Where the split has no valence (test3) the Parquet keeps NaN, but
     MERBench writes the MSE against the stored -10 placeholders over all samples (79.9783 in the
-    seeds' table), and the seeds' scraper only parses a number there: so the name does the same."""
+    paper's table), and the published scraper (extract_best_results.py) only parses a number there: so the name does the same."""
     if np.isfinite(val_mse):
         return float(val_mse)
     labels = np.where(np.isnan(vals), NO_VALENCE, vals)

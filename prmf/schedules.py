@@ -5,7 +5,7 @@ import math
 
 
 def modality_dropout_rate(cfg, epoch: int) -> float:
-    """p(e), epochs counted from 1. 'warmup' (the seeds' code): 0 through e_w, then
+    """p(e), epochs counted from 1. 'warmup' (the published code's): 0 through e_w, then
     p_max*min(1, (e-e_w)/e_w), p_max from 2*e_w on; no warm-up: p_max throughout. 'last_epoch' (the
     paper's text): 0 through e_w, then p_max*min(1, (e-e_w)/(E-e_w)) with E = modality_dropout_ramp_end.
     Neither depends on cfg.epochs."""
@@ -22,7 +22,7 @@ def full_rate_epoch(cfg) -> int:
 
 class Plateau:
     """torch.optim.lr_scheduler.ReduceLROnPlateau(mode='max', factor=0.5, patience=10, min_lr=1e-6),
-    the seeds' schedule, for one member's learning rate. Written out because any torch.optim object
+    the published schedule, for one member's learning rate. Written out because any torch.optim object
     imports torch._dynamo (~1.2 s of every trial's start); tests/test_engine.py pins it to torch's."""
 
     FACTOR, PATIENCE, MIN_LR, THRESHOLD, EPS = 0.5, 10, 1e-6, 1e-4, 1e-8

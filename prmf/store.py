@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 #      history's validation MSE was `val_val_mse` and it had no sweep or experiment.
 #   2: an `is_aggregate` column (fold is null there); no 'all' rows; `val_mse`; sweep and experiment.
 #   3: fidelity 'published' (the new default); the former default 'seeds_code' reads as 'design_plan'
-#      (what it trained: 000's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
+#      (what it trained: the design plan's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
 #   4: the config key `precision`; rows written before it ran in fp32.
 #   5: `random_streams`: 'member' (each member draws from its own stream, so a trial's numbers do not
 #      depend on its pack); rows written before read 'pack' (one generator fed a whole pack).

@@ -40,7 +40,8 @@ def test_grid_throughput_parts(tiny_data):
     dropped = ~keep.all(-1)
     assert abs(dropped.float().mean().item() - 0.5) < 0.05 and keep[dropped].sum(-1).max() <= 2
 
-    sync = (lambda: None)
+    def sync():
+        pass
     t, samples, val_samples, _ = gt.run_engine(trials[:1], tiny_data, "cpu", 1, sync)
     n = len(tiny_data.splits["train"])
     assert t > 0 and (samples, val_samples) == (4 * n, n)  # one timed epoch: each sample in 4 folds' training

@@ -364,7 +364,7 @@ def test_mixed_tree_gives_one_exact_table_per_dataset_and_features(mixed, capsys
 
 
 def test_select_by_cv_keeps_one_run_per_row(store, capsys):
-    # t1 (Exp1) wins cv, t4 (Exp4) wins test1: the seeds' rule mixes them, --select-by cv does not
+    # t1 (Exp1) wins cv, t4 (Exp4) wins test1: the paper's rule mixes them, --select-by cv does not
     assert best_results.main(["--result-dir", str(store), "--json"]) == 0
     seeds = {(r["model"], r["split"]): r for r in json.loads(capsys.readouterr().out)}
     assert seeds[("attention_robust_v2", "cv")]["source"].endswith("#t1")
@@ -433,7 +433,7 @@ def test_markdown_table_and_output_file(store, merbench, tmp_path, capsys):
     assert mer["P-RMF V2 (VAE)"] == ["0.7700", "0.7650", "0.8348", "0.8345", "–", "–", "0.8995", "0.9029"]
     assert list(unnamed) == ["Baseline (v0)", "Robust v1 (Dropout)", "P-RMF V2 (VAE)", "Robust v5", "misa"]
     assert unnamed["Baseline (v0)"] == ["0.7366", "0.7376", "0.7956", "0.7956", "–", "–", "–", "–"]
-    assert any(line.startswith("Selection: the seeds' rule") for line in other)
+    assert any(line.startswith("Selection: the paper's rule") for line in other)
     assert out.read_text(encoding="utf-8") == captured.out
     assert captured.err.count("warning:") == 2
     assert not marker.exists()

@@ -1,4 +1,4 @@
-"""A diverged trial is a result, reported as one (issue 22, item 3): refused when its learning
+"""A diverged trial is a result, reported as one: refused when its learning
 rate cannot be finite, a non-zero exit naming the epoch and what went non-finite, listed by the
 sweep summary, best_results --include-pruned and report.py with its epoch, never fake metrics."""
 import contextlib

@@ -1,4 +1,4 @@
-"""The one engine (prmf/engine.py): the 5-fold protocol (SPEC §3-4: learning, patience, fold
+"""The one engine (prmf/engine.py): the 5-fold protocol (learning, patience, fold
 averaging, determinism, resume), and packs: members trained together equal the same members trained
 alone, each with its own initial weights, hyperparameters, schedule and early stop."""
 import io

@@ -36,7 +36,7 @@ def merbench_attention(dims, h, c):
 
 
 def seeds_vae(dims, h, c):
-    """The seeds' VAE path without proxy attention: VariationalMLPEncoder = two-layer trunk
+    """The published VAE path without proxy attention: VariationalMLPEncoder = two-layer trunk
     (d->h, h->h) + mu_layer + logvar_layer (h->h); ModalityDecoder = h->h, h->h, h->d; the
     uncertainty fusion has no parameters; output heads."""
     enc = sum(lin(d, h) + lin(h, h) + 2 * lin(h, h) for d in dims)
@@ -59,7 +59,7 @@ def test_parameter_counts_are_the_reference_architectures(fidelity):
             "Exp1": merbench_attention(DIMS, H, C),  # forward_original: MERBench's encoders and attention
             "Exp2": seeds_vae(DIMS, H, C), "Exp3": seeds_vae(DIMS, H, C) + proxy_attention(H),
             "Exp4": seeds_vae(DIMS, H, C) + proxy_attention(H),
-            # the seeds' code builds no proxy attention without the VAE; the paper's Exp5 has one
+            # the published code builds no proxy attention without the VAE; the paper's Exp5 has one
             "Exp5": merbench_attention(DIMS, H, C) + (proxy_attention(H) if fidelity == "paper" else 0)}
     for name, n in want.items():
         model = build_model(preset_config(name, hidden_dim=H, fidelity=fidelity), DIMS, C)
@@ -85,7 +85,7 @@ def test_every_preset_writes_out_every_training_setting():
     assert (preset_config("attention").model, preset_config("attention_robust").model) == ("attention", "attention_robust")
     for name in ("attention", "attention_robust"):  # MERBench's main-release.py loop, model-tune.yaml's grad_clip
         assert (PRESETS[name]["optimizer"], PRESETS[name]["lr_schedule"], PRESETS[name]["grad_clip"]) == ("adam", "constant", -1.0)
-    for name in ("Exp1", "Exp2", "Exp3", "Exp4", "Exp5"):  # 000's model-tune.yaml grad_clip 1.0; SPEC §3
+    for name in ("Exp1", "Exp2", "Exp3", "Exp4", "Exp5"):  # the design plan's model-tune.yaml: grad_clip 1.0
         assert (PRESETS[name]["optimizer"], PRESETS[name]["lr_schedule"], PRESETS[name]["grad_clip"]) == ("adamw", "plateau", 1.0)
 
 
@@ -103,7 +103,7 @@ def test_dropout_rate_per_epoch_in_both_modes_never_depends_on_epochs(epochs):
         cfg = preset_config(name, fidelity=fidelity, epochs=epochs)
         return [modality_dropout_rate(cfg, e) for e in range(1, epochs + 1)]
 
-    # the seeds' code (train_v2.sh's warm-up 15): 0 through epoch 15, then 0.2*(e-15)/15, 0.2 from epoch 30 on
+    # the published code (train_v2.sh's warm-up 15): 0 through epoch 15, then 0.2*(e-15)/15, 0.2 from epoch 30 on
     code = [0.0] * 15 + [0.2 * k / 15 for k in range(1, 16)] + [0.2] * 120
     # paper: 0 through epoch 15, then 0.2*(e-15)/(150-15), reaching 0.2 at E = 150
     paper = [0.0] * 15 + [0.2 * k / 135 for k in range(1, 136)]
@@ -171,7 +171,7 @@ def test_published_reading_without_z_leaves_the_decoders_the_intact_z(fixed_nois
 
 
 def seeds_fusion_weight(tau, std, others):
-    """The seeds' UncertaintyWeightedFusion for one dropped modality (std 1e6, mean std u = 1e6)
+    """The published UncertaintyWeightedFusion for one dropped modality (std 1e6, mean std u = 1e6)
     beside two of std `others`: softmax((1/(u+1e-6))/tau) over the three."""
     logits = [1 / (std + 1e-6) / tau] + [1 / (others + 1e-6) / tau] * 2
     return math.exp(logits[0]) / sum(math.exp(v) for v in logits)
@@ -180,7 +180,7 @@ def seeds_fusion_weight(tau, std, others):
 @pytest.mark.parametrize("others, published", [(1.0, 0.1253), (0.5, 0.0394), (0.1, 0.0)])
 def test_a_dropped_modality_keeps_the_seeds_fusion_weight_under_the_default(others, published):
     # Exp4 (tau 0.8), audio dropped in every sample, the other modalities' stds all `others`
-    # (logvar head set to 2 ln others): the weight the proxy attention receives is 004's formula
+    # (logvar head set to 2 ln others): the weight the proxy attention receives is the published formula
     assert seeds_fusion_weight(0.8, 1e6, others) == pytest.approx(published, abs=5e-5)  # the issue's numbers
     seen = {}
     for fidelity, want in (("published", seeds_fusion_weight(0.8, 1e6, others)), ("design_plan", 1 / 3), ("paper", 0.0)):
@@ -243,7 +243,7 @@ def reference_epoch(cfg, data, seed, fold, n_folds):
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         _, emos_out, vals_out, interloss = model([x[idx] for x in xs])
-        has = ~torch.isnan(vals[idx])  # samples without valence are left out (SPEC §3)
+        has = ~torch.isnan(vals[idx])  # samples without valence are left out of the valence metrics
         val_mse = ((vals_out - torch.nan_to_num(vals[idx])) ** 2 * has).sum() / has.sum().clamp(min=1)
         loss = interloss + torch.nn.functional.cross_entropy(emos_out, emos[idx]) + val_mse
         opt.zero_grad()

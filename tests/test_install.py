@@ -1,11 +1,14 @@
 """The installed tool: console commands and imports that work from any folder (Ray's workers import
-the installed package, not the checkout), and a wheel that runs a sweep outside any checkout."""
+the installed package, not the checkout), and a wheel that runs a sweep and the Slurm launcher's check
+outside any checkout."""
 import os
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+import torch
 
 from prmf import store
 
@@ -35,19 +38,27 @@ def test_console_commands_and_a_notebook_run_a_sweep_from_any_folder(tmp_path, d
     assert "P-RMF V2 (VAE)" in table and "MER2023-synthetic-tiny" in table
 
 
-def test_a_wheel_in_a_fresh_venv_runs_a_sweep_and_the_table_outside_any_checkout(tmp_path, data_dir):
-    wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)], tmp_path)
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """A venv with only the wheel built from this checkout installed; its dependencies (torch, Ray,
+    ...) from this venv, without its editable install of the checkout: a path in a .pth file is
+    added as it is, the .pth files inside it are not read."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheels = tmp / "wheels"
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)], tmp)
     wheel = next(wheels.glob("prmf_sweep-*.whl"))
-    fresh = tmp_path / "fresh"
-    run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], tmp_path)
+    fresh = tmp / "fresh"
+    run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], tmp)
     run([sys.executable, "-m", "pip", "--python", str(fresh / "bin" / "python"), "install", "-q", "--no-deps",
-         str(wheel)], tmp_path)
-    # the dependencies (torch, Ray, ...) from this venv, without its editable install of the checkout:
-    # a path in a .pth file is added as it is, the .pth files inside it are not read
+         str(wheel)], tmp)
     site = subprocess.check_output([fresh / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    text=True).strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return fresh
+
+
+def test_a_wheel_in_a_fresh_venv_runs_a_sweep_and_the_table_outside_any_checkout(wheel_venv, tmp_path, data_dir):
+    fresh = wheel_venv
     outside = tmp_path / "outside"
     outside.mkdir()
     where = run([fresh / "bin" / "python", "-c", "import prmf, sweeps, analysis; print(prmf.__file__, sweeps.__file__)"],
@@ -59,3 +70,25 @@ def test_a_wheel_in_a_fresh_venv_runs_a_sweep_and_the_table_outside_any_checkout
     assert df.trial_id.nunique() == 2 and not df.duplicated(store.RESULT_KEY).any()
     table = run([fresh / "bin" / "prmf-best-results", "--result-dir", "runs"], outside).stdout
     assert "P-RMF V2 (VAE)" in table
+
+
+def test_the_slurm_launcher_runs_its_check_from_a_wheel(wheel_venv, tmp_path):
+    """`prmf-slurm --check` from an empty folder: the batch script is in the wheel, the check reads
+    its #SBATCH defaults and names the installed package's sweep. (No Slurm controller here, so
+    the check ends with one problem: sbatch's.)"""
+    fresh = wheel_venv
+    script = Path(run([fresh / "bin" / "prmf-slurm", "--script"], tmp_path).stdout.strip())
+    assert script.is_file() and str(fresh) in str(script) and "#SBATCH --requeue" in script.read_text()
+    env = {**os.environ, "PATH": f"{fresh / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": "",
+           "PRMF_DATA": "synthetic", "PRMF_STORAGE": str(tmp_path / "store"), "SLURM_CONF": str(tmp_path / "empty.conf")}
+    (tmp_path / "empty.conf").write_text("")  # Slurm's clients fail at once on it (a missing one: a minute of retries)
+    env.pop("PRMF_PYTHON", None)
+    proc = subprocess.run([fresh / "bin" / "prmf-slurm", "--check", "-c", "2", "--gpus-per-node=0"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert "check: sbatch would request 1 node(s), 1 task(s) x 2 CPUs and 0 GPU(s) per node, time 04:00:00" in out, out
+    assert f"check: torch {torch.__version__}" in out and f"in {fresh / 'bin' / 'python'}" in out, out
+    assert f"sweep command: {fresh / 'bin' / 'python'} -m sweeps.ablation --num-gpus 0" in out, out
+    assert "check: 1 problem(s) above; nothing was submitted" in out, out
+    assert not (tmp_path / "store").exists()

@@ -1,4 +1,4 @@
-"""No run silently trains on the wrong data or lands in the wrong sweep (issue 15, points 3-7)."""
+"""No run silently trains on the wrong data or lands in the wrong sweep."""
 import json
 import math
 import os
@@ -16,7 +16,6 @@ from prmf import records, store
 from prmf.config import make_config
 from prmf.data import load_merbench
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import FEATS, LABELS, REPO, make_root, sweep_argv, sweep_env  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The maths of P-RMF's parts (SPEC §2), checked against closed forms and invariants."""
+"""The maths of P-RMF's parts (the paper's equations), checked against closed forms and invariants."""
 import math
 
 import pytest
@@ -145,7 +145,7 @@ def test_progressive_dropout_schedule():
     assert math.isclose(modality_dropout_rate(paper, 15 + 135 // 2), 0.2 * (67 / 135))
     assert modality_dropout_rate(paper, 150) == pytest.approx(0.2)
     code = make_config(modality_dropout_warmup=0)
-    assert modality_dropout_rate(code, 1) == 0.2  # the seeds' code without warm-up: the full rate from the start
+    assert modality_dropout_rate(code, 1) == 0.2  # the published code without warm-up: the full rate from the start
 
 
 def test_dropped_modality_has_zero_mu_in_the_proxy():

@@ -1,6 +1,6 @@
 """A sweep on a Ray cluster whose nodes are separate network hosts (tests/netns.py: one Linux network
 namespace per node on a bridge of its own, 198.18.0.0/24) survives the faults a lab's cluster has
-every week (issue 22, item 7):
+every week:
 
 (a) a worker's machine lost mid-pack (every process of its namespace SIGKILLed): the pack is
     retried on the other worker from its last checkpoint;

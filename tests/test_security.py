@@ -1,8 +1,7 @@
 """Nobody else gets in: a sweep's local Ray listens on loopback only, it and cluster/start_local_cluster.sh
 refuse a client without the token; a killed driver's leftover Ray processes are ended by the
-next run; one driver per sweep (issue 15, points 1, 2 and 4)."""
+next run; one driver per sweep."""
 import json
-import os
 import socket
 import stat
 import subprocess

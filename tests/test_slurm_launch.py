@@ -275,27 +275,6 @@ def test_gpus_without_cuda_in_torch_are_refused(slurm, storage):
         assert "torch.cuda.is_available() is False" in text and "ray start" not in text, text
 
 
-@pytest.mark.parametrize("env, want", [
-    ({}, "0"),
-    ({"SLURM_GPUS_ON_NODE": "4", "SLURM_GPUS_PER_NODE": "8"}, "4"),
-    ({"SLURM_GPUS_PER_NODE": "a100:4"}, "4"),
-    ({"SLURM_GPUS_PER_NODE": "a100:2,v100:1"}, "3"),
-    ({"SLURM_GPUS_PER_NODE": "0"}, "0"),
-    ({"CUDA_VISIBLE_DEVICES": "0,1,2"}, "3"),
-    ({"CUDA_VISIBLE_DEVICES": "NoDevFiles", "SLURM_JOB_GPUS": "5"}, "1"),
-    ({"PRMF_GPUS_PER_NODE": "2", "SLURM_GPUS_ON_NODE": "4"}, "2"),
-])
-def test_gpus_per_node_detection(env, want):
-    """The launcher's GPU count per node, from what Slurm sets in a job (no Slurm needed)."""
-    import subprocess
-    func = re.search(r"^_gpus_on_node\(\) \{.*?^\}", LAUNCHER.read_text(), re.S | re.M).group(0)
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("SLURM_", "CUDA_", "PRMF_GPUS"))}
-    r = subprocess.run(["bash", "-c", func + "\n_gpus_on_node"], env={**clean, **env},
-                       capture_output=True, text=True, timeout=10)
-    assert r.stdout.strip() == want, r.stderr
-
-
 def test_scancel_says_in_one_line_how_to_resume(slurm, storage):
     """`scancel`: the log says the sweep was interrupted and that the same sbatch resumes it.
     (A stand-in driver: the real one's SIGTERM path is the requeue test's.)"""
@@ -366,6 +345,21 @@ def test_check_passes_a_request_that_fits_and_shows_each_flag_once(slurm, storag
     assert "check: OK; submit it: sbatch --cpus-per-task=2 --gpus-per-node=0 slurm/launch_ray.sh" in out, out
     rc, out = check(slurm, storage, "-c", "2", "--gpus-per-node=0", PRMF_DATA=str(storage))
     assert rc == 1 and f"FAILED: data {storage} is not a MERBench dataset root" in out, out
+
+
+def test_prmf_slurm_checks_from_a_folder_without_a_checkout(slurm, storage, tmp_path):
+    """The console command runs the packaged batch script's check from any folder: sbatch's own
+    answer, and a sweep command that runs the installed package (no sweeps/ablation.py there)."""
+    import subprocess
+    env = slurm.env(PRMF_STORAGE=storage / "checked", PRMF_VENV="", PRMF_DATA="synthetic")
+    env.pop("PRMF_PYTHON", None)  # the command's own interpreter
+    r = subprocess.run([str(Path(sys.executable).parent / "prmf-slurm"), "--check", "-c", "2", "--gpus-per-node=0"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert re.search(r"sbatch --test-only: Job \d+ to start at \S+ using 2 processors", out), out
+    assert f"{sys.executable} -m sweeps.ablation --num-gpus 0 --address HEAD:PORT" in out, out
+    assert "check: OK; submit it: prmf-slurm -c 2 --gpus-per-node=0" in out, out
 
 
 def test_venv_is_rebuilt_when_the_torch_choice_changes(tmp_path):

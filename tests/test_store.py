@@ -160,7 +160,6 @@ def test_a_store_of_schema_1_reads_as_the_current_schema(tmp_path):
 
 
 def test_a_store_says_its_version_and_a_newer_one_or_no_store_is_refused(tmp_path, tiny_data, trial):
-    import pyarrow as pa
     import pyarrow.parquet as pq
     cfg, result = trial
     write(tmp_path, tiny_data, cfg, result)
