@@ -1,6 +1,6 @@
 """The one training engine: every member (config, seed, fold) of a pack trained as one batched model.
 
-A trial is one (config, seed) over its folds (SPEC §3-4); a pack is one or more trials that share
+A trial is one (config, seed) over its folds (docs/MODEL.md); a pack is one or more trials that share
 an architecture (grid points and seeds differ only in loss weights, temperatures, dropout rates,
 optimiser, learning rate and its schedule, weight decay: config.MEMBER_KEYS), so their members'
 matmuls run as one. Each member keeps what makes it a fold of its trial: its batch order (a

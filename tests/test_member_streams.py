@@ -14,7 +14,7 @@ from prmf import store
 from prmf.config import preset_config
 from prmf.engine import Engine, train
 from prmf.models.draws import Draws, member_key
-from sweeps import pack_runner, plan
+from sweeps import pack_runner
 
 from test_pack_runner import Killed, MemoryReporter, make_pack
 

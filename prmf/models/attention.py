@@ -1,9 +1,9 @@
-"""MERBench's baselines: `attention` (Baseline v0) and `attention_robust` (Robust v1, the seeds' V1),
+"""MERBench's baselines: `attention` (Baseline v0) and `attention_robust` (Robust v1, the published code's V1),
 and what every model shares (FusionModel).
 
 `attention` is MERBench's toolkit/models/attention.py exactly: the raw fc_att scores (no softmax)
 weight the modality hiddens and there is no dropout before the output layers. `attention_robust`
-adds what the seeds' V1 changed: modality dropout on the hiddens, a softmax over the scores and
+adds what the published code's V1 changed: modality dropout on the hiddens, a softmax over the scores and
 feat_dropout before the heads. Under fidelity 'paper' both also treat all-zero inputs as missing
 (their hiddens zeroed), like every other model in that mode.
 """
@@ -23,7 +23,7 @@ MODEL_KEYS = ("dropout", "kl_weight", "recon_weight", "cross_kl_weight", "fusion
 
 class FusionModel(nn.Module):
     """What every model shares: M members (`members`: one config each, default [cfg]), three inputs
-    (audio, text, video), the seeds' outputs (features, emos_out, vals_out, interloss [M]).
+    (audio, text, video), the published code's outputs (features, emos_out, vals_out, interloss [M]).
 
     Inputs are [M, B, D] (utterance) or [M, B, T, D] with lengths [M, B] (frames); a one-member
     model also takes them without the member axis and answers without it. `modality_p` is this
@@ -101,7 +101,7 @@ def mask_hiddens(hiddens, mask):
 
 class AttentionFusion(nn.Module):
     """MERBench: MLPEncoder(3H, H) -> Linear(H, 3) -> scores weight the modality hiddens.
-    MERBench uses the raw scores; the seeds' V1/V2 put a softmax on them (`softmax=True`)."""
+    MERBench uses the raw scores; the published code's V1/V2 put a softmax on them (`softmax=True`)."""
 
     def __init__(self, n_members, hidden_dim, softmax):
         super().__init__()
@@ -136,7 +136,7 @@ class Attention(FusionModel):
 
 
 class AttentionRobust(Attention):
-    """`attention_robust` (the seeds' V1): modality dropout on the hiddens, softmax, feat_dropout."""
+    """`attention_robust` (the published code's V1): modality dropout on the hiddens, softmax, feat_dropout."""
 
     uses_modality_dropout = True
     uses_feat_dropout = True

@@ -9,7 +9,7 @@ from .layers import LSTM, Linear, dropout
 
 class MLPEncoder(nn.Module):
     """MERBench's utterance encoder (toolkit/models/modules/encoder.py): Dropout -> Linear+ReLU
-    layers, named as there (linear_1..3); the seeds' variational trunk is the same with two."""
+    layers, named as there (linear_1..3); the published code's variational trunk is the same with two."""
 
     def __init__(self, n_members, in_size, hidden_size, n_layers=3):
         super().__init__()
@@ -54,7 +54,7 @@ class GaussianHeads(nn.Module):
 
     def reset_member(self, members, gen):
         self.mu_layer.reset_member(members, gen)
-        self.logvar_layer.reset_member(members, gen)  # drawn, then zeroed (as the seeds' nn.init.zeros_)
+        self.logvar_layer.reset_member(members, gen)  # drawn, then zeroed (as the published code's nn.init.zeros_)
         with torch.no_grad():
             for m in members:
                 self.logvar_layer.weight[m].zero_()
@@ -70,7 +70,7 @@ class GaussianHeads(nn.Module):
 
 class VariationalEncoder(nn.Module):
     """x -> (z, mu, logvar, std): a Gaussian per sample instead of a point (P-RMF §3.2). The trunk
-    is the seeds' two-layer MLP (Dropout -> Linear -> ReLU -> Linear -> ReLU, not MERBench's three)
+    is the published code's two-layer MLP (Dropout -> Linear -> ReLU -> Linear -> ReLU, not MERBench's three)
     for utterance features, or the LSTM encoder for frame features."""
 
     def __init__(self, n_members, in_size, hidden_size, frames=False):

@@ -36,7 +36,7 @@ def modality_dropout_keep(shape, p, draws) -> torch.Tensor:
 def uncertainty_fusion(mus, stds, present=None, temperature=1.0):
     """w = softmax((1/(u_m+1e-6))/tau) with u_m the mean std of modality m; proxy = sum_m w_m mu_m.
 
-    present=None is the seeds' UncertaintyWeightedFusion: a dropped modality (std MISSING_STD) has a
+    present=None is the published code's UncertaintyWeightedFusion: a dropped modality (std MISSING_STD) has a
     logit of about 0, so it keeps e^0/sum (0.1253 at tau 0.8 when the other stds are 1.0, 0.0394
     at 0.5, about 0 at 0.1). With `present` (fidelity 'paper') an absent modality's logit is masked
     to -inf, so its weight is exactly 0; nothing present gives a zero proxy. tau: float or [M]."""
@@ -53,7 +53,7 @@ def uncertainty_fusion(mus, stds, present=None, temperature=1.0):
 class ProxyCrossModalAttention(nn.Module):
     """The proxy queries each modality's mu; results weighted by w; LayerNorm residual + GELU FFN.
 
-    kind='per_modality' is the seeds' design: one MultiheadAttention per modality, each with a
+    kind='per_modality' is the published code's design: one MultiheadAttention per modality, each with a
     single key, so its softmax is identically 1 and it reduces to a learned projection of mu_m.
     kind='joint' lets the proxy attend over the three modality tokens at once, with absent
     modalities masked out, so the attention itself chooses between modalities.
@@ -86,7 +86,7 @@ def kl_to_standard_normal(mu, logvar):
 
 
 def kl_gaussians(mu1, lv1, mu2, lv2):
-    """Elementwise-mean KL(N1 || N2) between diagonal Gaussians (the seeds' cross-modal term): [M]."""
+    """Elementwise-mean KL(N1 || N2) between diagonal Gaussians (the published code's cross-modal term): [M]."""
     return 0.5 * (lv2 - lv1 + (lv1.exp() + (mu1 - mu2).pow(2)) / lv2.exp() - 1).mean(dim=(-2, -1))
 
 

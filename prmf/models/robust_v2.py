@@ -1,13 +1,13 @@
 """AttentionRobustV2 (P-RMF): variational encoders, uncertainty-weighted proxy, proxy cross-modal
-attention, VAE auxiliary losses and progressive modality dropout (SPEC §2).
+attention, VAE auxiliary losses and progressive modality dropout (docs/MODEL.md).
 
 Three fidelities (docs/FIDELITY.md) decide what a dropped modality does on the VAE path.
-'published' (default), the file behind the table (004 §3.1): its mu (and, with modality_dropout_z,
+'published' (default), the published attention_robust_v2.py behind the paper's table: its mu (and, with modality_dropout_z,
 its z) is zeroed, its std set to 1e6 where the dropped mu is all zero (lines 244-249), and the
 fusion is the plain softmax of UncertaintyWeightedFusion, so the classifier sees the drop; nothing
-is masked at evaluation. 'design_plan' (000's code): only z is zeroed, which reaches the decoders
+is masked at evaluation. 'design_plan' (the design plan's code): only z is zeroed, which reaches the decoders
 and never the fusion. 'paper', the equations: mu and z zeroed, std 1e6 and the fusion logit masked,
-all-zero inputs treated as missing. use_vae=False is the seeds' forward_original, which ignores
+all-zero inputs treated as missing. use_vae=False is the published code's forward_original, which ignores
 use_proxy_attention (Exp5 trains Exp1) except under 'paper', where the proxy attention runs on the
 attention-fused vector.
 """
@@ -28,7 +28,7 @@ def utterance_vector(x, lengths):
 
 
 def builds_proxy_attention(cfg) -> bool:
-    """The seeds' code builds the proxy attention only on the VAE path."""
+    """The published code builds the proxy attention only on the VAE path."""
     return cfg.use_proxy_attention and (cfg.use_vae or cfg.fidelity == "paper")
 
 
@@ -55,11 +55,11 @@ class AttentionRobustV2(FusionModel):
             return self.forward_original(inputs, lengths, keep if present is None else present, present, draws)
         encoded = [enc(x, n, rate, draws) for enc, x, n in zip(self.encoders, inputs, lengths)]
         zs, mus, logvars, stds = map(list, zip(*encoded))
-        if cfg.fidelity == "published":  # 004 §3.1: mu dropped, std 1e6 where the dropped mu is all zero
+        if cfg.fidelity == "published":  # the published file: mu dropped, std 1e6 where the dropped mu is all zero
             mus_d = mask_hiddens(mus, keep)
             zs_d = mask_hiddens(zs, keep) if cfg.modality_dropout_z else zs
             stds_d = [torch.where(mu.abs().sum(-1, keepdim=True) == 0, MISSING_STD, s) for mu, s in zip(mus_d, stds)]
-        elif cfg.fidelity == "design_plan":  # 000: the dropout mask reaches z (the decoders) only
+        elif cfg.fidelity == "design_plan":  # the design plan: the dropout mask reaches z (the decoders) only
             zs_d, mus_d, stds_d = mask_hiddens(zs, keep), mus, stds
         else:  # paper
             cols = [present[..., i:i + 1] for i in range(3)]
@@ -79,7 +79,7 @@ class AttentionRobustV2(FusionModel):
         return features, emos_out, vals_out, interloss
 
     def forward_original(self, inputs, lengths, mask, present, draws):
-        """use_vae=False: the seeds' attention fusion (softmax) of deterministic hiddens, dropped
+        """use_vae=False: the published code's attention fusion (softmax) of deterministic hiddens, dropped
         (and, under 'paper', absent) ones zeroed; under 'paper' with use_proxy_attention (Exp5) the
         fused vector is the proxy of the cross-modal attention, weighted by the fusion's weights."""
         rate = self.value("dropout")
