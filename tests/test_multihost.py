@@ -2,8 +2,9 @@
 namespace per node on a bridge of its own, 198.18.0.0/24) survives the faults a lab's cluster has
 every week:
 
-(a) a worker's machine lost mid-pack (every process of its namespace SIGKILLed): the pack is
-    retried on the other worker from its last checkpoint;
+(a) a worker's machine lost mid-pack (every process of its namespace SIGKILLed) after one trial of
+    the pack was stored and before the next checkpoint: the pack is retried on the other worker
+    from its last checkpoint, the stored trial left out, the other to the undisturbed numbers;
 (b) the head-worker link cut for longer than Ray's health check, then restored: the same;
 (c) a host on the same network without the cluster token cannot join or submit work;
 (d) the Slurm launcher's first node (batch step, Ray head, driver) lost: Slurm requeues the job
@@ -13,7 +14,9 @@ In (a), (b) and (d) the sweep ends with every (trial, seed, fold, split, scenari
 once, each trial's results file written once, and every column but where and when it ran (and
 the logits) bit-identical to an undisturbed run of the same sweep. The head runs the driver and
 no trials (0 CPUs); the two workers have one CPU each and the sweep is one pack of two trials, so
-a lost node leaves one place to go. Timings are printed at the end of the module.
+a lost node leaves one place to go. One trial of the pack stops early (min_delta 10: no gain
+counts, patience 6: at epoch 7), the other runs its 20 epochs. Timings are printed at the end of
+the module.
 """
 import json
 import shlex
@@ -33,7 +36,7 @@ from netns import NetnsCluster, netns_pids, unavailable  # noqa: E402
 from prmf import store  # noqa: E402
 
 EPOCHS = 20
-GRID = "base: Exp1\ngrid:\n  lr: [0.003, 0.002]\n"
+GRID = "base: Exp1\nset:\n  patience: 6\ngrid:\n  min_delta: [0.0, 10.0]\n"
 SWEEP_ARGS = ["--data", "synthetic", "--profile", "small", "--set", "hidden_dim=16", "--set", "batch_size=64",
               "--epochs", str(EPOCHS), "--no-asha", "--checkpoint-every", "2", "--cpus-per-trial", "1", "--pack", "2"]
 VOLATILE = {"sweep", "wall_time_s", "train_time_s", "node_ip", "hostname", "node_id", "commit"}  # where, when, which tree
@@ -131,17 +134,19 @@ def files(root):
     return {p.name: p.stat().st_ino for p in (root / "results").glob("*.parquet")}
 
 
-def run_with_fault(c, storage, name, fault, heal=None):
-    """Start the sweep, wait until its pack has a checkpoint, do `fault(host)` to the worker running
-    it, `heal(host)` once the GCS declared that node dead; returns (host, seconds from the fault
-    until the pack trains again on the other worker, files seen during the run, the log)."""
+def run_with_fault(c, storage, name, fault, heal=None, after_store=False):
+    """Start the sweep, wait until its pack has a checkpoint (`after_store`: and its early trial was
+    stored), do `fault(host)` to the worker running it, `heal(host)` once the GCS declared that node
+    dead; returns (host, seconds from the fault until the pack trains again on the other worker,
+    files seen during the run, the trials stored before the fault, the log)."""
     proc = start_sweep(c, storage, name)
     root = storage / name
     try:
-        host = wait_until(lambda: checkpoint_epoch(root) >= 2 and pack_host(c), 240, interval=0.1,
-                          what="the pack's first checkpoint")
+        host = wait_until(lambda: checkpoint_epoch(root) >= 2 and (bool(files(root)) or not after_store) and pack_host(c),
+                          240, interval=0.05, what="the pack's first checkpoint" + (" and stored trial" if after_store else ""))
         ckpt = checkpoint_epoch(root)
-        assert not files(root), "the pack ended before the fault"
+        stored_before = {Path(f).stem for f in files(root)}
+        assert len(stored_before) == (1 if after_store else 0), "the pack ended before the fault"
         t0 = time.monotonic()
         fault(host)
         other = {"w1": "w2", "w2": "w1"}[host]
@@ -160,7 +165,8 @@ def run_with_fault(c, storage, name, fault, heal=None):
     finally:
         if proc.poll() is None:
             proc.kill()
-    return dict(host=host, other=other, ckpt=ckpt, dead_s=t_dead, moved_s=t_moved, seen=seen, log=log)
+    return dict(host=host, other=other, ckpt=ckpt, dead_s=t_dead, moved_s=t_moved, seen=seen, log=log,
+                stored_before=stored_before)
 
 
 def assert_same_rows(root, straight, seen):
@@ -192,7 +198,9 @@ def tune_rows(root, run="run-*"):
 
 def assert_same_as_straight(root, straight, run):
     df = assert_same_rows(root, straight, run["seen"])
-    assert set(df.node_ip) == {run["other"]}, "the retried pack stored its trials from the other worker"
+    before = df.trial_id.isin(run["stored_before"])
+    assert set(df[~before].node_ip) == {run["other"]}, "the retried pack stored its trials from the other worker"
+    assert set(df[before].node_ip) <= {run["host_ip"]}, "a trial stored before the fault was not stored again"
     # Tune's record of the pack: epochs 1..j on the lost node, then k+1..EPOCHS on the other, where k
     # <= j is a checkpoint taken before the fault: the pack resumed from it, not from epoch 1
     rows = tune_rows(root)
@@ -211,7 +219,7 @@ def assert_same_as_straight(root, straight, run):
 @pytest.mark.timeout(600)
 def test_worker_machine_lost_mid_pack_resumes_on_the_other_worker(cluster, straight, tmp_path):
     t0 = time.monotonic()
-    run = run_with_fault(cluster, tmp_path, "lost", cluster.kill)
+    run = run_with_fault(cluster, tmp_path, "lost", cluster.kill, after_store=True)
     TIMINGS["(a) sweep with a lost worker"] = time.monotonic() - t0
     print(f"\n[a] {run['host']} lost at checkpoint epoch {run['ckpt']}: declared dead after {run['dead_s']:.1f}s, "
           f"pack training on {run['other']} after {run['moved_s']:.1f}s")

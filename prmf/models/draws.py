@@ -21,6 +21,8 @@ _GOLDEN = 0x9E3779B97F4A7C15  # the Weyl increment of SplitMix64
 _MUL1, _MUL2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _TAG = 0x5052_4D46  # "PRMF": the domain of these streams
 _WEYL_CACHE = {}  # (n, device) -> [n] int64, (i + 1) * golden: the offsets of a member's words
+SITES = 64  # the sites whose per-member bases a step computes at once (more are computed one by one)
+CHUNK = 1 << 15  # words hashed at a time on a CPU: the ~11 passes of a chunk stay in cache
 
 
 def _signed(c: int) -> int:
@@ -36,10 +38,11 @@ def mix64(z: int) -> int:
     return _signed(z ^ (z >> 31))
 
 
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """mix64 on an int64 tensor, in place: logical right shifts as arithmetic shift + mask, and
-    multiplication wrapping modulo 2^64 (torch's int64 arithmetic on every backend)."""
-    t = torch.empty_like(z)
+def _mix(z: torch.Tensor, t=None) -> torch.Tensor:
+    """mix64 on an int64 tensor, in place (`t`: scratch of z's shape): logical right shifts as
+    arithmetic shift + mask, and multiplication wrapping modulo 2^64 (torch's int64 arithmetic on
+    every backend)."""
+    t = torch.empty_like(z) if t is None else t
     for shift, mul in ((30, _MUL1), (27, _MUL2), (31, None)):
         torch.bitwise_right_shift(z, shift, out=t).bitwise_and_((1 << (64 - shift)) - 1)
         z.bitwise_xor_(t)
@@ -61,8 +64,8 @@ class Draws:
     """The draws of one forward of a training step, for the members whose keys are given ([M]
     int64): each call takes the next site. `subset(index)` is the same step for some members."""
 
-    def __init__(self, keys: torch.Tensor, step: int):
-        self.keys, self.step, self.site = keys, step, 0
+    def __init__(self, keys: torch.Tensor, step: int, bases=None):
+        self.keys, self.step, self.site, self.bases = keys, step, 0, bases
 
     @classmethod
     def from_global(cls, n_members, device):
@@ -72,18 +75,37 @@ class Draws:
         return cls(keys, 0)
 
     def subset(self, index) -> "Draws":
-        return Draws(self.keys.index_select(0, index), self.step)
+        bases = None if self.bases is None else self.bases.index_select(0, index)
+        return Draws(self.keys.index_select(0, index), self.step, bases)
+
+    def _base(self, site):
+        """[M] the members' streams at this step and site: mix(key ^ mix(step, site))."""
+        if site >= SITES:
+            return _mix(self.keys ^ mix64(self.step << 12 | site))
+        if self.bases is None:  # every site's at once: one op instead of a dozen per site
+            counters = torch.tensor([mix64(self.step << 12 | s) for s in range(SITES)], device=self.keys.device)
+            self.bases = _mix(self.keys[:, None] ^ counters)
+        return self.bases[:, site]
 
     def words(self, n) -> torch.Tensor:
-        """[M, n] random int64 words of this site, member m's from its own stream."""
-        counter = mix64(self.step << 12 | self.site)
+        """[M, n] random int64 words of this site, member m's word i = mix(base_m + (i + 1) * golden)
+        (SplitMix64's i-th output from seed base_m)."""
+        base = self._base(self.site)[:, None]
         self.site += 1
-        base = _mix(self.keys ^ counter)
-        key = (n, self.keys.device)
-        if key not in _WEYL_CACHE:
-            _WEYL_CACHE.clear() if len(_WEYL_CACHE) > 64 else None
-            _WEYL_CACHE[key] = torch.arange(1, n + 1, dtype=torch.int64, device=self.keys.device).mul_(_signed(_GOLDEN))
-        return _mix(base[:, None] + _WEYL_CACHE[key])
+        device = self.keys.device
+        if (n, device) not in _WEYL_CACHE:
+            if len(_WEYL_CACHE) > 64:
+                _WEYL_CACHE.clear()
+            _WEYL_CACHE[n, device] = torch.arange(1, n + 1, dtype=torch.int64, device=device).mul_(_signed(_GOLDEN))
+        weyl = _WEYL_CACHE[n, device]
+        out = torch.empty(len(base), n, dtype=torch.int64, device=device)
+        cols = n if device.type != "cpu" else max(256, CHUNK // max(1, len(base)))
+        scratch = torch.empty(len(base), min(cols, n), dtype=torch.int64, device=device)
+        for start in range(0, n, cols):
+            z = out[:, start:start + cols]
+            torch.add(base, weyl[start:start + cols], out=z)
+            _mix(z, scratch[:, :z.shape[1]])
+        return out
 
     def skip(self):
         """Take a site without drawing (every member's rate is 0)."""
