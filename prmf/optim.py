@@ -1,11 +1,11 @@
 """Adam and AdamW over a pack's stacked parameters [M, ...] (prmf/engine.py), one member per slot.
 
-torch's fused kernels do the arithmetic (`torch._fused_adam_`, `torch._fused_adamw_`: no public
-call takes per-member hyperparameters over views without building a torch.optim object, which
-imports torch._dynamo, ~1.2 s per trial); tests/test_engine.py pins every member's step to
-torch.optim.Adam / AdamW.
+torch's fused kernels do the arithmetic (prmf/torch_private.py says why a private call, and which
+test pins every member's step to torch.optim.Adam / AdamW).
 """
 import torch
+
+from .torch_private import fused_adam_step
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's and AdamW's defaults
 
@@ -41,9 +41,7 @@ class StackedAdam:
                 gs = [p.grad[i] for i in group for p in self.params]
                 ms = [a[i] for i in group for a in self.exp_avg]
                 vs = [a[i] for i in group for a in self.exp_avg_sq]
-            fused = torch._fused_adam_ if kind == "adam" else torch._fused_adamw_
-            fused(ps, gs, ms, vs, [], [count] * len(ps), amsgrad=False, lr=lr, beta1=BETAS[0], beta2=BETAS[1],
-                  weight_decay=wd, eps=EPS, maximize=False, grad_scale=None, found_inf=None)
+            fused_adam_step(kind, ps, gs, ms, vs, count, lr, wd, BETAS, EPS)
 
     def keep(self, index, params):
         """Follow the model when it keeps only the members at `index` (a LongTensor)."""

@@ -11,6 +11,7 @@ import contextlib
 import torch
 
 from .config import ConfigError
+from .torch_private import cpu_capabilities
 
 
 def native_bf16(device) -> bool:
@@ -20,7 +21,7 @@ def native_bf16(device) -> bool:
         with torch.cuda.device(device):
             return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        caps = getattr(torch._C._cpu, "_get_cpu_capability", dict)()  # x86 feature flags; {} elsewhere
+        caps = cpu_capabilities()  # x86 feature flags; {} elsewhere
         return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
     return False
 

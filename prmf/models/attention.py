@@ -57,10 +57,10 @@ class FusionModel(nn.Module):
         """Keep only the members at `index` (a stopped member leaves the computation)."""
         index = torch.as_tensor(index, device=self.fc_out_1.weight.device)
         for module in self.modules():
-            for name, p in module._parameters.items():
-                module._parameters[name] = nn.Parameter(p.index_select(0, index))
-            for name, b in module._buffers.items():
-                module._buffers[name] = b.index_select(0, index)
+            for name, p in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(p.index_select(0, index)))
+            for name, b in list(module.named_buffers(recurse=False)):
+                setattr(module, name, b.index_select(0, index))  # a buffer stays one (and non-persistent)
         self.n_members = len(index)
         self.hp = {key: [values[i] for i in index.tolist()] for key, values in self.hp.items()}
 

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from ..torch_private import lstm_last_hidden
 
 
 _SHARED = None  # {input key: (input, output)} of the layers fed the same samples for every member, while scoring
@@ -231,7 +232,7 @@ class MultiheadAttention(nn.Module):
 class LSTM(nn.Module):
     """One-layer batch-first nn.LSTM per member (weights [M, 4H, ...]); the members run one after
     another over their own packed sequences, so padding never reaches the state. It calls the
-    kernel behind nn.LSTM (`_VF.lstm`) with each member's weights, which no public call takes
+    kernel behind nn.LSTM (prmf/torch_private.py) with each member's weights, which no public call takes
     without a module per member; tests/test_model_components.py pins it to nn.LSTM."""
 
     def __init__(self, n_members, in_size, hidden_size):
@@ -253,6 +254,6 @@ class LSTM(nn.Module):
             packed = pack_padded_sequence(x[m], lengths[m].clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
             h0 = x.new_zeros(1, x.shape[1], self.weight_hh_l0.shape[2])
             weights = [self.weight_ih_l0[m], self.weight_hh_l0[m], self.bias_ih_l0[m], self.bias_hh_l0[m]]
-            _, h, _ = _VF.lstm(packed.data, packed.batch_sizes, (h0, h0), weights, True, 1, 0.0, self.training, False)
+            h = lstm_last_hidden(packed, h0, weights, self.training)
             out.append(h[0].index_select(0, packed.unsorted_indices))
         return torch.stack(out)
