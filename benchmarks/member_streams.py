@@ -9,7 +9,7 @@ own process (`--child`), the two codes interleaved `--repeat` times; a process b
 takes one untimed step, then times `--steps` training steps (Engine.time_steps: forward, loss,
 backward, clipping, AdamW; every member's dropout masks, modality dropout and VAE noise drawn;
 modality dropout at its full rate). The best of the repeats is kept per (code, size), and the
-ratio after/before printed with the load average (the machine is shared: compare within a run).
+ratio after/before printed (best and median, and every run) with the load average (the machine is shared: compare within a run).
 `--clock cpu --threads 1` times the process's CPU seconds instead of wall seconds: on a machine
 shared with other work, what a step costs rather than how long it waited.
 """
@@ -74,22 +74,24 @@ def main():
         before = Path(tmp) / "before"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(before), args.before], check=True)
         try:
-            best = {}
+            times = {}
             load0 = os.getloadavg()[0]
             for _ in range(args.repeat):
                 for size in sizes:
                     for name, tree in (("before", before), ("after", REPO)):
-                        t = run(tree, size, args)
-                        best[name, size] = min(best.get((name, size), t), t)
+                        times.setdefault((name, size), []).append(run(tree, size, args))
             load1 = os.getloadavg()[0]
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], check=False)
     print(f"per-member streams: {args.clock} seconds per training step, {args.profile} dims, {args.threads} threads, best of "
           f"{args.repeat} (load {load0:.2f} -> {load1:.2f}, {time.strftime('%Y-%m-%d %H:%M')})")
     for size in sizes:
-        b, a = best["before", size], best["after", size]
-        print(f"  {size} config(s) x 5 folds = {5 * size} members: before {b * 1e3:.1f} ms, after {a * 1e3:.1f} ms, "
-              f"after/before {a / b:.3f}")
+        b, a = (sorted(times[name, size]) for name in ("before", "after"))
+        print(f"  {size} config(s) x 5 folds = {5 * size} members: before {b[0] * 1e3:.1f} ms, after {a[0] * 1e3:.1f} ms, "
+              f"after/before {a[0] / b[0]:.3f} (best); medians {b[len(b) // 2] * 1e3:.1f} and {a[len(a) // 2] * 1e3:.1f} ms, "
+              f"{a[len(a) // 2] / b[len(b) // 2]:.3f}")
+        print(f"    every run, ms: before {[round(t * 1e3, 1) for t in times['before', size]]}, "
+              f"after {[round(t * 1e3, 1) for t in times['after', size]]}")
 
 
 if __name__ == "__main__":
