@@ -21,7 +21,7 @@ def problem(name) -> str:
         return f"{name!r} is a folder reference, not a name"
     bad = sorted({c for c in name if c in "/\\\0" or ord(c) < 32})
     if bad:
-        return f"contains {', '.join(map(repr, bad))} (a name is one folder or file name: no path separators or control characters)"
+        return f"contains {', '.join(map(repr, bad))}: a name is one folder or file name, not a path"
     if size > MAX_BYTES:
         return f"{size} bytes long (at most {MAX_BYTES})"
     return ""

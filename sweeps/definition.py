@@ -74,7 +74,7 @@ class RunSettings:
             try:
                 names.check(self.name, "--name")
             except names.BadName as e:
-                raise SweepError(f"{e}; give a plain folder name (the sweep's folder under --storage)") from None
+                raise SweepError(f"{e} (it names the sweep's folder under --storage)") from None
 
 
 @dataclass
