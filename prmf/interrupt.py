@@ -13,7 +13,7 @@ CAUGHT = (signal.SIGINT, signal.SIGTERM)
 
 class Signals:
     """`with Signals() as s:` installs the handlers (main thread only) and restores the old ones
-    after; `s.received` is the signal that came, `s.name` its name, `s.exit_code` 128 + its number.
+    after; `s.received` is the signal that came, `s.said` says it, `s.exit_code` 128 + its number.
     install() takes them back from a library that replaced them (ray.init takes SIGTERM)."""
 
     def __init__(self):
@@ -60,8 +60,10 @@ class Signals:
         return False
 
     @property
-    def name(self) -> str:
-        return signal.Signals(self.received or signal.SIGINT).name
+    def said(self) -> str:
+        """'interrupted (SIGTERM)', or plain 'interrupted' where a library's own handler took the
+        signal (Ray Tune's, for SIGINT and SIGUSR1)."""
+        return f"interrupted ({signal.Signals(self.received).name})" if self.received else "interrupted"
 
     @property
     def exit_code(self) -> int:

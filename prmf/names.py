@@ -1,6 +1,7 @@
 """Names are not paths: a name that becomes one component of a path (a sweep's --name, a sample
 name from a label file, a feature folder name, a data set name in NPZ file names) is checked
 before it is joined to a folder, so no name can reach outside it or fail deep inside an OSError."""
+import os
 
 MAX_BYTES = 200  # a path component may be 255 bytes (NAME_MAX); room is left for a temporary file's prefix and suffix
 
@@ -31,6 +32,9 @@ def check(name, what: str) -> str:
     """`name` if it can be one path component, else BadName naming `what` (e.g. '--name')."""
     why = problem(name)
     if why:
-        shown = ascii(name) if isinstance(name, str) and len(name) <= 60 else ascii(str(name)[:40]) + "..."
+        if why == "not valid UTF-8":
+            shown = repr(os.fsencode(name))  # the bytes as given
+        else:
+            shown = ascii(name) if isinstance(name, str) and len(name) <= 60 else ascii(str(name)[:40]) + "..."
         raise BadName(f"{what} {shown}: {why}")
     return name

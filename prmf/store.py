@@ -192,7 +192,7 @@ def read_part(path: Path, table="results") -> pd.DataFrame:
     version = int((t.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
     missing = [c for c in REQUIRED[table] if c not in t.column_names]
     if missing:  # a Parquet file of something else, put in the store's folder by hand
-        raise StoreError(f"{path}: not a {table} file of this store (no column {', '.join(missing)}); left out")
+        raise StoreError(f"{path}: not a {table} file of this store (no column {', '.join(missing)})")
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path}: written by a newer prmf-sweep (schema {version} > {SCHEMA_VERSION}); update it")
     return (upgrade_results if table == "results" else upgrade_epochs)(t.to_pandas(), version)
@@ -209,7 +209,7 @@ def _read_parts(store_dir, table: str, warn=None) -> pd.DataFrame:
         except StoreError as e:  # with `warn`: said and left out (a foreign or damaged file), the other trials kept
             if warn is None:
                 raise
-            warn(str(e))
+            warn(f"{e}; left out")
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -48,6 +48,16 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    with Signals() as signals:
+        try:
+            return _main(args)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the store's files are whole or absent (atomic writes)
+            print(f"\n{signals.said}: no trial was stored in {args.out}; run the same command again to train it",
+                  file=sys.stderr)
+            return signals.exit_code
+
+
+def _main(args):
     try:
         preset, changes, cfg, device, data = _inputs(args)
     except (ConfigError, DataError, store.StoreError) as e:
@@ -64,17 +74,12 @@ def main(argv=None):
         print(f"note: {preset} is identical in configuration to {', '.join(same)} (fidelity {cfg.fidelity})",
               file=sys.stderr)
     tid = records.trial_id(experiment, cfg, args.seed, data)
-    with Signals() as signals:
-        try:
-            result, results, t0 = _train_and_store(args, tid, experiment, cfg, data, device)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the store's files are whole or absent (atomic writes)
-            print(f"\ninterrupted ({signals.name}): trial {tid} was not stored in {args.out}; run the same command "
-                  f"again to train it", file=sys.stderr)
-            return signals.exit_code
-        except OSError as e:  # a full disk, or the folder taken away, while storing
-            print(f"error: {store.write_problem(e, args.out)} while storing trial {tid}; nothing half-written: "
-                  f"run the same command again once that is fixed", file=sys.stderr)
-            return 1
+    try:
+        result, results, t0 = _train_and_store(args, tid, experiment, cfg, data, device)
+    except OSError as e:  # a full disk, or the folder taken away, while storing
+        print(f"error: {store.write_problem(e, args.out)} while storing trial {tid}; nothing half-written: "
+              f"run the same command again once that is fixed", file=sys.stderr)
+        return 1
     diverged = divergence(result)
     if diverged:  # stored as a result (status diverged), but no scores to print
         print(f"error: trial {tid} {diverged}; its rows are stored with status 'diverged' in {args.out} "

@@ -23,9 +23,9 @@ def interrupted(run) -> str:
     """The line of an interrupted sweep: what is kept, and how to resume."""
     root = _root(run)
     if root is None or not root.is_dir():
-        return f"interrupted ({SIGNALS.name}) before the sweep folder was made: nothing was written"
+        return f"{SIGNALS.said} before the sweep folder was made: nothing was written"
     n = len(store.completed_trials(root))
-    return (f"interrupted ({SIGNALS.name}): kept {n} stored trial{'s' if n != 1 else ''} and the running packs' last "
+    return (f"{SIGNALS.said}: kept {n} stored trial{'s' if n != 1 else ''} and the running packs' last "
             f"checkpoints in {root}; run the same command again to resume sweep {run.name!r}")
 
 

@@ -87,6 +87,15 @@ def test_a_symlink_loop_in_a_feature_folder_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_feature_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
+    root = merbench_root(tmp_path / "root")
+    fifo = root / "features" / FEATS[1] / "s1.npy"
+    fifo.unlink()
+    os.mkfifo(fifo)  # np.load would block until a writer came
+    assert train.main(["--data", str(root), *TRAIN, "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, f"{fifo}: not a regular file")
+
+
 def test_the_mixed_dimension_error_names_the_odd_file_even_when_it_is_read_first(tmp_path, capsys):
     root = merbench_root(tmp_path / "root")
     odd = root / "features" / FEATS[1] / "s0.npy"  # s0 sorts first
@@ -203,8 +212,8 @@ def test_a_signal_during_training_is_one_line_and_stores_nothing(sig, code, stor
     out = tmp_path / "out"
     assert train.main(["--data", str(stored_trial[0]), *TRAIN, "--out", str(out)]) == code
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
-        f"interrupted ({signal.Signals(sig).name}): trial ") and "run the same command again" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"interrupted ({signal.Signals(sig).name}): no trial was stored in {out}; run the same command again to train it")
     assert not out.exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers given back
 

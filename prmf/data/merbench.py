@@ -149,11 +149,13 @@ def _load_feature(folder: Path, names):
     for name in map(str, names):
         f = folder / f"{name}.npy"
         try:
-            os.stat(f)
+            regular = stat.S_ISREG(os.stat(f).st_mode)
         except FileNotFoundError:
             raise DataError(f"{f}: missing feature file for sample {name!r}") from None
         except OSError as e:  # a symlink loop, no permission
             raise DataError(f"{f}: cannot be read ({e.strerror or e})") from None
+        if not regular:  # a FIFO would block the read forever, a device never end
+            raise DataError(f"{f}: not a regular file (a feature file is one .npy array)")
         a = _read_feature(f)
         if a.ndim not in (1, 2):
             raise DataError(f"{f}: expected shape (D,) or (T, D), got {a.shape}")
@@ -175,7 +177,7 @@ def _check_dims(folder: Path, arrays, files):
     """Every file of a folder has one layout ((D,) or (T, D) with one D): the error names the first
     file that differs from the majority, not whichever file happened to be read first."""
     kinds = [(a.ndim, a.shape[-1]) for a in arrays]
-    common = max(set(kinds), key=kinds.count)
+    common = max(dict.fromkeys(kinds), key=kinds.count)  # a tie: the first file read
     if len(set(kinds)) > 1:
         i = next(i for i, k in enumerate(kinds) if k != common)
         shape = "(D,)" if common[0] == 1 else "(T, D)"
