@@ -41,9 +41,12 @@ class Signals:
         os._exit(self.exit_code)
 
     def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (a command run from a thread keeps Python's)
         for s in CAUGHT:
-            if s == signal.SIGTERM or signal.getsignal(s) in (signal.default_int_handler, signal.SIG_DFL, self.handler):
-                signal.signal(s, self.handler)
+            current = signal.getsignal(s)  # None: a handler not set from Python (Ray's C++ one for SIGTERM)
+            if current is None or current in (signal.default_int_handler, signal.SIG_DFL, self.handler):
+                signal.signal(s, self.handler)  # an ignored signal (SIG_IGN: nohup, a background job) stays ignored
 
     def __enter__(self):
         self.received = None
@@ -55,8 +58,9 @@ class Signals:
         if self._timer is not None:
             self._timer.cancel()
         self._timer, self.grace, self.last_words = None, None, None
-        for s, old in self._old.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        if threading.current_thread() is threading.main_thread():
+            for s, old in self._old.items():
+                signal.signal(s, old if old is not None else signal.SIG_DFL)
         return False
 
     @property

@@ -38,9 +38,8 @@ SCHEMA_VERSION = 4
 BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
 SCHEMA_KEY = b"prmf_schema_version"
 RESULT_KEY = ["trial_id", "experiment", "seed", "is_aggregate", "fold", "split", "scenario"]  # identical presets share a trial
-
-
-REQUIRED = {"results": ("trial_id", "split"), "epochs": ("trial_id", "epoch")}  # in every version's files: a file without them is not the store's
+# Columns of every schema version's files: a Parquet file without them is not the store's.
+REQUIRED = {"results": ("trial_id", "split"), "epochs": ("trial_id", "epoch")}
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota

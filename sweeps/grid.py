@@ -58,7 +58,7 @@ def load_grid(path):
     path = Path(path)
     try:
         spec = yaml.load(path.read_text(), Loader=_UniqueKeys)
-    except (OSError, yaml.YAMLError, ConfigError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as e:
         raise ConfigError(f"{path}: cannot read grid ({str(e).splitlines()[0]})") from None
     if isinstance(spec, dict) and spec.get("search") and spec.get("grid") is None:
         spec["grid"] = {}  # a space of distributions only (sweeps/search.py)

@@ -16,12 +16,12 @@ import pytest
 from analysis import report
 from cluster.address import grpc_problem
 from prmf import store, train
-from prmf.data import DataError, load_data
+from prmf.data import load_data
 from sweeps import ablation, driver, grid, stops
 from sweeps.definition import SweepError
 
 from helpers import EMOS, FEATS, merbench_root, write_root
-from test_bad_inputs import grid_file, no_ray, one_error_line
+from test_bad_inputs import no_ray, one_error_line
 
 TRAIN = ["--features", ",".join(FEATS), "--folds", "2", "--epochs", "2", "--no-robustness"]
 
@@ -119,10 +119,16 @@ def test_a_sample_in_train_and_a_test_split_is_refused_unless_allowed(tmp_path, 
     assert "kept (--allow-split-overlap)" in capsys.readouterr().err
 
 
-def test_a_grid_key_given_twice_is_refused(tmp_path, capsys):
-    path = grid_file(tmp_path, "grid:\n  kl_weight: [0.1, 0.2]\n  recon_weight: [0.1]\n  kl_weight: [0.3]\n")
-    assert grid.main(["--grid", path, "--storage", str(tmp_path / "runs")]) == 2
-    one_error_line(capsys, "cannot read grid (key 'kl_weight' is given twice (line 4)")
+@pytest.mark.parametrize("text, expected", [
+    ("grid:\n  kl_weight: [0.1, 0.2]\n  recon_weight: [0.1]\n  kl_weight: [0.3]\n",
+     "cannot read grid (key 'kl_weight' is given twice (line 4)"),
+    (b"grid: {kl_weight: [0.1]}\n\xfb\xff\n", "cannot read grid ('utf-8' codec can't decode byte 0xfb"),
+])
+def test_a_grid_key_given_twice_or_a_file_not_in_utf8_is_refused(text, expected, tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert grid.main(["--grid", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    one_error_line(capsys, expected)
     assert not (tmp_path / "runs").exists()
 
 
