@@ -224,6 +224,19 @@ def test_a_signal_during_training_is_one_line_and_stores_nothing(sig, code, stor
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers given back
 
 
+def test_sigterm_to_a_sweep_before_its_folder_exists_is_one_line(tmp_path, monkeypatch, capsys, data_dir):
+    load = driver.load_data
+
+    def signalled(*args, **kw):  # while the driver reads the data, before any folder is made
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(*args, **kw)
+    monkeypatch.setattr(driver, "load_data", signalled)
+    assert ablation.main(["--profile", "tiny", "--storage", str(tmp_path / "runs")]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "interrupted (SIGTERM) before the sweep folder was made: nothing was written"
+    assert files_under(tmp_path) == [] and no_ray()
+
+
 def test_sigterm_at_any_store_write_then_the_same_write_leaves_every_row_once(stored_trial, tmp_path, monkeypatch):
     """A trial's files are written to temporary names and renamed, the results file last: a SIGTERM
     at any rename leaves no temporary file and no trial half there, and writing it again stores
