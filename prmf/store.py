@@ -148,7 +148,10 @@ def trial_result(store_dir, trial_id):
     path = Path(store_dir) / "results" / f"{trial_id}.parquet"
     if not path.exists():
         return None
-    df = read_part(path)
+    try:
+        df = read_part(path)
+    except StoreError:  # a foreign Parquet file in results/ (a trial's own is never half there): no result
+        return None
     row = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")]
     value = float(row.emoval.iloc[0]) if len(row) else float("nan")
     return value if np.isfinite(value) else None
