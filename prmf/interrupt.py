@@ -44,9 +44,10 @@ class Signals:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (a command run from a thread keeps Python's)
         for s in CAUGHT:
-            current = signal.getsignal(s)  # None: a handler not set from Python (Ray's C++ one for SIGTERM)
-            if current is None or current in (signal.default_int_handler, signal.SIG_DFL, self.handler):
-                signal.signal(s, self.handler)  # an ignored signal (SIG_IGN: nohup, a background job) stays ignored
+            current = signal.getsignal(s)  # ray.init sets its own for SIGTERM (sys.exit, then a C++ stack dump)
+            if current is not signal.SIG_IGN and (s == signal.SIGTERM or current in (None, signal.default_int_handler,
+                                                                                    signal.SIG_DFL, self.handler)):
+                signal.signal(s, self.handler)  # an ignored signal (SIG_IGN: a background job's SIGINT) stays ignored
 
     def __enter__(self):
         self.received = None
