@@ -225,6 +225,24 @@ def test_a_signal_during_training_is_one_line_and_stores_nothing(sig, code, stor
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers given back
 
 
+def test_signals_take_sigterm_from_a_library_but_leave_an_ignored_sigint_ignored():
+    """ray.init sets a SIGTERM handler of its own (sys.exit, then Ray's C++ stack dump): install()
+    takes it back; a SIGINT ignored by the shell (a background job) stays ignored; exit restores both."""
+    def rays(signum, frame):
+        raise SystemExit(signum)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with train.Signals() as signals:
+            signal.signal(signal.SIGTERM, rays)  # what ray.init does
+            signals.install()
+            assert signal.getsignal(signal.SIGTERM) == signals.handler
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
 def test_sigterm_to_a_sweep_before_its_folder_exists_is_one_line(tmp_path, monkeypatch, capsys, data_dir):
     load = driver.load_data
 
