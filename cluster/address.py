@@ -41,7 +41,8 @@ def grpc_problem(host: str, port: int, timeout: float = 5.0, tls: bool = False) 
     """Why HOST:PORT is not a gRPC server ('' if it is), within `timeout` seconds: what
     `ray.init` would find out only after minutes of retries. OSError where nothing can be reached.
     With `tls` (RAY_USE_TLS) the plain preface cannot be answered: only the connect is checked."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline, closed = start + timeout, False
     with socket.create_connection((host, port), timeout=timeout) as s:
         if tls:
             return ""
@@ -51,13 +52,18 @@ def grpc_problem(host: str, port: int, timeout: float = 5.0, tls: bool = False) 
             s.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = s.recv(9 - len(head))
-            except (socket.timeout, ConnectionResetError):
+            except socket.timeout:
+                break
+            except ConnectionResetError:
                 chunk = b""
             if not chunk:
+                closed = True
                 break
             head += chunk
     if len(head) == 9 and head[3] == 0x04 and head[5:9] == b"\x00" * 4:  # SETTINGS on stream 0
         return ""
-    if not head:
-        return f"it accepted the connection but sent nothing in {timeout:g} s"
+    if not head:  # the time it took, not the limit: a server that hangs up early is not "silent for 5 s"
+        waited = time.monotonic() - start
+        return (f"it accepted the connection, then closed it after {waited:.1f} s without answering" if closed else
+                f"it accepted the connection but sent nothing in {waited:.1f} s")
     return f"it answered {head[:9]!r}, not an HTTP/2 SETTINGS frame"

@@ -12,6 +12,7 @@ them, and many workers on a shared filesystem never write the same file. Every f
 to a temporary name and renamed, so a killed writer leaves no half file; the results file is
 written last and marks the trial complete.
 """
+import errno
 import json
 import os
 import shutil
@@ -39,6 +40,11 @@ SCHEMA_VERSION = 5
 BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
 SCHEMA_KEY = b"prmf_schema_version"
 RESULT_KEY = ["trial_id", "experiment", "seed", "is_aggregate", "fold", "split", "scenario"]  # identical presets share a trial
+# Columns of every schema version's files: a Parquet file without them is not the store's.
+REQUIRED = {"results": ("trial_id", "split"), "epochs": ("trial_id", "epoch")}
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota
 
 
 class StoreError(Exception):
@@ -112,8 +118,23 @@ def write_trial(store_dir, trial_id, results: pd.DataFrame, epochs: pd.DataFrame
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
-    write_table(store / "epochs" / f"{trial_id}.parquet", epochs)
-    write_table(store / "results" / f"{trial_id}.parquet", results)
+    result_file, epoch_file = store / "results" / f"{trial_id}.parquet", store / "epochs" / f"{trial_id}.parquet"
+    fresh = not result_file.exists()
+    try:
+        write_table(epoch_file, epochs)
+        write_table(result_file, results)
+    except BaseException:  # a full disk, a signal: a trial not stored before leaves none of its files
+        if fresh and not result_file.exists():
+            epoch_file.unlink(missing_ok=True)
+            shutil.rmtree(pred_dir, ignore_errors=True)
+        raise
+
+
+def write_problem(e: OSError, folder) -> str:
+    """What went wrong writing in `folder`, in words: a full disk (or quota) is said as such."""
+    if e.errno in DISK_FULL:
+        return f"the disk holding {folder} is full ({os.strerror(e.errno)})"
+    return f"cannot write in {folder} ({e.strerror or e}{f': {e.filename}' if e.filename else ''})"
 
 
 def completed_trials(store_dir):
@@ -129,7 +150,10 @@ def trial_result(store_dir, trial_id):
     path = Path(store_dir) / "results" / f"{trial_id}.parquet"
     if not path.exists():
         return None
-    df = read_part(path)
+    try:
+        df = read_part(path)
+    except StoreError:  # a foreign Parquet file in results/ (a trial's own is never half there): no result
+        return None
     row = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")]
     value = float(row.emoval.iloc[0]) if len(row) else float("nan")
     return value if np.isfinite(value) else None
@@ -172,24 +196,35 @@ def read_part(path: Path, table="results") -> pd.DataFrame:
     except Exception as e:  # a corrupt part names itself; the caller decides to stop or skip
         raise StoreError(f"{path}: unreadable {table} file ({type(e).__name__}: {e})") from None
     version = int((t.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
+    missing = [c for c in REQUIRED[table] if c not in t.column_names]
+    if missing:  # a Parquet file of something else, put in the store's folder by hand
+        raise StoreError(f"{path}: not a {table} file of this store (no column {', '.join(missing)})")
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path}: written by a newer prmf-sweep (schema {version} > {SCHEMA_VERSION}); update it")
     return (upgrade_results if table == "results" else upgrade_epochs)(t.to_pandas(), version)
 
 
-def _read_parts(store_dir, table: str) -> pd.DataFrame:
+def _read_parts(store_dir, table: str, warn=None) -> pd.DataFrame:
     store = Path(store_dir)
     if not is_store(store):
         raise StoreError(f"{store}: no result store here (no results/ folder)")
-    frames = [read_part(p, table) for p in sorted((store / table).glob("*.parquet"))]
+    frames = []
+    for path in sorted((store / table).glob("*.parquet")):
+        try:
+            frames.append(read_part(path, table))
+        except StoreError as e:  # with `warn`: said and left out (a foreign or damaged file), the other trials kept
+            if warn is None:
+                raise
+            warn(f"{e}; left out")
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_results(store_dir) -> pd.DataFrame:
+def read_results(store_dir, warn=None) -> pd.DataFrame:
     """All result rows of a store as one DataFrame, at this schema version (StoreError if DIR holds
-    no store; an empty frame if it holds no finished trial yet)."""
-    return _read_parts(store_dir, "results")
+    no store; an empty frame if it holds no finished trial yet). A file that cannot be read, or is
+    not the store's, is a StoreError; with `warn(message)` it is said and left out instead."""
+    return _read_parts(store_dir, "results", warn)
 
 
 def read_epochs(store_dir) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from . import provenance, records, store
 from .config import (PRESETS, ConfigError, effective_config, experiments_help, for_data, make_config, parse_sets,
                      preset_config)
 from .data import DataError, check_folds, load_data
+from .interrupt import Signals
 from .models import MODEL_CLASSES
 
 
@@ -27,6 +28,8 @@ def build_parser():
     ap.add_argument("--profile", default="small", choices=["tiny", "small", "paper"], help="built-in set's feature sizes")
     ap.add_argument("--dataset-name", help="the data set's name in results (default: the root folder's, "
                     "in MERBench's spelling; MER2023-synthetic-PROFILE)")
+    ap.add_argument("--allow-split-overlap", action="store_true", help="accept samples that are in train and in a "
+                    "test split (refused by default: a test leak)")
     ap.add_argument("--model", choices=sorted(MODEL_CLASSES),
                     help="MERBench model name (default attention_robust_v2); attention and attention_robust "
                          "take their presets' settings")
@@ -45,15 +48,22 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    with Signals() as signals:
+        try:
+            return _main(args)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the store's files are whole or absent (atomic writes)
+            print(f"\n{signals.said}: no trial was stored in {args.out}; run the same command again to train it",
+                  file=sys.stderr)
+            return signals.exit_code
+
+
+def _main(args):
     try:
         preset, changes, cfg, device, data = _inputs(args)
     except (ConfigError, DataError, store.StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import torch
-
-    from . import robustness
-    from .engine import train_trial
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -64,6 +74,30 @@ def main(argv=None):
         print(f"note: {preset} is identical in configuration to {', '.join(same)} (fidelity {cfg.fidelity})",
               file=sys.stderr)
     tid = records.trial_id(experiment, cfg, args.seed, data)
+    try:
+        result, results, t0 = _train_and_store(args, tid, experiment, cfg, data, device)
+    except OSError as e:  # a full disk, or the folder taken away, while storing
+        print(f"error: {store.write_problem(e, args.out)} while storing trial {tid}; nothing half-written: "
+              f"run the same command again once that is fixed", file=sys.stderr)
+        return 1
+    diverged = divergence(result)
+    if diverged:  # stored as a result (status diverged), but no scores to print
+        print(f"error: trial {tid} {diverged}; its rows are stored with status 'diverged' in {args.out} "
+              f"(a smaller lr, or check the features)", file=sys.stderr)
+        return 1
+    agg = results[results.is_aggregate & (results.scenario == "clean")]
+    for _, r in agg.iterrows():
+        print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
+    print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "
+          f"hidden {cfg.hidden_dim})")
+    print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
+    return 0
+
+
+def _train_and_store(args, tid, experiment, cfg, data, device):
+    """Train the trial and write it into the store: (engine result, its result rows, start time)."""
+    from . import robustness
+    from .engine import train_trial
     t0 = time.time()
     print(f"{tid}: {cfg.model}, {cfg.epochs} epochs, patience {cfg.patience}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
           f"{args.folds} folds, seed {args.seed}, device {device or 'auto'}", file=sys.stderr)
@@ -77,18 +111,7 @@ def main(argv=None):
     store.write_trial(args.out, tid, results, epochs, predictions)
     provenance.write_run(args.out, provenance.collect(), {tid: {"experiment": experiment, "seed": args.seed,
                                                                 "cfg": cfg.to_dict()}})
-    diverged = divergence(result)
-    if diverged:  # stored as a result (status diverged), but no scores to print
-        print(f"error: trial {tid} {diverged}; its rows are stored with status 'diverged' in {args.out} "
-              f"(a smaller lr, or check the features)", file=sys.stderr)
-        return 1
-    agg = results[results.is_aggregate & (results.scenario == "clean")]
-    for _, r in agg.iterrows():
-        print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
-    print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "
-          f"hidden {cfg.hidden_dim})")
-    print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
-    return 0
+    return result, results, t0
 
 
 def _inputs(args):
@@ -107,7 +130,7 @@ def _inputs(args):
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     features = args.features.split(",") if args.features else None
-    data = load_data(args.data, features, args.profile, name=args.dataset_name)
+    data = load_data(args.data, features, args.profile, name=args.dataset_name, allow_overlap=args.allow_split_overlap)
     check_folds(data, args.folds)
     store.check_writable(args.out, "--out")
     if note:  # after every check: a refused run prints its error alone

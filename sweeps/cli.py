@@ -16,6 +16,8 @@ def add_common_args(ap: argparse.ArgumentParser):
                     help="feature sizes of the built-in set (default small; 'paper' = 1024/5120/768)")
     ap.add_argument("--dataset-name", help="the data set's name in results and NPZ names (default: the root "
                     "folder's, in MERBench's spelling, e.g. mer2023 -> MER2023; MER2023-synthetic-PROFILE)")
+    ap.add_argument("--allow-split-overlap", action="store_true", help="accept samples that are in train and in a "
+                    "test split (refused by default: a test leak)")
     ap.add_argument("--folds", type=int, default=5, help="cross-validation folds per trial (default 5)")
     ap.add_argument("--seeds", type=int, default=1, help="repeat every point with seeds 0..N-1 (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs per fold (default 150, the paper's; --quick: 15)")

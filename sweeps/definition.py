@@ -4,6 +4,8 @@ import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from prmf import names
+
 DEFAULT_STORAGE = Path("runs")  # under the folder the command runs in (the checkout, for the README's commands)
 QUICK = dict(epochs=15, batch_size=64, lr=1e-3)  # demo settings: minutes on 2 cores
 
@@ -52,6 +54,7 @@ class RunSettings:
     checkpoint_every: int = 10
     max_failures: int = 3
     dashboard: bool = False
+    allow_split_overlap: bool = False
 
     @classmethod
     def from_args(cls, args):
@@ -67,6 +70,11 @@ class RunSettings:
         if self.num_gpus < 0 or (self.gpus_per_trial is not None and not 0 < self.gpus_per_trial <= max(1, self.num_gpus)):
             raise SweepError(f"--gpus-per-trial must be in (0, {max(1, self.num_gpus):g}] and --num-gpus >= 0")
         parse_pack(self.pack)
+        if self.name is not None:  # the sweep's folder under --storage: one name, never a path out of it
+            try:
+                names.check(self.name, "--name")
+            except names.BadName as e:
+                raise SweepError(f"{e} (it names the sweep's folder under --storage)") from None
 
 
 @dataclass

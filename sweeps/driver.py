@@ -7,6 +7,7 @@ A trial is one (config, seed) over its folds. Trials that share an architecture 
 run the same command again: the same packs (packs.json) run in a fresh Tuner, each from its last
 checkpoint, leaving out the trials already stored.
 """
+import errno
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from prmf import provenance, records, store  # noqa: E402
 from prmf.config import ConfigError, for_data, stable_dict  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.precision import check as check_precision  # noqa: E402
-from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, trackers  # noqa: E402
+from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, stops, trackers  # noqa: E402
 from sweeps.definition import DEFAULT_STORAGE, SweepError, parse_pack  # noqa: E402
 
 LATER_SETTINGS = {"pack": "auto"}  # settings added since sweeps began to record them: their default matches
@@ -39,14 +40,21 @@ LATER_SETTINGS = {"pack": "auto"}  # settings added since sweeps began to record
 
 def run(sweep) -> int:
     """Run (or resume) a sweep; returns the process exit code."""
-    try:
-        return _run(sweep)
-    except (SweepError, ConfigError, DataError, trackers.TrackerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume sweep {sweep.run.name!r}", file=sys.stderr)
-        return 130
+    with stops.SIGNALS:
+        try:
+            return _run(sweep)
+        except (SweepError, ConfigError, DataError, trackers.TrackerError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"\n{stops.interrupted(sweep.run)}", file=sys.stderr)
+            return stops.SIGNALS.exit_code
+        except (OSError, EOFError) as e:  # a full disk: a pack's store write, or Tune's own state files
+            full = stops.disk_full(sweep.run, e)
+            if not full:
+                raise
+            print(f"error: {full}", file=sys.stderr)
+            return 1
 
 
 def _run(sweep) -> int:
@@ -89,7 +97,7 @@ def _prepare(sweep):
     _check_precision(sweep)
     horizon = plan.asha_horizon(sweep)
     _check_ray_start(run)
-    data = load_data(run.data, run.features, run.profile, name=run.dataset_name)
+    data = load_data(run.data, run.features, run.profile, name=run.dataset_name, allow_overlap=run.allow_split_overlap)
     check_folds(data, run.folds)
     for p in sweep.points:  # -FRA folders: frame-level encoders
         p.cfg = for_data(p.cfg, data.feat_type)
@@ -121,6 +129,9 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
     from sweeps import tune_adapter
     run = sweep.run
     _init_ray(run, run.num_gpus, root)
+    stops.SIGNALS.install()  # ray.init took SIGTERM (its C++ handler dumps a stack and aborts): ours again
+    stops.SIGNALS.give_up_after(stops.STOP_GRACE_S, lambda: stops.interrupted(run))
+    stops.wait_for_a_node(run.cpus_per_trial, gpus_per_trial, resolve_address(run.address) or "local")
     if gpus_per_trial:
         _check_cuda_on_workers(gpus_per_trial)
     max_concurrent = int(run.num_gpus // gpus_per_trial) if gpus_per_trial else 0
@@ -148,12 +159,14 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
     if tune_adapter.fit(sweep, root, data, packs, progress, {"cpu": run.cpus_per_trial, "gpu": gpus_per_trial},
                         max_concurrent, search_config):
         raise KeyboardInterrupt
+    if progress.disk_full:  # a pack's store write: the run was stopped (driver.run says it in one line)
+        raise OSError(errno.ENOSPC, progress.disk_full)
 
 
 def _finish(sweep, root, specs, ctx) -> int:
     """After the run (or with nothing to run): old checkpoints removed, trackers filled in, the
     summary, and exit status 1 if a trial did not finish."""
-    results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
+    results = store.read_results(root, warn=_warn) if store.is_store(root) else None  # None: no trial finished yet
     done = store.completed_trials(root)
     saved = root / "packs.json"
     checkpoints.remove_finished(root, json.loads(saved.read_text()) if saved.exists() else {}, done)
@@ -167,6 +180,10 @@ def _finish(sweep, root, specs, ctx) -> int:
         return 1
     print(f"results: {root}  (prmf-best-results --result-dir {root})", file=sys.stderr)
     return 0
+
+
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- checks and the sweep folder
@@ -184,6 +201,9 @@ def _check_ray_start(run):
                              f"pip install 'ray[default]'") from None
     if address in (None, "local") and run.num_gpus > torch.cuda.device_count():  # the local Ray gets only these
         raise SweepError(f"--num-gpus {run.num_gpus:g} is more than this machine has ({torch.cuda.device_count()} GPUs)")
+    if address in (None, "local") and run.cpus_per_trial > (os.cpu_count() or 1):  # Ray would wait for it forever
+        raise SweepError(f"--cpus-per-trial {run.cpus_per_trial:g} is more than this machine has ({os.cpu_count() or 1} "
+                         f"CPUs): no trial could ever start")
     if address in (None, "local", "auto"):
         return
     hostport = address.split("://", 1)[-1]

@@ -36,12 +36,29 @@ def build_parser():
     return cli.add_common_args(ap)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last value silently, and a grid would run without the values listed first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                continue  # an unhashable key: the safe loader's own error says so
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                                  f"list all its values once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_grid(path):
     """(base name, fixed overrides, {key: values}) from a grid YAML, every key checked."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        spec = yaml.load(path.read_text(), Loader=_UniqueKeys)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as e:
         raise ConfigError(f"{path}: cannot read grid ({str(e).splitlines()[0]})") from None
     if isinstance(spec, dict) and spec.get("search") and spec.get("grid") is None:
         spec["grid"] = {}  # a space of distributions only (sweeps/search.py)

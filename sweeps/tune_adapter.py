@@ -33,7 +33,13 @@ class TuneReporter:
 def trainable(config, data=None):
     """Tune function trainable: one pack (a grid's) or one trial (a search's proposal)."""
     pack = config.get("pack") or solo_pack(config["trial"])
-    pack_runner.run(pack, data, TuneReporter(pack))
+    try:
+        pack_runner.run(pack, data, TuneReporter(pack))
+    except OSError as e:  # a full disk: no retry would get further; the driver stops the sweep and says so
+        if e.errno not in store.DISK_FULL:
+            raise
+        from ray import tune
+        tune.report({"epoch": 0, "val_emoval": float("nan"), "disk_full": store.write_problem(e, pack["store"])})
 
 
 class Progress:
@@ -48,6 +54,7 @@ class Progress:
 
         class _Callback(Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.disk_full = outer.disk_full or result.get("disk_full", "")
                 outer.epochs[pack_id(trial.config)] = result.get("epoch", 0)
                 score = result.get("val_emoval")
                 if score is not None and not math.isnan(score) and score > outer.best:
@@ -67,6 +74,7 @@ class Progress:
         self.callback = _Callback()
         self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
         self.epochs, self.best, self.errors, self.results = {}, -math.inf, [], {}
+        self.disk_full = ""  # a pack's store write met a full disk: the run stops (stop_all)
         self.t0, self.last = time.time(), 0.0
         self.tty = sys.stderr.isatty()
 
@@ -131,7 +139,31 @@ class _WorkerDied(logging.Filter):
         return False
 
 
+class _DiskFull(logging.Filter):
+    """Tune's own state writes on a full disk log an OSError traceback each; the driver ends the
+    sweep with one line saying the disk is full instead."""
+
+    def filter(self, record):
+        e = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(e, OSError) and e.errno in store.DISK_FULL) and "No space left" not in record.getMessage()
+
+
+def _StopOnDiskFull(progress):
+    """A Tune Stopper that ends the whole run once a pack has met a full disk."""
+    from ray.tune import Stopper
+
+    class Stop(Stopper):
+        def __call__(self, trial_id, result):
+            return bool(result.get("disk_full"))
+
+        def stop_all(self):
+            return bool(progress.disk_full)
+    return Stop()
+
+
 _RESUME_HINT, _WORKER_DIED = _ResumeHint(), _WorkerDied()
+for _name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer", "ray.tune.execution.tune_controller"):
+    logging.getLogger(_name).addFilter(_DiskFull())
 logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps a process runs
 logging.getLogger("ray.tune.execution.tune_controller").addFilter(_WORKER_DIED)
 
@@ -152,6 +184,7 @@ def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_co
         run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
                                   callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name, root)],
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures),
+                                  stop=_StopOnDiskFull(progress),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))  # 2: one may be cut short
     _RESUME_HINT.interrupted = False
     tuner.fit()

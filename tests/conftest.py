@@ -16,7 +16,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # subprocesses: the slow tier. `pytest -m "not slow"` runs the rest (the pack runner's pruning,
 # storing and resume in process included) in about a minute; `make test` runs both.
 SLOW_MODULES = {"test_sweeps", "test_search", "test_trackers", "test_integrity", "test_ray_cluster", "test_security",
-                "test_slurm_launch", "test_install", "test_multihost"}
+                "test_slurm_launch", "test_install", "test_multihost", "test_hostile_sweeps"}
 
 
 def pytest_collection_modifyitems(items):

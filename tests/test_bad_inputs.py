@@ -309,7 +309,7 @@ def test_tunes_restore_hint_is_replaced_by_ours(capsys):
         assert not hint.filter(log.makeRecord(log.name, logging.WARNING, __file__, 1,
                                               "Resume experiment with: Tuner.restore(path=%r, trainable=...)",
                                               ("/x",), None))
-        assert hint.interrupted  # the sweep then ends with "interrupted: run the same command again ..."
+        assert hint.interrupted  # the sweep then ends with "interrupted: kept N stored trials ...; run the same command again ..."
         assert hint.filter(log.makeRecord(log.name, logging.WARNING, __file__, 1, "other", (), None))
     finally:
         log.removeFilter(hint)

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import names as _names
 from ..store import umask
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # MER2023's order
@@ -116,8 +118,12 @@ def _label_arrays(corpus: dict, where: str):
         raise DataError(f"{where}: no samples (expected a non-empty {{name: {{'emo', 'val'}}}} mapping)")
     names = sorted(corpus)
     emos, vals = np.empty(len(names), np.int64), np.empty(len(names), np.float32)
-    for i, name in enumerate(map(str, names)):
-        entry = corpus[name]
+    for i, name in enumerate(names):
+        entry, name = corpus[name], str(name)
+        try:  # a sample name becomes FOLDER/NAME.npy: it must not reach outside FOLDER
+            _names.check(name, "sample name")
+        except _names.BadName as e:
+            raise DataError(f"{where}: {e}") from None
         emo = entry.get("emo") if isinstance(entry, dict) else None
         if emo not in CLASSES:
             raise DataError(f"{where}: sample {name!r} has emotion {emo!r}, not one of {', '.join(CLASSES)}")
@@ -139,19 +145,25 @@ def _read_feature(f: Path) -> np.ndarray:
 
 def _load_feature(folder: Path, names):
     """Stack one feature folder's files for `names` into [N, D] or [N, T, D] (zero-padded)."""
-    arrays = []
+    arrays, files = [], []
     for name in map(str, names):
         f = folder / f"{name}.npy"
-        if not f.is_file():
-            raise DataError(f"{f}: missing feature file for sample {name!r}")
+        try:
+            regular = stat.S_ISREG(os.stat(f).st_mode)
+        except FileNotFoundError:
+            raise DataError(f"{f}: missing feature file for sample {name!r}") from None
+        except OSError as e:  # a symlink loop, no permission
+            raise DataError(f"{f}: cannot be read ({e.strerror or e})") from None
+        if not regular:  # a FIFO would block the read forever, a device never end
+            raise DataError(f"{f}: not a regular file (a feature file is one .npy array)")
         a = _read_feature(f)
         if a.ndim not in (1, 2):
             raise DataError(f"{f}: expected shape (D,) or (T, D), got {a.shape}")
-        if arrays and (a.ndim != arrays[0].ndim or a.shape[-1] != arrays[0].shape[-1]):
-            raise DataError(f"{f}: shape {a.shape} does not match {arrays[0].shape} of the other samples in {folder}")
         if not np.isfinite(a).all():
             raise DataError(f"{f}: contains NaN or inf")
         arrays.append(a.astype(np.float32, copy=False))
+        files.append(f)
+    _check_dims(folder, arrays, files)
     if arrays[0].ndim == 1:
         return np.stack(arrays), np.ones(len(arrays), np.int64)
     lengths = np.array([len(a) for a in arrays], np.int64)
@@ -159,6 +171,18 @@ def _load_feature(folder: Path, names):
     for i, a in enumerate(arrays):
         out[i, :len(a)] = a
     return out, lengths
+
+
+def _check_dims(folder: Path, arrays, files):
+    """Every file of a folder has one layout ((D,) or (T, D) with one D): the error names the first
+    file that differs from the majority, not whichever file happened to be read first."""
+    kinds = [(a.ndim, a.shape[-1]) for a in arrays]
+    common = max(dict.fromkeys(kinds), key=kinds.count)  # a tie: the first file read
+    if len(set(kinds)) > 1:
+        i = next(i for i, k in enumerate(kinds) if k != common)
+        shape = "(D,)" if common[0] == 1 else "(T, D)"
+        raise DataError(f"{files[i]}: shape {arrays[i].shape} does not match {shape} with D = {common[1]} of the other "
+                        f"{kinds.count(common)} samples in {folder}")
 
 
 ABSURD = 1e6  # |feature| above this: no encoder writes it. MERBench's are layer outputs of order
@@ -197,11 +221,20 @@ def _cache_key(root: Path, features):
     """_stat_key of the label file and of every feature file (one scandir per folder): a file
     replaced in place changes the key even where its folder's mtime, or its own, does not."""
     h = hashlib.sha1()
-    h.update(f"label-6way.npz:{_stat_key((root / 'label-6way.npz').stat())}\n".encode())
-    for f in features:
-        with os.scandir(root / "features" / f) as it:
-            for e in sorted(it, key=lambda e: e.name):
-                h.update(f"{f}/{e.name}:{_stat_key(e.stat())}\n".encode())
+    path = root / "label-6way.npz"
+    try:
+        h.update(f"label-6way.npz:{_stat_key(path.stat())}\n".encode())
+        for f in features:
+            path = root / "features" / f
+            with os.scandir(path) as it:
+                for e in sorted(it, key=lambda e: e.name):
+                    try:
+                        st = e.stat()
+                    except OSError:  # a symlink loop or a dangling link: the link's own stat (its sample, if any, says why)
+                        st = e.stat(follow_symlinks=False)
+                    h.update(f"{f}/{e.name}:{_stat_key(st)}\n".encode())
+    except OSError as e:  # the label file or a folder unreadable to this user
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     return h.hexdigest()
 
 
@@ -270,8 +303,11 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
     if len(features) != 3:
         raise DataError(f"need 3 feature names (audio, text, video), got {len(features)}: {features}")
     for f in features:
-        if not (root / "features" / f).is_dir():
-            raise DataError(f"{root / 'features' / f}: feature folder not found")
+        try:  # a feature folder name becomes ROOT/features/NAME: one folder, never a path out of it
+            _names.check(f, "feature folder name")
+        except _names.BadName as e:
+            raise DataError(str(e)) from None
+        _check_folder(root / "features" / f)
     if not (root / "label-6way.npz").is_file():
         raise DataError(f"{root / 'label-6way.npz'}: label file not found")
     files_key = _cache_key(root, features) if use_cache else None
@@ -310,6 +346,18 @@ def load_merbench(root, features=PAPER_FEATURES, dataset_name="MER2023", use_cac
     if use_cache:
         _save_cache(cache, ds, files_key)
     return ds
+
+
+def _check_folder(path: Path):
+    """A feature folder that is there and readable, else a DataError saying which and why."""
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return
+        raise DataError(f"{path}: not a folder (a feature folder holds one SAMPLE.npy per sample)")
+    except FileNotFoundError:
+        raise DataError(f"{path}: feature folder not found") from None
+    except OSError as e:  # a symlink loop (ELOOP), no permission
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def _warn(ds: Dataset):
