@@ -7,9 +7,12 @@ and the path of the provenance record of the sweep's run that last trained it.
 
 A resumed pack replays the epochs after its checkpoint; a trial continues its runs from the epoch
 after the last one logged, read back from where it was logged: MLflow's metric history, the
-trial's own TensorBoard event files, and for W&B a sidecar (STORAGE/NAME/wandb/steps/TRIAL.json)
-written after each epoch. `sync` at the end of a sweep ends every stored trial's run that was not
-ended (the pack killed between storing and ending, or a sweep run before without the tracker).
+trial's own TensorBoard event files, and W&B's own run files (it writes them from a process of its
+own, which a kill can cut short behind the pack). The epochs a killed W&B run lost before the
+checkpoint the pack resumes from are not replayed, so they are logged again from a sidecar
+(STORAGE/NAME/wandb/steps/TRIAL.json: every epoch's metrics, written after each epoch). `sync` at
+the end of a sweep ends every stored trial's run that was not ended (the pack killed between
+storing and ending, or a sweep run before without the tracker).
 """
 import hashlib
 import importlib
@@ -24,6 +27,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from prmf import store
+from sweeps import wandb_files
 
 METRICS = ("acc", "f1", "val_mse", "emoval")  # final metrics per split, from the aggregate rows
 EPOCH_METRICS = ("val_emoval", "folds_running")
@@ -180,7 +184,8 @@ def _sidecar(spec):
 
 def _read_sidecar(spec):
     path = _sidecar(spec)
-    return json.loads(path.read_text()) if path.exists() else {"epoch": 0, "ended": False}
+    state = json.loads(path.read_text()) if path.exists() else {}
+    return {"epoch": 0, "ended": False, "history": {}, **state}  # sidecars before `history`: none to fill in
 
 
 def _write_sidecar(spec, state):
@@ -189,12 +194,15 @@ def _write_sidecar(spec, state):
 
 class _Wandb:
     """One trial's W&B run; several live in one process (reinit='create_new'). Offline, a resumed
-    trial is a new run folder with the same id (`wandb sync` joins them); its steps continue."""
+    trial is a new run folder with the same id (`wandb sync` joins them); its steps continue from
+    the last one W&B wrote, the epochs between that and the resumed pack's first filled in from the
+    sidecar."""
 
     def __init__(self, spec):
         import wandb
         conf, tags = spec["wandb"], _tags(spec)
         self.spec, self.state = spec, _read_sidecar(spec)
+        self.written = wandb_files.last_step(conf["dir"], wandb_id(spec)) if self.state["epoch"] else 0
         Path(conf["dir"]).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=conf["project"], group=conf["group"], name=spec["trial_id"], id=wandb_id(spec),
                               dir=conf["dir"], mode=conf["mode"], resume="allow", reinit="create_new",
@@ -204,14 +212,21 @@ class _Wandb:
 
     def epoch(self, metrics):
         epoch = int(metrics["epoch"])
-        if epoch > self.state["epoch"]:
-            self.run.log({k: float(metrics[k]) for k in EPOCH_METRICS}, step=epoch)
-            self.state["epoch"] = epoch
-            _write_sidecar(self.spec, self.state)
+        if epoch <= self.written:
+            return
+        history = self.state["history"]
+        for e in sorted(int(k) for k in history if self.written < int(k) < epoch):  # lost before the checkpoint
+            self.run.log(history[str(e)], step=e)  # the resumed pack does not replay them
+        values = {k: float(metrics[k]) for k in EPOCH_METRICS}
+        self.run.log(values, step=epoch)
+        self.written = epoch
+        history[str(epoch)] = values
+        self.state["epoch"] = epoch
+        _write_sidecar(self.spec, self.state)
 
     def end(self, finals, status, last_epoch):
         self.run.summary.update({**finals, "status": status})
-        self.run.finish()
+        self.run.finish()  # waits for W&B to write everything
         _write_sidecar(self.spec, {**self.state, "ended": True})
 
     def close(self):

@@ -15,7 +15,7 @@ from prmf.config import preset_config
 from sweeps import pack_runner, plan, trackers
 from sweeps.definition import Point, RunSettings, Sweep
 
-from helpers import tb_steps, tb_texts, wandb_runs
+from helpers import store_curve, tb_steps, tb_texts, wandb_runs
 
 try:
     from mlflow.tracking import MlflowClient
@@ -191,6 +191,27 @@ def test_a_killed_pack_continues_each_trials_runs_in_every_tracker_without_a_ste
         texts = tb_texts(folder)
         assert len(texts) == 2 and "commit: c0ffee" in texts[-1] and record in texts[-1]
     assert trackers.sync(pack["trials"], {s["trial_id"] for s in pack["trials"]}) == 0  # all ended: nothing to fill in
+
+
+def test_epochs_wandb_lost_in_a_kill_are_logged_again_from_the_sidecar_once(tmp_path, tiny_data, monkeypatch):
+    # W&B writes from a process of its own: a kill may take epochs it was handed with it. Here it
+    # loses epochs 2-3 of the killed run; the pack resumes from its checkpoint at 2, so epoch 2
+    # is not replayed: the sidecar's copy fills it in, epoch 3 comes from the replay
+    from wandb.sdk.wandb_run import Run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    pack, tracking = tracked_pack(tmp_path, tiny_data, n=1)
+    real_log = Run.log
+    monkeypatch.setattr(Run, "log", lambda self, data, step=None, **kw: real_log(self, data, step=step, **kw) if step < 2 else None)
+    first = MemoryReporter(stop_after=3)
+    with pytest.raises(Killed):
+        pack_runner.run(pack, tiny_data, first)
+    monkeypatch.setattr(Run, "log", real_log)
+    pack_runner.run(pack, tiny_data, MemoryReporter(checkpoint=first.checkpoint))
+    (spec,) = pack["trials"]
+    killed, resumed = wandb_runs(tmp_path / "wandb")[trackers.wandb_id(spec)]
+    assert [s for s, _ in killed[4]] == [1] and [s for s, _ in resumed[4]] == [2, 3, 4]
+    curve = store_curve(tmp_path, spec["trial_id"])
+    assert dict(killed[4] + resumed[4]) == pytest.approx(curve, rel=1e-12)
 
 
 def test_a_driver_killed_while_ending_a_run_leaves_it_for_the_next_fill_in(tmp_path, tiny_data, monkeypatch):
