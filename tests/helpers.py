@@ -93,7 +93,7 @@ def sweep(script, *args, check=True, **kw):
 
 def wandb_runs(folder):
     """{run id: [(name, group, config, tags, [(step, val_emoval)], summary, ended)], one entry per
-    offline run folder (a resumed trial has one more), oldest first} of STORAGE/NAME/wandb."""
+    offline run folder (a resumed trial has one more) with anything in it, oldest first} of STORAGE/NAME/wandb."""
     out = {}
     for f in sorted(Path(folder).glob("wandb/offline-run-*/*.wandb")):
         run, steps, summary, ended = None, [], {}, False
@@ -109,6 +109,8 @@ def wandb_runs(folder):
                 summary.update({i.key: json.loads(i.value_json) for i in r.summary.update if i.key})
             elif kind == "exit":
                 ended = True
+        if run is None:  # its process was killed before W&B wrote anything
+            continue
         config = {i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"}
         out.setdefault(run.run_id, []).append((run.start_time.ToNanoseconds(), run.display_name, run.run_group, config,
                                                list(run.tags), steps, summary, ended))
@@ -117,6 +119,10 @@ def wandb_runs(folder):
 
 def tb_steps(folder, tag="val_emoval"):
     return [e.step for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag]
+
+
+def tb_values(folder, tag="val_emoval"):
+    return {e.step: v.simple_value for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag}
 
 
 def tb_texts(folder, tag="provenance"):
