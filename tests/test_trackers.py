@@ -3,6 +3,7 @@ offline and TensorBoard, its driver SIGKILLed mid-pack and the same command run 
 read back (MLflow's client, the W&B run files, the event files): one run per trial with every epoch
 once, equal to the store's history, and its commit; a missing tracker package is one line."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from cluster.free_ports import free_ports
 from prmf import store
-from sweeps import trackers, wandb_files
+from sweeps import status, trackers, wandb_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import store_curve, sweep, sweep_argv, sweep_env, tb_steps, tb_texts, tb_values, wandb_runs  # noqa: E402
@@ -33,13 +34,18 @@ def killed_mid_pack(args, root, log):
         if max((max(tb_steps(d), default=0) for d in (root / "tensorboard").glob("*")), default=0) >= 4:
             break
         time.sleep(0.1)
+    running = status.summary(root)  # prmf-status from another process while the driver runs
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(store.completed_trials(root)) < 2, f"the sweep ended before the kill: {log.read_text()[-2000:]}"
+    assert running["state"] == "running" and f"PID {proc.pid}" in running["driver"] and running["trials"] == 2
+    assert running["running"] + running["done"] + running["pruned"] == 2 and running["running"] >= 1
+    assert running["last_progress"] > time.time() - 120 and running["eta_s"] is not None
 
 
 def test_a_packed_sweep_killed_and_resumed_logs_every_epoch_once_in_every_tracker(mlflow_server, tmp_path, data_dir,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
+    """Also prmf-status on the sweep running, killed and finished."""
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     grid = tmp_path / "grid.yaml"
@@ -51,7 +57,13 @@ def test_a_packed_sweep_killed_and_resumed_logs_every_epoch_once_in_every_tracke
             "--storage", str(tmp_path), "--name", "tracked", "--mlflow", mlflow_server, "--wandb", "test-project"]
     root = tmp_path / "tracked"
     killed_mid_pack(args, root, tmp_path / "killed.log")
+    killed = status.summary(root)
+    assert (killed["state"], killed["driver"], killed["running"], killed["pruned"], killed["pending"]) == ("stopped", None, 0, 1, 1)
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[tracked\] trials done \d/2", (tmp_path / "killed.log").read_text(), re.M)
     sweep("grid.py", *args)
+    finished = status.summary(root)
+    assert (finished["state"], finished["done"], finished["pruned"], finished["pending"]) == ("finished", 1, 1, 0)
+    assert status.main([str(tmp_path)]) == 0 and re.search(r"tracked\s+grid\s+finished\s+2\s+1\s+0\s+0\s+1\s+0", capsys.readouterr().out)
     df = store.read_results(root)
     agg = df[df.is_aggregate & (df.scenario == "clean")]
 
@@ -100,6 +112,7 @@ def test_a_packed_sweep_killed_and_resumed_logs_every_epoch_once_in_every_tracke
     (resumed,) = [r for r in runs if r.data.tags["status"] == "finished"]  # the trial in flight at the kill
     assert len(wandb_files.run_files(root / "wandb", trackers.wandb_id(resumed.data.tags))) == 2  # killed, resumed
     assert resumed.data.tags["provenance"] == record  # the run that last trained it
+    assert finished["best"] == (resumed.data.tags["trial_id"], pytest.approx(agg[agg.split == "cv"].emoval.max(), rel=1e-12))
     assert sorted(agg[agg.split == "cv"].status) == ["finished", "pruned"]
 
 
