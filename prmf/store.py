@@ -12,6 +12,7 @@ them, and many workers on a shared filesystem never write the same file. Every f
 to a temporary name and renamed, so a killed writer leaves no half file; the results file is
 written last and marks the trial complete.
 """
+import glob
 import json
 import os
 import shutil
@@ -182,15 +183,33 @@ def _read_parts(store_dir, table: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_results(store_dir) -> pd.DataFrame:
-    """All result rows of a store as one DataFrame, at this schema version (StoreError if DIR holds
-    no store; an empty frame if it holds no finished trial yet)."""
-    return _read_parts(store_dir, "results")
+def _read_stores(paths, table: str) -> pd.DataFrame:
+    """`table` of every store named: folders, or glob patterns of folders ('runs/*': the stores
+    among the matches). Columns are the union by name over all files: a column some rows lack (one
+    added since their store was written, and not upgraded to a value) is missing (NaN) there."""
+    stores = []
+    for path in map(str, paths):
+        if glob.has_magic(path):
+            found = [p for p in sorted(glob.glob(path)) if is_store(p)]
+            if not found:
+                raise StoreError(f"{path}: no result store matches")
+            stores += found
+        else:
+            stores.append(path)
+    frames = [f for f in (_read_parts(s, table) for s in stores) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_epochs(store_dir) -> pd.DataFrame:
-    """The per-epoch history of every trial of a store, at this schema version."""
-    return _read_parts(store_dir, "epochs")
+def read_results(*store_dirs) -> pd.DataFrame:
+    """All result rows of one store or several (`read_results("runs/*")`, or folders) as one
+    DataFrame, at this schema version, columns unioned by name (StoreError if a folder holds no
+    store; an empty frame if they hold no finished trial yet)."""
+    return _read_stores(store_dirs, "results")
+
+
+def read_epochs(*store_dirs) -> pd.DataFrame:
+    """The per-epoch history of every trial of one store or several, at this schema version."""
+    return _read_stores(store_dirs, "epochs")
 
 
 def is_store(path) -> bool:
