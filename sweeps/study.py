@@ -57,7 +57,7 @@ def open_study(name, url, restart):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url)
-    if restart and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+    if restart and name in optuna.study.get_all_study_names(storage):
         optuna.delete_study(study_name=name, storage=storage)
     return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
 
