@@ -59,7 +59,7 @@ def run_and_resume(tmp_path, url, monkeypatch):
     if url:
         argv += ["--optuna-storage", url]
     sweep = grid_cli.make_sweep(grid_cli.build_parser().parse_args(argv))
-    ctx = dict(sweep=sweep, name="opt", root=tmp_path, milestones=[2], tracking={}, data=None)
+    ctx = dict(sweep=sweep, name="searcher", root=tmp_path, milestones=[2], tracking={}, data=None)  # a shared server: its own study
     stored = {}
     monkeypatch.setattr(study, "outcome", lambda root, tid: stored.get(tid))
     monkeypatch.setattr(search.ray, "cluster_resources", lambda: {"CPU": 4})
@@ -83,7 +83,7 @@ def run_and_resume(tmp_path, url, monkeypatch):
         second["search_alg"].on_trial_result("X", {"epoch": e, "val_emoval": 9.0 * e})
     stored[ids[2]] = {"state": State.COMPLETE, "values": 0.7}
     second["search_alg"].on_trial_complete("X")
-    return optuna.load_study(study_name="opt", storage=url or f"sqlite:///{tmp_path / 'optuna.db'}"), ids
+    return optuna.load_study(study_name="searcher", storage=url or f"sqlite:///{tmp_path / 'optuna.db'}"), ids
 
 
 def check_study(s, ids):
