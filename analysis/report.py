@@ -209,6 +209,10 @@ def difference_section(diffs, groups, splits, ref, seeds_folds, ratio, n_seeds) 
           f"resampled t-test (variance scaled by 1/n + n_test/n_train = 1/n + {ratio:.3g}, "
           "since the folds share training data; n - 1 degrees of freedom). Test splits use the same "
           "correction; their fold models also share the test set, so those p-values remain optimistic.", ""]
+    if len(groups) > 2:  # many points against one: some p below 0.05 by chance alone
+        md += [f"With {len(groups) - 1} points tested against {ref}, `Holm` is each p adjusted by Holm's step-down "
+               "method over the points of its column (one family per split and metric): it keeps the chance of any "
+               "false positive among them at the level read; the unadjusted p holds for one point chosen in advance.", ""]
     few = int((diffs["pairs"] < MIN_PAIRS).sum())
     if few:
         md += [f"**No p-value where a comparison has fewer than {MIN_PAIRS} (seed, fold) pairs** "
@@ -228,7 +232,8 @@ def difference_section(diffs, groups, splits, ref, seeds_folds, ratio, n_seeds) 
             for s in splits:
                 d = _lookup(diffs, {"group": g, "split": s}, f"{m}_diff")
                 p = _lookup(diffs, {"group": g, "split": s}, f"{m}_p")
-                cells.append("–" if pd.isna(d) else f"{d:+.4f}" if pd.isna(p) else f"{d:+.4f} (p={_p(p)})")
+                holm = f", Holm {_p(_lookup(diffs, {'group': g, 'split': s}, f'{m}_p_holm'))}" if len(groups) > 2 else ""
+                cells.append("–" if pd.isna(d) else f"{d:+.4f}" if pd.isna(p) else f"{d:+.4f} (p={_p(p)}{holm})")
             rows.append(cells)
         md += [f"**{name}**", ""] + _table(header, rows) + [""]
     return md
@@ -277,8 +282,8 @@ def robustness_section(rob, groups, out) -> list:
         md += [f"**{s}**", ""] + _table(["experiment"] + list(table.columns),
                                         [[g] + [f"{v:.4f}" if pd.notna(v) else "–" for v in r]
                                          for g, r in table.iterrows()]) + [""]
-    plots.robustness_matrix(panels, out / "robustness_matrix.png")
-    md += ["![Robustness matrix](robustness_matrix.png)", ""]
+    for png in plots.robustness_matrix(panels, out / "robustness_matrix.png"):  # one per split for a large grid
+        md += [f"![Robustness matrix]({png.name})", ""]
     noise = [c for c in scenarios if noise_level(c) is not None]
     if not noise:
         return md

@@ -131,7 +131,20 @@ def compare(folds: pd.DataFrame, reference: str) -> pd.DataFrame:
             rec[f"{m}_diff"] = float(diffs.mean()) if len(diffs) else float("nan")
             rec[f"{m}_p"] = corrected_t_test(diffs, ratio) if len(diffs) >= MIN_PAIRS else float("nan")
         out.append(rec)
-    return pd.DataFrame(out, columns=["group", "split", "pairs", "f1_diff", "f1_p", "acc_diff", "acc_p"])
+    out = pd.DataFrame(out, columns=["group", "split", "pairs", "f1_diff", "f1_p", "acc_diff", "acc_p"])
+    for m in ("f1", "acc"):  # every point against one reference: a family of tests per split and metric
+        out[f"{m}_p_holm"] = out.groupby("split", sort=False)[f"{m}_p"].transform(holm) if len(out) else []
+    return out
+
+
+def holm(p) -> pd.Series:
+    """Holm's step-down adjusted p-values (family-wise error rate) of one family of tests; NaN
+    (no test) stays NaN and is not counted. Four lines: scipy has no Holm (only Benjamini-Hochberg),
+    and statsmodels would be a dependency for them."""
+    p = pd.Series(p, dtype=float)
+    tested = p.dropna().sort_values()
+    steps = (tested * np.arange(len(tested), 0, -1)).cummax().clip(upper=1.0)  # (m - i) p_(i), kept monotone
+    return steps.reindex(p.index)
 
 
 def pick_reference(groups, wanted: str):

@@ -17,11 +17,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "ray", "pyarrow", "numpy", "pandas", "scikit-learn")
+DISTRIBUTION = "prmf-sweep"
+BUILD_COMMIT = Path(__file__).with_name("BUILD_COMMIT")  # written into a wheel by setup.py's build
 
 
 @lru_cache(maxsize=None)
 def git_commit(repo: Path = REPO) -> str:
-    """HEAD's hash, with '+dirty' when tracked files differ from it; 'unknown' outside a checkout."""
+    """HEAD's hash, with '+dirty' when tracked files differ from it. Installed from a wheel (no
+    checkout around the code) it is the commit the wheel was built from; 'unknown' if none."""
+    if repo == REPO and not (repo / ".git").exists():  # not git's answer for a folder the code merely sits in
+        return BUILD_COMMIT.read_text().strip() if BUILD_COMMIT.exists() else "unknown"
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -32,8 +37,18 @@ def git_commit(repo: Path = REPO) -> str:
     return head + ("+dirty" if dirty else "")
 
 
+@lru_cache(maxsize=None)
+def version() -> str:
+    """This code's own version, as installed (a wheel, `pip install .` or `-e .`); 'unknown' when run
+    from a checkout that was never installed."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def versions() -> dict:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), DISTRIBUTION: version()}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -64,8 +79,8 @@ def collect(argv=None) -> dict:
     commit = git_commit()
     return {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": shlex.join([Path(sys.executable).name, *argv]), "cwd": str(Path.cwd()),
-            "commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty"),
-            "versions": versions(), "machine": machine()}
+            "version": version(), "commit": commit.removesuffix("+dirty"),
+            "dirty": commit.endswith("+dirty"), "versions": versions(), "machine": machine()}
 
 
 def write_run(folder: Path, record: dict, trials: dict) -> Path:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import provenance, store
 from .config import stable_dict
 from .data.merbench import NO_VALENCE
 
@@ -61,7 +61,8 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
 
     `identical`: other preset names whose effective config is this one's (trained once): their
     rows are stored too, every row naming the others in `identical_to`. `commit`: the code's git
-    commit (prmf.provenance), so every row can be traced to the code that produced it."""
+    commit (prmf.provenance), so every row can be traced to the code that produced it; `version`:
+    the installed prmf-sweep's, for installs whose commit is unknown."""
     best, runs = result.best_epochs, result.epochs_run
     div = result.diverged_epochs or [0] * len(best)  # 0: did not diverge; else the epoch its loss went non-finite
     first_div = min((d for d in div if d), default=0)
@@ -76,7 +77,8 @@ def tables(result, *, tid, sweep, experiment, cfg, seed, dataset, status, wall_t
     meta = {"sweep": sweep, "trial_id": tid, "experiment": experiment, "model": cfg.model, "seed": seed,
             "dataset": dataset.name, "profile": dataset.profile, "features": "+".join(dataset.features), "status": status,
             "wall_time_s": wall_time_s, "train_time_s": result.train_seconds, "n_params": result.n_params,
-            "commit": commit, "random_streams": result.random_streams, **(extra or {})}
+            "commit": commit, "version": provenance.version(), "random_streams": result.random_streams,
+            **(extra or {})}
     names = [experiment, *identical]
     results = pd.DataFrame([{**meta, "experiment": name, "identical_to": ",".join(n for n in names if n != name),
                              **r, **config, "config_json": json.dumps(config, sort_keys=True)}

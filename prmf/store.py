@@ -13,6 +13,7 @@ to a temporary name and renamed, so a killed writer leaves no half file; the res
 written last and marks the trial complete.
 """
 import errno
+import glob
 import json
 import os
 import shutil
@@ -220,16 +221,34 @@ def _read_parts(store_dir, table: str, warn=None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_results(store_dir, warn=None) -> pd.DataFrame:
-    """All result rows of a store as one DataFrame, at this schema version (StoreError if DIR holds
-    no store; an empty frame if it holds no finished trial yet). A file that cannot be read, or is
+def _read_stores(paths, table: str, warn=None) -> pd.DataFrame:
+    """`table` of every store named: folders, or glob patterns of folders ('runs/*': the stores
+    among the matches). Columns are the union by name over all files: a column some rows lack (one
+    added since their store was written, and not upgraded to a value) is missing (NaN) there."""
+    stores = []
+    for path in map(str, paths):
+        if glob.has_magic(path):
+            found = [p for p in sorted(glob.glob(path)) if is_store(p)]
+            if not found:
+                raise StoreError(f"{path}: no result store matches")
+            stores += found
+        else:
+            stores.append(path)
+    frames = [f for f in (_read_parts(s, table, warn) for s in stores) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_results(*store_dirs, warn=None) -> pd.DataFrame:
+    """All result rows of one store or several (`read_results("runs/*")`, or folders) as one
+    DataFrame, at this schema version, columns unioned by name (StoreError if a folder holds no
+    store; an empty frame if they hold no finished trial yet). A file that cannot be read, or is
     not the store's, is a StoreError; with `warn(message)` it is said and left out instead."""
-    return _read_parts(store_dir, "results", warn)
+    return _read_stores(store_dirs, "results", warn)
 
 
-def read_epochs(store_dir) -> pd.DataFrame:
-    """The per-epoch history of every trial of a store, at this schema version."""
-    return _read_parts(store_dir, "epochs")
+def read_epochs(*store_dirs) -> pd.DataFrame:
+    """The per-epoch history of every trial of one store or several, at this schema version."""
+    return _read_stores(store_dirs, "epochs")
 
 
 def is_store(path) -> bool:

@@ -71,7 +71,8 @@ def main(build_parser, make_sweep, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.quick:  # the values in use, --epochs and --set included
-        used = {k: getattr(sweep.points[0].cfg, k) for k in QUICK}
+        cfg = sweep.points[0].cfg if sweep.points else sweep.search.base_cfg  # an Optuna search has no points yet
+        used = {k: getattr(cfg, k) for k in QUICK}
         print(f"quick settings: {', '.join(f'{k}={v:g}' for k, v in used.items())} "
               f"(drop --quick for each preset's own settings, e.g. Exp4: epochs=150, batch_size=32, lr=0.0003)", file=sys.stderr)
     return driver.run(sweep)

@@ -12,16 +12,10 @@ Ray Tune's domains:
 random: N points drawn up front from a seeded generator (`--search-seed`), so the same command
 draws the same points and trial ids; from then on it is a grid (ASHA, resume, skip by trial id).
 
-optuna: Ray Tune's OptunaSearch (TPE) proposes the points one at a time, its study persisted in
-STORAGE/NAME/optuna.db; each proposed point is recorded in STORAGE/NAME/search/ before it runs.
-The value the study gets for a point is the trial's stored result, its cv emoval (the mean over
-folds of each fold's best-epoch validation emoval: the store's aggregate cv row), so the study and
-the results table agree; a trial that ends unstored is FAIL. A resumed search first brings the
-study in line with the store: a trial stored while the last run was interrupted (still RUNNING, or
-FAIL, in the study) becomes COMPLETE with its stored result; the other interrupted ones fail and
-their points are proposed again first (they continue from their checkpoints under the same trial
-ids). It runs only N minus the stored trials; a proposal equal to a trial already stored or
-running is refused and asked again.
+optuna: Optuna's TPE proposes the points one at a time (sweeps/study.py: the study, kept as Optuna
+users read one); each proposed point is recorded in STORAGE/NAME/search/ before it runs. It runs
+only N minus the stored trials; a proposal equal to a trial already stored or running is refused
+and asked again.
 """
 import dataclasses
 import json
@@ -30,16 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.tune.search import Searcher
 
-from prmf import store
 from prmf.config import ConfigError, make_config
-from prmf.store import atomic_write
-from sweeps import plan
+from sweeps import plan, study
 from sweeps.definition import Point, Sweep
+from sweeps.study import MAX_REPEATS
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
-MAX_REPEATS = 50  # proposals in a row that repeat a known point before the space counts as exhausted
 
 
 def add_args(ap):
@@ -47,6 +38,9 @@ def add_args(ap):
                     help="grid: every combination (default); random: N seeded draws; optuna: TPE, one point at a time")
     ap.add_argument("--num-samples", type=int, default=10, help="points of a random or optuna search (default 10)")
     ap.add_argument("--search-seed", type=int, default=0, help="seed of the random draws / Optuna's sampler (default 0)")
+    ap.add_argument("--optuna-storage", metavar="URL", help="the Optuna study's database, e.g. a lab's shared "
+                    "postgresql://user:pass@host/db (default: sqlite:///STORAGE/NAME/optuna.db); the study's name is "
+                    "the sweep's")
 
 
 def _number(path, key, v):
@@ -100,7 +94,7 @@ def load_space(path, grid):
     return space, plain
 
 
-def _plain(v):
+def plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
@@ -113,7 +107,7 @@ def random_points(space, n, seed, make_point):
     rng = np.random.default_rng(seed)
     points, seen, repeats = [], set(), 0
     while len(points) < n and repeats < MAX_REPEATS:
-        values = {k: _plain(d.sample(random_state=rng)) for k, d in space.items()}
+        values = {k: plain(d.sample(random_state=rng)) for k, d in space.items()}
         p = make_point(values)
         key = p.label  # distinct labels: the label is the point's name in the results tables
         repeats = repeats + 1 if key in seen else 0
@@ -126,8 +120,8 @@ def random_points(space, n, seed, make_point):
 class OptunaSearch:
     """sweeps/driver.py's hooks for a search whose points are proposed while it runs (see the module doc)."""
 
-    def __init__(self, space, num_samples, seed, make_point, base_cfg):
-        self.space, self.n, self.seed, self.make_point = space, num_samples, seed, make_point
+    def __init__(self, space, num_samples, seed, make_point, base_cfg, storage=None):
+        self.space, self.n, self.seed, self.make_point, self.storage = space, num_samples, seed, make_point, storage
         self.base_cfg = base_cfg  # epochs and patience of every point (ASHA's max_t and grace)
 
     def _spec(self, ctx, values):
@@ -151,103 +145,23 @@ class OptunaSearch:
         return ids + ["(not proposed)"] * max(0, self.todo(done) - len(ids))
 
     def tune_config(self, ctx, done, pending) -> dict:
-        """search_alg and num_samples for tune.TuneConfig: Optuna behind a searcher that hands out specs."""
+        """search_alg and num_samples for tune.TuneConfig: the study's searcher (sweeps/study.py),
+        the points interrupted before first."""
         import optuna
         from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{ctx['root'] / 'optuna.db'}")
-        try:
-            study = optuna.load_study(study_name=ctx["name"], storage=storage)
-            reconcile(study, lambda params: self._spec(ctx, params)["trial_id"], lambda tid: store.trial_result(ctx["root"], tid))
-            asked = len(study.trials)
-        except KeyError:
-            asked = 0
-        inner = RayOptunaSearch(RayOptunaSearch.convert_search_space(self.space), metric=OBJECTIVE, mode="max",
-                                study_name=ctx["name"], storage=storage,
-                                sampler=optuna.samplers.TPESampler(seed=self.seed + asked),  # no replay of old draws
-                                points_to_evaluate=[s["search_values"] for s in pending] or None)
+        root = ctx["root"]
+        the_study = study.open_study(ctx["name"], self.storage or f"sqlite:///{root / 'optuna.db'}",
+                                     ctx["sweep"].run.restart)
+        resume = study.reconcile(the_study, lambda params: self._spec(ctx, params)["trial_id"],
+                                 lambda tid: study.outcome(root, tid))
+        the_study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(the_study.trials))  # no replay of old draws
+        distributions = RayOptunaSearch.convert_search_space(self.space)  # Tune's domains as Optuna's
+        searcher = study.StudySearcher(the_study, distributions, self, ctx, done,
+                                       [(s, resume.get(s["trial_id"])) for s in pending])
         limit = max(1, int(ray.cluster_resources().get("CPU", 1) // ctx["sweep"].run.cpus_per_trial))
-        return {"search_alg": SpecSearcher(inner, self, ctx, done), "num_samples": self.todo(done),
+        return {"search_alg": searcher, "num_samples": self.todo(done),
                 "max_concurrent_trials": limit}  # no more proposals than can run: each learns from the last
-
-
-OBJECTIVE = "cv_emoval"  # what the study maximises: the trial's stored result
-
-
-def reconcile(study, trial_id_of, result_of):
-    """The study as the store says, before a resumed search asks it for points: a RUNNING or FAIL
-    trial whose point was stored (while the last run was interrupted) is COMPLETE with the stored
-    result (a FAIL one cannot change state, so a COMPLETE twin is added); the other RUNNING ones
-    fail, and their points are proposed again. Returns the trial ids made COMPLETE."""
-    import optuna
-    state = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    complete = {trial_id_of(t.params) for t in trials if t.state == state.COMPLETE and t.params}
-    made = set()
-    for t in trials:
-        if t.state not in (state.RUNNING, state.FAIL):
-            continue
-        tid = trial_id_of(t.params) if t.params else None
-        value = result_of(tid) if tid and tid not in complete else None
-        if value is not None and t.state == state.RUNNING:
-            study.tell(t.number, value)
-        elif value is not None:
-            study.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
-        elif t.state == state.RUNNING:
-            study.tell(t.number, state=state.FAIL)
-        if value is not None:
-            complete.add(tid)
-            made.add(tid)
-    return made
-
-
-class SpecSearcher(Searcher):
-    """Optuna's point -> the sweep's trial spec (trial id, config, store paths), recorded first; a
-    trial's end -> the study gets its stored result (FAIL when it ended unstored)."""
-
-    def __init__(self, inner, search, ctx, done):
-        super().__init__()
-        self.inner, self.search, self.ctx = inner, search, ctx
-        self.taken = set(done)  # trial ids stored or handed out in this run
-        self.keys = {}  # Tune trial id -> (the inner searcher's id of its point, the sweep's trial id)
-
-    def set_search_properties(self, metric, mode, config, **spec):
-        return True
-
-    def save(self, checkpoint_path):
-        pass  # the study is saved as it goes (optuna.db), the proposals in search/
-
-    def suggest(self, trial_id):
-        for attempt in range(MAX_REPEATS):
-            key = trial_id if attempt == 0 else f"{trial_id}~{attempt}"
-            values = self.inner.suggest(key)
-            if values is None or values == Searcher.FINISHED:
-                return values
-            values = {k: _plain(v) for k, v in values.items()}
-            spec = self.search._spec(self.ctx, values)
-            if spec["trial_id"] in self.taken:  # a point already stored or running: Optuna asks again
-                self.inner.on_trial_complete(key, error=True)
-                continue
-            self.taken.add(spec["trial_id"])
-            self.keys[trial_id] = (key, spec["trial_id"])
-            record = self.ctx["root"] / "search" / f"{spec['trial_id']}.json"
-            if not record.exists():
-                atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(
-                    {"trial_id": spec["trial_id"], "values": values}, indent=1)))
-            return {"trial": spec}
-        return Searcher.FINISHED  # the space holds no new point
-
-    def on_trial_result(self, trial_id, result):
-        pass  # the study learns from results, not epochs: pruning is ASHA's, inside the packs
-
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        if trial_id in self.keys:
-            key, tid = self.keys[trial_id]
-            value = store.trial_result(self.ctx["root"], tid)
-            self.inner.on_trial_complete(key, result=None if value is None else {OBJECTIVE: value},
-                                         error=value is None)
-
 
 
 def has_distributions(path) -> bool:
@@ -279,5 +193,7 @@ def make_sweep(args, base, grid, make_cfg):
         return Sweep("random", points, args, asha=args.asha, settings=settings)
     if args.seeds != 1:
         raise ConfigError("--search optuna runs one seed per point (--seeds 1); repeat the best points as a grid")
+    study.check(args.optuna_storage)  # before Ray: the package, the database
+    settings["optuna_storage"] = study.shown(args.optuna_storage) if args.optuna_storage else None  # a resume finds the study
     return Sweep("optuna", [], args, asha=args.asha, settings=settings,
-                      search=OptunaSearch(space, args.num_samples, args.search_seed, make_point, make_cfg({})))
+                 search=OptunaSearch(space, args.num_samples, args.search_seed, make_point, make_cfg({}), args.optuna_storage))

@@ -6,10 +6,13 @@ the worker (`start`), logs each epoch (step = epoch) and ends a run when it stor
 and the path of the provenance record of the sweep's run that last trained it.
 
 A resumed pack replays the epochs after its checkpoint; a trial continues its runs from the epoch
-after the last one logged, read back from where it was logged: MLflow's metric history, the
-trial's own TensorBoard event files, and for W&B a sidecar (STORAGE/NAME/wandb/steps/TRIAL.json)
-written after each epoch. `sync` at the end of a sweep ends every stored trial's run that was not
-ended (the pack killed between storing and ending, or a sweep run before without the tracker).
+after the last one each tracker wrote, read back from where it was written: MLflow's metric history,
+the trial's own TensorBoard event files, W&B's run files. TensorBoard and W&B write from a thread or
+a process of their own, which a kill can stop before it has written what it was handed: the epochs
+they lost before the pack's checkpoint are not replayed, so they are logged again from the trial's
+epoch log (STORAGE/NAME/tracked/TRIAL.json, every epoch's values, written after each epoch). `sync`
+at the end of a sweep ends every stored trial's run that was not ended (the pack killed between
+storing and ending, or a sweep run before without the tracker).
 """
 import hashlib
 import importlib
@@ -24,6 +27,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from prmf import store
+from sweeps import wandb_files
 
 METRICS = ("acc", "f1", "val_mse", "emoval")  # final metrics per split, from the aggregate rows
 EPOCH_METRICS = ("val_emoval", "folds_running")
@@ -145,11 +149,10 @@ class _Mlflow:
             self.run_id = self.client.create_run(conf["experiment_id"], run_name=spec["trial_id"], tags=_tags(spec)).info.run_id
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in _params(spec).items()])
 
-    def epoch(self, metrics):
-        if metrics["epoch"] > self.logged_to:
-            from mlflow.entities import Metric
-            now, step = store.timestamp() * 1000, int(metrics["epoch"])
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), now, step) for k in EPOCH_METRICS])
+    def log(self, step, values):
+        from mlflow.entities import Metric
+        now = store.timestamp() * 1000
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
     def end(self, finals, status, last_epoch):
         from mlflow.entities import Metric
@@ -178,23 +181,20 @@ def _sidecar(spec):
     return Path(spec["wandb"]["dir"]) / "steps" / f"{spec['trial_id']}.json"
 
 
-def _read_sidecar(spec):
+def _wandb_ended(spec):
     path = _sidecar(spec)
-    return json.loads(path.read_text()) if path.exists() else {"epoch": 0, "ended": False}
-
-
-def _write_sidecar(spec, state):
-    store.atomic_write(_sidecar(spec), lambda tmp: Path(tmp).write_text(json.dumps(state)))
+    return path.exists() and json.loads(path.read_text())["ended"]
 
 
 class _Wandb:
     """One trial's W&B run; several live in one process (reinit='create_new'). Offline, a resumed
-    trial is a new run folder with the same id (`wandb sync` joins them); its steps continue."""
+    trial is a new run folder with the same id (`wandb sync` joins them); its steps continue from
+    the last one W&B wrote."""
 
     def __init__(self, spec):
         import wandb
         conf, tags = spec["wandb"], _tags(spec)
-        self.spec, self.state = spec, _read_sidecar(spec)
+        self.spec, self.logged_to = spec, wandb_files.last_step(conf["dir"], wandb_id(spec))
         Path(conf["dir"]).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=conf["project"], group=conf["group"], name=spec["trial_id"], id=wandb_id(spec),
                               dir=conf["dir"], mode=conf["mode"], resume="allow", reinit="create_new",
@@ -202,17 +202,13 @@ class _Wandb:
                               tags=[spec["experiment"], f"commit={tags['commit']}"[:64]],
                               settings=wandb.Settings(silent=True, console="off"))
 
-    def epoch(self, metrics):
-        epoch = int(metrics["epoch"])
-        if epoch > self.state["epoch"]:
-            self.run.log({k: float(metrics[k]) for k in EPOCH_METRICS}, step=epoch)
-            self.state["epoch"] = epoch
-            _write_sidecar(self.spec, self.state)
+    def log(self, step, values):
+        self.run.log(values, step=step)
 
     def end(self, finals, status, last_epoch):
         self.run.summary.update({**finals, "status": status})
-        self.run.finish()
-        _write_sidecar(self.spec, {**self.state, "ended": True})
+        self.run.finish()  # waits for W&B to write everything
+        store.atomic_write(_sidecar(self.spec), lambda tmp: Path(tmp).write_text(json.dumps({"ended": True})))
 
     def close(self):
         self.run.finish(exit_code=1)  # frees the id for a retry in this process; the resume continues its steps
@@ -258,13 +254,10 @@ class _Tensorboard:
                                                         if k in tags), self.logged_to)
         self.writer.flush()
 
-    def epoch(self, metrics):
-        epoch = int(metrics["epoch"])
-        if epoch > self.logged_to:
-            for k in EPOCH_METRICS:
-                self.writer.add_scalar(k, float(metrics[k]), epoch)
-            self.writer.flush()  # the files are what a resumed trial reads its last epoch from
-            self.logged_to = epoch
+    def log(self, step, values):
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()  # the files are what a resumed trial reads its last epoch from
 
     def end(self, finals, status, last_epoch):
         for k, v in finals.items():
@@ -285,16 +278,32 @@ def _tb_ended(spec):
 TRACKERS = {"mlflow": _Mlflow, "wandb": _Wandb, "tensorboard": _Tensorboard}
 
 
+def _epoch_log(spec):
+    return Path(spec["store"]) / "tracked" / f"{spec['trial_id']}.json"
+
+
 class Runs:
-    """The worker's handle on one trial's runs, one per tracker in its spec (none: a no-op)."""
+    """The worker's handle on one trial's runs, one per tracker in its spec (none: a no-op), and the
+    trial's epoch log, from which each run gets the epochs it lost before the pack's checkpoint."""
 
     def __init__(self, spec, kinds=tuple(TRACKERS)):
         self.spec = spec
         self.runs = [TRACKERS[k](spec) for k in kinds if spec.get(k)]
+        path = _epoch_log(spec)
+        self.history = {int(k): v for k, v in json.loads(path.read_text()).items()} if self.runs and path.exists() else {}
 
     def epoch(self, metrics):
+        if not self.runs:
+            return
+        epoch, values = int(metrics["epoch"]), {k: float(metrics[k]) for k in EPOCH_METRICS}
         for run in self.runs:
-            run.epoch(metrics)
+            for e in sorted(e for e in self.history if run.logged_to < e < epoch):  # lost by a kill, not replayed
+                run.log(e, self.history[e])
+            if epoch > run.logged_to:
+                run.log(epoch, values)
+                run.logged_to = epoch
+        self.history[epoch] = values
+        store.atomic_write(_epoch_log(self.spec), lambda tmp: Path(tmp).write_text(json.dumps(self.history)))
 
     def end(self, status=None):
         if self.runs:
@@ -332,7 +341,7 @@ def sync(specs, done):
         from mlflow.tracking import MlflowClient
         runs = MlflowClient(tracking_uri=conf["uri"]).search_runs([conf["experiment_id"]], max_results=50000)
         terminated = {r.data.tags.get("trial_id") for r in runs if r.info.status in TERMINATED}
-    ended = {"mlflow": lambda s: s["trial_id"] in terminated, "wandb": lambda s: _read_sidecar(s)["ended"],
+    ended = {"mlflow": lambda s: s["trial_id"] in terminated, "wandb": _wandb_ended,
              "tensorboard": _tb_ended}
     n = 0
     for s in specs:

@@ -8,7 +8,7 @@ import sys
 import time
 
 from prmf import store
-from sweeps import checkpoints, pack_runner, trackers
+from sweeps import checkpoints, pack_runner, status, trackers
 from sweeps.plan import pack_config, pack_id, solo_pack
 
 
@@ -97,7 +97,10 @@ class Progress:
         frac = min(1.0, sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs))
         eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
         best = f"best {self.best:.4f}" if self.best > -math.inf else "best -"
-        line = (f"[{self.name}] trials done {done}/{self.n_trials} | packs "
+        status.write_progress(self.root, self.n_trials, {pack_id(t.config): (self.epochs.get(pack_id(t.config), 0), t.status)
+                                                         for t in trials}, self.total_epochs, self.best, eta)
+        line = (f"{time.strftime('%H:%M:%S' if self.tty else '%Y-%m-%d %H:%M:%S')} "
+                f"[{self.name}] trials done {done}/{self.n_trials} | packs "
                 f"running {states.count('RUNNING')} pending {states.count('PENDING')} errors {len(self.errors)} | "
                 f"{best} (val emoval) | ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)

@@ -1,7 +1,10 @@
 """Shared fixtures: a generated MERBench root (tiny profile) and its loaded dataset."""
+import glob
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -98,6 +101,38 @@ def mlflow_server(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server (Debian's postgresql) on 127.0.0.1 in a temp folder, run as a non-root
+    user (`nobody` when the tests run as root: PostgreSQL refuses root); its SQLAlchemy URL. Stopped
+    with pg_ctl. Skipped, with the reason, where it cannot start."""
+    pytest.importorskip("psycopg2", reason="psycopg2 (pip install 'prmf-sweep[test]') talks to PostgreSQL")
+    bins = [shutil.which("initdb")] + sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = next((b for b in bins if b), None)
+    if not initdb:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    from cluster.free_ports import free_ports
+    d = Path(tempfile.mkdtemp(prefix="prmf-postgres-"))  # in /tmp itself: `nobody` cannot enter pytest's folders
+    user = "nobody" if os.geteuid() == 0 else None
+    if user:
+        shutil.chown(d, user)
+    port = free_ports(1)[0]
+
+    def pg(*cmd):
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, user=user, cwd=d)
+    done = pg(initdb, "-D", str(d / "data"), "-U", "prmf", "--auth=trust", "-E", "UTF8", "--no-sync")
+    if done.returncode == 0:
+        done = pg(pg_ctl, "-D", str(d / "data"), "-l", str(d / "server.log"), "-w", "-t", "60",
+                  "-o", f"-h 127.0.0.1 -p {port} -k {d} -F", "start")
+    if done.returncode != 0:
+        shutil.rmtree(d, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {(done.stderr or done.stdout).strip()[-300:]}")
+    yield f"postgresql+psycopg2://prmf@127.0.0.1:{port}/postgres"
+    pg(pg_ctl, "-D", str(d / "data"), "-m", "fast", "-w", "stop")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

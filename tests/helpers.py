@@ -2,7 +2,6 @@
 written one way, the sweep command, and readers of the trackers' files."""
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import trackers
+from sweeps import trackers, wandb_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,34 +91,13 @@ def sweep(script, *args, check=True, **kw):
 
 # ---------------------------------------------------------------- the trackers' files
 
-def wandb_records(path):
-    """The protobuf records of a W&B run file (.wandb: a LevelDB-style log of 32 KiB blocks, each
-    record in chunks with a 7-byte header: CRC, length, FULL/FIRST/MIDDLE/LAST)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-    data, pos, buf = path.read_bytes(), 7, b""  # the file header: ':W&B', magic, version
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(buf)
-            buf = b""
-            yield record
-
-
 def wandb_runs(folder):
     """{run id: [(name, group, config, tags, [(step, val_emoval)], summary, ended)], one entry per
-    offline run folder (a resumed trial has one more), oldest first} of STORAGE/NAME/wandb."""
+    offline run folder (a resumed trial has one more) with anything in it, oldest first} of STORAGE/NAME/wandb."""
     out = {}
     for f in sorted(Path(folder).glob("wandb/offline-run-*/*.wandb")):
         run, steps, summary, ended = None, [], {}, False
-        for r in wandb_records(f):
+        for r in wandb_files.records(f):
             kind = r.WhichOneof("record_type")
             if kind == "run":
                 run = r.run
@@ -131,6 +109,8 @@ def wandb_runs(folder):
                 summary.update({i.key: json.loads(i.value_json) for i in r.summary.update if i.key})
             elif kind == "exit":
                 ended = True
+        if run is None:  # its process was killed before W&B wrote anything
+            continue
         config = {i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"}
         out.setdefault(run.run_id, []).append((run.start_time.ToNanoseconds(), run.display_name, run.run_group, config,
                                                list(run.tags), steps, summary, ended))
@@ -141,7 +121,20 @@ def tb_steps(folder, tag="val_emoval"):
     return [e.step for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag]
 
 
+def tb_values(folder, tag="val_emoval"):
+    return {e.step: v.simple_value for e in trackers.tb_events(folder) for v in e.summary.value if v.tag == tag}
+
+
 def tb_texts(folder, tag="provenance"):
     """The text summaries `tag` of a TensorBoard run folder, oldest first."""
     return [v.tensor.string_val[0].decode() for e in trackers.tb_events(folder) for v in e.summary.value
             if v.tag.startswith(tag + "/")]
+
+
+def store_curve(store_dir, trial_id):
+    """{epoch: the trial's val_emoval}, as the trackers log it, from the store's per-epoch history:
+    the mean validation emoval of the folds that ran that epoch (diverged ones left out)."""
+    from prmf import store
+    epochs = store.read_epochs(store_dir)
+    rows = epochs[(epochs.trial_id == trial_id) & np.isfinite(epochs.val_emoval)]
+    return rows.groupby("epoch").val_emoval.mean().to_dict()

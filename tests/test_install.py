@@ -1,6 +1,7 @@
 """The installed tool: console commands and imports that work from any folder (Ray's workers import
 the installed package, not the checkout), and a wheel that runs a sweep and the Slurm launcher's check
 outside any checkout."""
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prmf import store
+from prmf import provenance, store
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,6 +69,12 @@ def test_a_wheel_in_a_fresh_venv_runs_a_sweep_and_the_table_outside_any_checkout
     run([fresh / "bin" / "prmf-grid", *SWEEP, "--grid", "grid.yaml", "--name", "w"], outside)
     df = store.read_results(outside / "runs" / "w")
     assert df.trial_id.nunique() == 2 and not df.duplicated(store.RESULT_KEY).any()
+    # no checkout around the installed code: the version installed, the commit the wheel was built from
+    assert set(df.version) == {provenance.version()} and provenance.version() != "unknown"
+    assert set(df.commit) == {provenance.git_commit()} != {"unknown"}
+    record = json.loads((outside / "runs" / "w" / "provenance" / "run-000.json").read_text())
+    assert record["version"] == record["versions"]["prmf-sweep"] == provenance.version()
+    assert record["commit"] == provenance.git_commit().removesuffix("+dirty")
     table = run([fresh / "bin" / "prmf-best-results", "--result-dir", "runs"], outside).stdout
     assert "P-RMF V2 (VAE)" in table
 

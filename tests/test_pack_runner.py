@@ -15,7 +15,7 @@ from prmf.config import preset_config
 from sweeps import pack_runner, plan, trackers
 from sweeps.definition import Point, RunSettings, Sweep
 
-from helpers import tb_steps, tb_texts, wandb_runs
+from helpers import store_curve, tb_steps, tb_texts, wandb_runs
 
 try:
     from mlflow.tracking import MlflowClient
@@ -191,6 +191,31 @@ def test_a_killed_pack_continues_each_trials_runs_in_every_tracker_without_a_ste
         texts = tb_texts(folder)
         assert len(texts) == 2 and "commit: c0ffee" in texts[-1] and record in texts[-1]
     assert trackers.sync(pack["trials"], {s["trial_id"] for s in pack["trials"]}) == 0  # all ended: nothing to fill in
+
+
+def test_epochs_a_kill_took_from_wandb_and_tensorboard_are_logged_again_once(tmp_path, tiny_data, monkeypatch):
+    # W&B and TensorBoard write from a process or thread of their own: a kill may take epochs they
+    # were handed with it. Here both lose epochs 2-3 of the killed run; the pack resumes from its
+    # checkpoint at 2, so epoch 2 is not replayed: the trial's epoch log fills it in, epoch 3 comes
+    # from the replay
+    from wandb.sdk.wandb_run import Run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    pack, tracking = tracked_pack(tmp_path, tiny_data, n=1)
+    real_log, real_tb = Run.log, trackers._Tensorboard.log
+    monkeypatch.setattr(Run, "log", lambda self, data, step=None, **kw: real_log(self, data, step=step, **kw) if step < 2 else None)
+    monkeypatch.setattr(trackers._Tensorboard, "log", lambda self, step, values: real_tb(self, step, values) if step < 2 else None)
+    first = MemoryReporter(stop_after=3)
+    with pytest.raises(Killed):
+        pack_runner.run(pack, tiny_data, first)
+    monkeypatch.undo()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    pack_runner.run(pack, tiny_data, MemoryReporter(checkpoint=first.checkpoint))
+    (spec,) = pack["trials"]
+    killed, resumed = wandb_runs(tmp_path / "wandb")[trackers.wandb_id(spec)]
+    assert [s for s, _ in killed[4]] == [1] and [s for s, _ in resumed[4]] == [2, 3, 4]
+    curve = store_curve(tmp_path, spec["trial_id"])
+    assert dict(killed[4] + resumed[4]) == pytest.approx(curve, rel=1e-12)
+    assert tb_steps(tmp_path / "tensorboard" / spec["trial_id"]) == [1, 2, 3, 4]
 
 
 def test_a_driver_killed_while_ending_a_run_leaves_it_for_the_next_fill_in(tmp_path, tiny_data, monkeypatch):

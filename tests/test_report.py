@@ -258,3 +258,52 @@ def test_a_corrupt_parquet_skips_only_itself(sweep, tmp_path):
     results, epochs, _ = report.load(d, warn=warnings.append)
     assert results.trial_id.nunique() == 4 and epochs.trial_id.nunique() == 4
     assert len(warnings) == 2 and all("zz.parquet" in w for w in warnings)
+
+
+# ---------------------------------------------------------------- a large grid's report
+
+def test_grid_points_are_in_numeric_order_not_string_order():
+    import pandas as pd
+    rows = pd.DataFrame({"experiment": "Exp4", "fusion_temperature": [2.0, 10.0, 0.5], "kl_weight": 0.01})
+    _, groups, _ = report_stats.add_groups(rows)
+    assert groups == ["Exp4 fusion_temperature=0.5", "Exp4 fusion_temperature=2", "Exp4 fusion_temperature=10"]
+
+
+def test_many_points_get_small_multiples_and_page_sized_figures(tmp_path):
+    from analysis import plots
+    import pandas as pd
+    groups = [f"Exp4 kl_weight={kl:g} recon_weight={r:g} fusion_temperature={t:g}"
+              for kl in (0.005, 0.01, 0.02) for r in (0.05, 0.1, 0.15) for t in (0.5, 0.8, 1.0)]
+    epochs = np.arange(1, 16)
+    curves = {g: (epochs, np.log(epochs) * (1 + 0.01 * i)) for i, g in enumerate(groups)}
+    fig = plots.small_multiples({g: [("val emoval", *c)] for g, c in curves.items()}, "epoch", "val emoval", "t")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles[:2] == ["kl_weight=0.005\nrecon_weight=0.05\nfusion_temperature=0.5",  # one panel per point, in order
+                          "kl_weight=0.005\nrecon_weight=0.05\nfusion_temperature=0.8"] and len(titles) == 27
+    assert not fig.legends and all(ax.get_legend() is None for ax in fig.axes)  # titles name the points, no legend
+    page = (8.5 * plots.DPI, 11 * plots.DPI)  # pixels of a page at the report's resolution
+    check = [plots.learning_curves(curves, tmp_path / "lc.png")]
+    scenarios = ["all", "-a", "-t", "-v", "-a-t", "-a-v", "-t-v", "noise:0.5", "noise:1", "noise:2"]
+    table = pd.DataFrame(np.linspace(0.2, 0.5, 27 * 10).reshape(27, 10), index=groups, columns=scenarios)
+    matrices = plots.robustness_matrix([(s, table) for s in ("test1", "test2", "test3")], tmp_path / "robustness_matrix.png")
+    assert [p.name for p in matrices] == [f"robustness_matrix_{s}.png" for s in ("test1", "test2", "test3")]
+    noise = [(s, {g: ([0.0, 0.5, 1.0], [0.5, 0.4, 0.3], [0.01] * 3) for g in groups}) for s in ("test1", "test2")]
+    check += matrices + [plots.noise_curves(noise, tmp_path / "noise.png")]
+    for path in check:
+        height, width = matplotlib.image.imread(path).shape[:2]
+        assert width <= page[0] and height <= page[1], (path.name, width, height)
+        check_png(path)
+
+
+def test_holm_adjusts_the_p_values_of_many_points_against_one():
+    import pandas as pd
+    assert report_stats.holm([0.01, 0.04, 0.03, float("nan")]).tolist()[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert np.isnan(report_stats.holm([0.01, float("nan")])[1])
+    rng = np.random.default_rng(0)
+    folds = pd.DataFrame([{"group": g, "split": "cv", "seed": s, "fold": f, "acc": 0.5 + 0.01 * i + rng.normal(0, 0.02),
+                           "f1": 0.5 + rng.normal(0, 0.02), "n_train": 80, "n_test": 20}
+                          for i, g in enumerate("ABCD") for s in range(2) for f in range(5)])
+    diffs = report_stats.compare(folds, "A")
+    raw = diffs.acc_p.to_numpy()
+    assert diffs.acc_p_holm.tolist() == pytest.approx(report_stats.holm(raw).tolist())
+    assert (diffs.acc_p_holm >= diffs.acc_p).all() and diffs.acc_p_holm.max() <= 1

@@ -14,7 +14,7 @@ from prmf.config import ConfigError
 from sweeps import grid as grid_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import REPO, TINY, sweep  # noqa: E402
+from helpers import REPO, TINY, store_curve, sweep  # noqa: E402
 
 SPACE = """base: Exp1
 grid:
@@ -78,15 +78,27 @@ def checkpointed(root):
     return set(markers)
 
 
-def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_path, data_dir, mlflow_server):
-    """Also: each trial one MLflow run, the interrupted one continued (no step logged twice)."""
+def test_the_study_on_postgresql_has_one_trial_per_point_pruned_ones_pruned(tmp_path, postgres_url, monkeypatch):
+    """The searcher's two runs of test_search_study, the study in a real PostgreSQL (--optuna-storage)."""
+    pytest.importorskip("optuna")
+    from test_search_study import check_study, run_and_resume
+    check_study(*run_and_resume(tmp_path, postgres_url, monkeypatch))
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_path, data_dir, mlflow_server, db, request):
+    """Also: `--quick`; one Optuna trial per point, ended as stored; each trial one MLflow run, the
+    interrupted one continued (no step logged twice). The study in the sweep folder's SQLite file, or
+    in a PostgreSQL server (--optuna-storage)."""
     optuna = pytest.importorskip("optuna")
     mlflow = pytest.importorskip("mlflow")
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     n = 3
-    args = ["--grid", str(space), "--search", "optuna", "--num-samples", str(n), "--epochs", "6", "--grace-period", "2",
-            "--folds", "2", "--checkpoint-every", "1", "--cpus-per-trial", "2", "--storage", str(tmp_path), "--name", "opt", "--mlflow", mlflow_server]
+    url = request.getfixturevalue("postgres_url") if db == "postgresql" else f"sqlite:///{tmp_path / 'opt' / 'optuna.db'}"
+    args = ["--grid", str(space), "--search", "optuna", "--num-samples", str(n), "--quick", "--epochs", "6", "--grace-period", "2",
+            "--folds", "2", "--checkpoint-every", "1", "--cpus-per-trial", "2", "--storage", str(tmp_path), "--name", "opt", "--mlflow", mlflow_server,
+            *(["--optuna-storage", url] if db == "postgresql" else [])]
     root = tmp_path / "opt"
     log = tmp_path / "first.log"
     with open(log, "w") as out:
@@ -120,17 +132,23 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
     assert not epochs.duplicated(["trial_id", "fold", "epoch"]).any()
     assert not checkpointed(root)  # Tune's checkpoints of finished packs removed
 
-    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{root / 'optuna.db'}")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    for t in complete:  # what the study learnt is the stored result, as the results table has it
-        assert t.value == pytest.approx(store.trial_result(root, recorded_id(root, t.params)), abs=1e-12)
+    study = optuna.load_study(study_name="opt", storage=url)
+    state = optuna.trial.TrialState
+    assert len(study.trials) == n  # one trial per point: the interrupted one resumed in place
+    status = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")].set_index("trial_id").status
+    for t in study.trials:  # ended as stored, every epoch it ran reported once
+        tid = recorded_id(root, t.params)
+        assert t.state == {"finished": state.COMPLETE, "pruned": state.PRUNED}[status[tid]]
+        assert sorted(t.intermediate_values) == sorted(store_curve(root, tid))
+        assert t.intermediate_values == pytest.approx(store_curve(root, tid), rel=1e-9)
+        if t.state == state.COMPLETE:  # what the study learnt is the stored result, as the results table has it
+            assert t.value == pytest.approx(store.trial_result(root, tid), abs=1e-12)
     first_line = next(line for line in log.read_text().splitlines() if line.startswith("sweep opt:"))
     assert first_line.startswith(f"sweep opt: {n} trials ({n} points proposed one at a time x 1 seeds x 2 folds)")
     assert "ETA 23:" not in log.read_text() + again.stderr  # the ETA never wraps below zero
     recorded = {json.dumps(json.loads(p.read_text())["values"], sort_keys=True): p.stem for p in (root / "search").glob("*.json")}
     assert sorted(recorded.values()) == sorted(df.trial_id.unique())  # every proposed point stored, once
-    assert sorted(recorded[json.dumps(t.params, sort_keys=True)] for t in complete) == sorted(df.trial_id.unique())
-    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+    assert sorted(recorded[json.dumps(t.params, sort_keys=True)] for t in study.trials) == sorted(df.trial_id.unique())
 
     client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("opt").experiment_id])
@@ -146,4 +164,4 @@ def test_optuna_search_with_asha_killed_and_resumed_runs_exactly_n_trials(tmp_pa
 
     rerun = sweep("grid.py", *args)  # a finished search: nothing to propose, nothing run
     assert "3 already done" in rerun.stderr or len(list((root / "results").glob("*.parquet"))) == n
-    assert len(optuna.load_study(study_name="opt", storage=f"sqlite:///{root / 'optuna.db'}").trials) == len(study.trials)
+    assert len(optuna.load_study(study_name="opt", storage=url).trials) == n

@@ -172,3 +172,31 @@ def test_a_store_says_its_version_and_a_newer_one_or_no_store_is_refused(tmp_pat
         store.read_results(tmp_path)
     with pytest.raises(store.StoreError, match="no result store here"):
         store.read_results(tmp_path / "nothing")
+
+
+def test_stores_of_different_versions_read_as_one_table_as_the_docs_say(tmp_path, tiny_data, trial):
+    """A store written before some columns existed beside today's: read_results over a glob, and the
+    docs' DuckDB and polars queries on a glob of stores, all union the columns by name."""
+    import pyarrow.parquet as pq
+    cfg, result = trial
+    new = write(tmp_path / "runs" / "new", tiny_data, cfg, result)
+    write(tmp_path / "runs" / "old", tiny_data, cfg, result, tid="Exp2-s0-old")
+    part = tmp_path / "runs" / "old" / "results" / "Exp2-s0-old.parquet"
+    t = pq.read_table(part)  # as written before `version` and `commit` were columns
+    pq.write_table(t.drop_columns(["version", "commit"]).replace_schema_metadata(t.schema.metadata), part)
+    (tmp_path / "runs" / "notes").mkdir()  # a folder that is no store: the glob passes it by
+    df = store.read_results(tmp_path / "runs" / "*")
+    assert len(df) == 2 * len(new) and set(df.columns) == set(new.columns)
+    old = df.trial_id == "Exp2-s0-old"
+    assert df.version[old].isna().all() and (df.version[~old] == new.version.iloc[0]).all()
+    assert len(store.read_results(tmp_path / "runs" / "new", tmp_path / "runs" / "old")) == len(df)
+    files = str(tmp_path / "runs" / "*" / "results" / "*.parquet")
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(f"SELECT trial_id, version FROM read_parquet('{files}', union_by_name = true)").df()
+    assert len(rows) == len(df) and rows.version.isna().sum() == old.sum()
+    pl = pytest.importorskip("polars")
+    import glob
+    frame = pl.concat([pl.scan_parquet(f) for f in glob.glob(files)], how="diagonal_relaxed").collect()
+    assert frame.height == len(df) and set(frame.columns) == set(df.columns)
+    with pytest.raises(store.StoreError, match="no result store matches"):
+        store.read_results(tmp_path / "elsewhere" / "*")
