@@ -28,13 +28,12 @@ import torch  # noqa: E402
 
 from cluster.address import grpc_problem, resolve_address  # noqa: E402
 from prmf import provenance, records, store  # noqa: E402
+from prmf.compat import LATER_SETTINGS  # noqa: E402
 from prmf.config import ConfigError, for_data, stable_dict  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.precision import check as check_precision  # noqa: E402
 from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, trackers  # noqa: E402
 from sweeps.definition import DEFAULT_STORAGE, SweepError, parse_pack  # noqa: E402
-
-LATER_SETTINGS = {"pack": "auto"}  # settings added since sweeps began to record them: their default matches
 
 
 def run(sweep) -> int:
@@ -316,7 +315,7 @@ def summary(results):
     if results is None or results.empty:
         return
     stopped = results["status"].isin(records.NOT_COUNTED)
-    folds = results[~stopped & ~results.is_aggregate & (results.scenario == "clean")]
+    folds = store.clean_rows(results[~stopped], aggregate=False)
     if not folds.empty:
         stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"]).fillna(0.0)
         table = stats.apply(lambda r: f"{r['mean']:.4f} ± {r['std']:.4f}", axis=1).unstack("split")

@@ -74,7 +74,7 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None) -> l
         for seed in range(run.seeds):
             tid = records.trial_id(p.tag or p.label, p.cfg, seed, data)
             old = records.trial_id(p.tag or p.label, p.cfg, seed)  # before the data set was in the id
-            if (root / "results" / f"{old}.parquet").exists():
+            if store.is_stored(root, old):
                 tid = old  # a sweep started before: its trials keep their ids, nothing is trained twice
             specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
                           "cfg": p.cfg.to_dict(), "sweep": name, "store": str(root), "folds": run.folds,

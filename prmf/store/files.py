@@ -5,12 +5,14 @@ Layout of a store directory (one per sweep, or per `python -m prmf.train --out D
     DIR/results/{trial_id}.parquet   one row per (fold-or-aggregate, split, scenario) of one trial
     DIR/epochs/{trial_id}.parquet    per-epoch history of that trial (one row per fold and epoch)
     DIR/predictions/{trial_id}/{split}_features:..._model:...+utt+None_f1:..._acc:..._val:..._{ts}.npz
+    DIR/index/{results,epochs}.parquet   the per-trial files compacted, kept in step by the readers
 
 A trial (one config x one seed) owns exactly one file in each table, named by its id, so a
 trial written twice (a resumed sweep replaying its end) replaces its rows instead of doubling
 them, and many workers on a shared filesystem never write the same file. Every file is written
 to a temporary name and renamed, so a killed writer leaves no half file; the results file is
-written last and marks the trial complete.
+written last and marks the trial complete. The index is only a cache of those files
+(prmf/store/table.py): deleted, it is rebuilt.
 """
 import json
 import os
@@ -24,17 +26,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# The store's schema (docs/SCHEMA.md); its version is in every Parquet file's metadata, and the
-# readers bring files of every earlier version to this one (upgrade_results / upgrade_epochs).
-#   1: aggregate rows had fold = -1; a robustness scenario 'all' repeated the clean rows; the epoch
-#      history's validation MSE was `val_val_mse` and it had no sweep or experiment.
-#   2: an `is_aggregate` column (fold is null there); no 'all' rows; `val_mse`; sweep and experiment.
-#   3: fidelity 'published' (the new default); the former default 'seeds_code' reads as 'design_plan'
-#      (what it trained: 000's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
-#   4: the config key `precision`; rows written before it ran in fp32.
-SCHEMA_VERSION = 4
-# What the config keys added in schema 3 were for every row written before them (docs/FIDELITY.md).
-BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
+from ..compat import SCHEMA_VERSION, upgrade_epochs, upgrade_results
+
+# The store's schema (docs/SCHEMA.md); its version (prmf.compat) is in every Parquet file's metadata,
+# and the readers bring files of every earlier version to this one.
 SCHEMA_KEY = b"prmf_schema_version"
 RESULT_KEY = ["trial_id", "experiment", "seed", "is_aggregate", "fold", "split", "scenario"]  # identical presets share a trial
 
@@ -93,7 +88,7 @@ def write_trial(store_dir, trial_id, results: pd.DataFrame, epochs: pd.DataFrame
     `predictions` maps an NPZ file name to a dict of plain arrays (no objects: loads without pickle).
     """
     store = Path(store_dir)
-    pred_dir = store / "predictions" / trial_id
+    pred_dir = predictions_dir(store, trial_id)
     store.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=store, prefix=f".pred-{trial_id}."))
     try:
@@ -110,59 +105,49 @@ def write_trial(store_dir, trial_id, results: pd.DataFrame, epochs: pd.DataFrame
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
-    write_table(store / "epochs" / f"{trial_id}.parquet", epochs)
-    write_table(store / "results" / f"{trial_id}.parquet", results)
+    write_table(trial_path(store, trial_id, "epochs"), epochs)
+    write_table(trial_path(store, trial_id), results)
 
 
-def completed_trials(store_dir):
+def trial_path(store_dir, trial_id, table="results") -> Path:
+    """The file of one trial in a table (`results` or `epochs`); the results file marks it stored."""
+    return Path(store_dir) / table / f"{trial_id}.parquet"
+
+
+def predictions_dir(store_dir, trial_id) -> Path:
+    return Path(store_dir) / "predictions" / trial_id
+
+
+def is_stored(store_dir, trial_id) -> bool:
+    """Whether a trial's work is done (its results file exists: finished, pruned or diverged)."""
+    return trial_path(store_dir, trial_id).exists()
+
+
+def table_files(store_dir, table="results") -> dict:
+    """{trial id: (inode, size, mtime_ns)} of a table's files (one directory listing, no reads);
+    a writer's temporary files (.NAME.tmp) are not part of it."""
+    try:
+        entries = list(os.scandir(Path(store_dir) / table))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    out = {}
+    for e in entries:
+        if e.name.endswith(".parquet") and not e.name.startswith("."):
+            try:
+                st = e.stat()
+            except FileNotFoundError:  # replaced or removed while listed
+                continue
+            out[e.name[:-len(".parquet")]] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def completed_trials(store_dir) -> set:
     """Ids of the trials whose results file exists (so whose work is done)."""
-    d = Path(store_dir) / "results"
-    return {p.stem for p in d.glob("*.parquet")} if d.is_dir() else set()
+    return set(table_files(store_dir))
 
 
-def trial_result(store_dir, trial_id):
-    """A stored trial's result, the number a search maximises: its aggregate clean cv emoval (the
-    mean over folds of each fold's best-epoch validation emoval); None while it is not stored, or
-    when it has none (diverged)."""
-    path = Path(store_dir) / "results" / f"{trial_id}.parquet"
-    if not path.exists():
-        return None
-    df = read_part(path)
-    row = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")]
-    value = float(row.emoval.iloc[0]) if len(row) else float("nan")
-    return value if np.isfinite(value) else None
-
-
-def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
-    """Result rows of schema `version` as this version's."""
-    if version < 2 and "fold" in df:
-        df = df[df.get("scenario", pd.Series("", index=df.index)) != "all"].copy()  # 'all' repeated clean
-        df.insert(df.columns.get_loc("fold"), "is_aggregate", df["fold"] == -1)
-        df["fold"] = df["fold"].astype("Int64").mask(df["is_aggregate"])
-    if version < 3:
-        df = df.copy()
-        # trained with the design plan's modality dropout (the default then), never the published file's
-        df["fidelity"] = df["fidelity"].replace({"seeds_code": "design_plan"}) if "fidelity" in df else "design_plan"
-        for key, value in BEFORE_V3.items():
-            if key not in df:
-                df[key] = value
-    if version < 4 and "precision" not in df:
-        df = df.assign(precision="fp32")  # every run before the key was fp32
-    return df
-
-
-def upgrade_epochs(df: pd.DataFrame, version: int) -> pd.DataFrame:
-    """Epoch rows of schema `version` as this version's."""
-    if version < 2:
-        df = df.rename(columns={"val_val_mse": "val_mse"})
-        for i, col in enumerate(("sweep", "experiment")):
-            if col not in df:
-                df.insert(i, col, None)
-    return df
-
-
-def read_part(path: Path, table="results") -> pd.DataFrame:
-    """One Parquet file of a store (`results` or `epochs`), brought to this schema version."""
+def read_file(path: Path, table="results") -> tuple:
+    """(Arrow table, schema version) of one file of a store; StoreError if unreadable or newer."""
     try:
         t = pq.read_table(path)
     except Exception as e:  # a corrupt part names itself; the caller decides to stop or skip
@@ -170,27 +155,18 @@ def read_part(path: Path, table="results") -> pd.DataFrame:
     version = int((t.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path}: written by a newer prmf-sweep (schema {version} > {SCHEMA_VERSION}); update it")
-    return (upgrade_results if table == "results" else upgrade_epochs)(t.to_pandas(), version)
+    return t, version
 
 
-def _read_parts(store_dir, table: str) -> pd.DataFrame:
-    store = Path(store_dir)
-    if not is_store(store):
-        raise StoreError(f"{store}: no result store here (no results/ folder)")
-    frames = [read_part(p, table) for p in sorted((store / table).glob("*.parquet"))]
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def upgrade(df: pd.DataFrame, version: int, table="results") -> pd.DataFrame:
+    """Rows of a `table` of schema `version` as this version's (prmf.compat)."""
+    return (upgrade_results if table == "results" else upgrade_epochs)(df, version)
 
 
-def read_results(store_dir) -> pd.DataFrame:
-    """All result rows of a store as one DataFrame, at this schema version (StoreError if DIR holds
-    no store; an empty frame if it holds no finished trial yet)."""
-    return _read_parts(store_dir, "results")
-
-
-def read_epochs(store_dir) -> pd.DataFrame:
-    """The per-epoch history of every trial of a store, at this schema version."""
-    return _read_parts(store_dir, "epochs")
+def read_part(path: Path, table="results") -> pd.DataFrame:
+    """One Parquet file of a store (`results` or `epochs`), brought to this schema version."""
+    t, version = read_file(path, table)
+    return upgrade(t.to_pandas(), version, table)
 
 
 def is_store(path) -> bool:

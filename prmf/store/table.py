@@ -1,0 +1,176 @@
+"""Reading a store's tables whole: the per-trial files folded into one compacted file per table
+(DIR/index/{table}.parquet), kept in step by whoever reads, so a sweep of 10,000 trials reads in
+one file instead of 10,000.
+
+The per-trial files are the truth; the index is a cache of them at this schema version. It names
+the files it holds with their (inode, size, mtime); a read lists the table's folder (no file
+opened), drops the rows of files gone or changed, reads the new ones (grouped by schema version,
+each group upgraded once) and, if anything changed, writes the index again atomically (a reader
+that cannot write there only skips that). A file modified within RACY_NS of the index being built
+is not trusted to it (its mtime could repeat), so it is read again next time. A missing, damaged
+or older index is rebuilt.
+"""
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..compat import SCHEMA_VERSION
+from .files import (SCHEMA_KEY, StoreError, atomic_write, is_store, read_file, read_part, table_files,
+                    trial_path, upgrade)
+
+INDEX_KEY = b"prmf_index"  # the index's metadata: {trial id: [inode, size, mtime_ns]} of the files in it
+FILE = "_file"  # the index's column naming each row's file (its trial id)
+RACY_NS = 2 * 10 ** 9
+
+
+def index_path(store_dir, table="results") -> Path:
+    return Path(store_dir) / "index" / f"{table}.parquet"
+
+
+def clean_rows(df: pd.DataFrame, aggregate=True) -> pd.DataFrame:
+    """The clean-scenario rows of result rows: the fold aggregates (default) or the per-fold rows."""
+    if df.empty:
+        return df
+    return df[(df["is_aggregate"] if aggregate else ~df["is_aggregate"]) & (df["scenario"] == "clean")]
+
+
+CLEAN_AGGREGATE = [("is_aggregate", "==", True), ("scenario", "==", "clean")]  # clean_rows as a reader's filter
+
+
+def _manifest(path: Path):
+    """The index's {file: [inode, size, mtime_ns]}, or None when it is missing, damaged or of another version."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        if int(meta.get(SCHEMA_KEY, b"0")) != SCHEMA_VERSION:
+            return None
+        return {k: tuple(v) for k, v in json.loads(meta[INDEX_KEY]).items()}
+    except Exception:  # absent or unreadable: rebuilt from the files
+        return None
+
+
+def _concat(tables: list):
+    tables = [t for t in tables if t is not None and t.num_rows]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def _read_new(store, table, names, warn):
+    """The rows of `names` as one Arrow table at this schema version (an index column FILE added),
+    files of one older version upgraded together; (table or None, names read)."""
+    by_version, read = {}, []
+    for name in names:
+        path = trial_path(store, name, table)
+        try:
+            t, version = read_file(path, table)
+        except StoreError as e:
+            if not path.exists():  # removed since the listing
+                continue
+            if warn is None:
+                raise
+            warn(f"skipped {e}")
+            continue
+        by_version.setdefault(version, []).append(t.append_column(FILE, pa.array([name] * t.num_rows, pa.string())))
+        read.append(name)
+    out = []
+    for version, tables in sorted(by_version.items()):
+        t = _concat(tables)
+        if t is not None and version < SCHEMA_VERSION:  # once per version, not per file
+            t = pa.Table.from_pandas(upgrade(t.to_pandas(), version, table), preserve_index=False)
+        out.append(t)
+    return _concat(out), read
+
+
+def _write_index(path, t, manifest):
+    meta = {**(t.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION).encode(),
+            INDEX_KEY: json.dumps(manifest).encode()}
+    try:
+        atomic_write(path, lambda tmp: pq.write_table(t.replace_schema_metadata(meta), tmp))
+    except OSError:
+        pass  # a store this reader may not write (a teammate's): the files stay the truth
+
+
+def refresh(store_dir, table="results", warn=None):
+    """Bring the index of `table` in step with its files; the whole table (Arrow, FILE column
+    included) when it had to change, else None (the index on disk is current)."""
+    store, path = Path(store_dir), index_path(store_dir, table)
+    files = table_files(store, table)
+    manifest = _manifest(path)
+    if manifest is not None and manifest == {f: files[f] for f in manifest if f in files} \
+            and len(manifest) == len(files):
+        return None
+    started = time.time_ns()
+    keep = {f for f, stat in (manifest or {}).items() if files.get(f) == stat}
+    new, read = _read_new(store, table, sorted(set(files) - keep), warn)
+    old = None
+    if keep:
+        old = pq.read_table(path)
+        old = old.filter(pc.is_in(old[FILE], value_set=pa.array(sorted(keep), pa.string())))
+    full = _concat([old, new])
+    trusted = {f: files[f] for f in keep | set(read) if files[f][2] < started - RACY_NS}
+    if full is not None and trusted != manifest:
+        _write_index(path, full, trusted)
+    elif full is None and manifest:
+        path.unlink(missing_ok=True)  # every trial of the index is gone
+    return full if full is not None else pa.table({FILE: pa.array([], pa.string())})
+
+
+def read_table(store_dir, table="results", columns=None, filters=None, warn=None) -> pd.DataFrame:
+    """All rows of a store's `table` (results or epochs) at this schema version, through its index:
+    only `columns` (None: all) of the rows `filters` keeps (pyarrow's [(column, op, value)], e.g.
+    CLEAN_AGGREGATE). An unreadable or newer file raises StoreError, or with `warn` is skipped
+    with a warning naming it. StoreError if DIR holds no store; an empty frame if no trial is stored."""
+    if not is_store(store_dir):
+        raise StoreError(f"{store_dir}: no result store here (no results/ folder)")
+    full = refresh(store_dir, table, warn)
+    names = full.schema.names if full is not None else pq.read_schema(index_path(store_dir, table)).names
+    if filters and not {f[0] for f in filters} <= set(names):
+        return pd.DataFrame()  # rows without the filter's columns: none can match
+    keep = [c for c in (columns if columns is not None else names) if c in names and c != FILE]
+    if full is None:  # the projection and the filter pushed into the Parquet reader
+        t = pq.read_table(index_path(store_dir, table), columns=keep, filters=filters)
+    else:
+        t = full.filter(pq.filters_to_expression(filters)) if filters and full.num_rows else full
+        t = t.select(keep)
+    return t.to_pandas() if t.num_columns and t.num_rows else pd.DataFrame()
+
+
+def read_results(store_dir, columns=None, filters=None, warn=None) -> pd.DataFrame:
+    """The result rows of a store (read_table of `results`)."""
+    return read_table(store_dir, "results", columns, filters, warn)
+
+
+def read_epochs(store_dir, columns=None, warn=None) -> pd.DataFrame:
+    """The per-epoch history of every trial of a store (read_table of `epochs`)."""
+    return read_table(store_dir, "epochs", columns, None, warn)
+
+
+def read_trial(store_dir, trial_id, table="results") -> pd.DataFrame:
+    """One trial's rows at this schema version (its file alone); an empty frame while it is not stored."""
+    path = trial_path(store_dir, trial_id, table)
+    try:
+        return read_part(path, table)
+    except StoreError:
+        if not path.exists():
+            return pd.DataFrame()
+        raise
+
+
+def trial_result(store_dir, trial_id):
+    """A stored trial's result, the number a search maximises: its aggregate clean cv emoval (the
+    mean over folds of each fold's best-epoch validation emoval); None while it is not stored, or
+    when it has none (diverged)."""
+    return cv_emoval(read_trial(store_dir, trial_id))
+
+
+def cv_emoval(rows: pd.DataFrame):
+    """The aggregate clean cv emoval of one trial's result rows; None if none or not finite."""
+    rows = clean_rows(rows)
+    rows = rows[rows["split"] == "cv"] if not rows.empty else rows
+    value = float(rows["emoval"].iloc[0]) if len(rows) else float("nan")
+    return value if value == value and abs(value) != float("inf") else None
