@@ -152,7 +152,8 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
 def _finish(sweep, root, specs, ctx) -> int:
     """After the run (or with nothing to run): old checkpoints removed, trackers filled in, the
     summary, and exit status 1 if a trial did not finish."""
-    results = store.read_results(root) if store.is_store(root) else None  # None: no trial finished yet
+    results = (store.read_results(root, SUMMARY_COLUMNS, [("scenario", "==", "clean")]) if store.is_store(root)
+               else None)  # None: no trial finished yet; reading also brings the store's index in step
     done = store.completed_trials(root)
     saved = root / "packs.json"
     checkpoints.remove_finished(root, json.loads(saved.read_text()) if saved.exists() else {}, done)
@@ -307,6 +308,10 @@ def _check_cuda_on_workers(gpus_per_trial):
 def _ray_resource(name, default):
     import ray
     return ray.cluster_resources().get(name, default)
+
+
+SUMMARY_COLUMNS = ["trial_id", "experiment", "model", "seed", "is_aggregate", "split", "scenario", "acc", "status",
+                   "diverged_epoch", "dataset"]
 
 
 def summary(results):

@@ -9,7 +9,7 @@ import time
 
 from prmf import store
 from sweeps import checkpoints, pack_runner, trackers
-from sweeps.plan import pack_config, pack_id, solo_pack
+from sweeps.plan import load_pack, pack_id, solo_pack, write_packs
 
 
 class TuneReporter:
@@ -30,10 +30,14 @@ class TuneReporter:
         checkpoints.report(metrics, engine, wall_time_s, self.pack["id"])  # Tune keeps the checkpoint
 
 
-def trainable(config, data=None):
-    """Tune function trainable: one pack (a grid's) or one trial (a search's proposal)."""
-    pack = config.get("pack") or solo_pack(config["trial"])
+def trainable(config, data=None, root=None):
+    """Tune function trainable: one pack (a grid's, by its id: plan.write_packs) or one trial (a
+    search's proposal)."""
+    pack = load_pack(root, config["pack"]) if "pack" in config else solo_pack(config["trial"])
     pack_runner.run(pack, data, TuneReporter(pack))
+
+
+INDEX_EVERY = 100  # the least number of newly stored trials the progress line folds into the store's index
 
 
 class Progress:
@@ -66,7 +70,7 @@ class Progress:
 
         self.callback = _Callback()
         self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
-        self.epochs, self.best, self.errors, self.results = {}, -math.inf, [], {}
+        self.epochs, self.best, self.errors, self.indexed = {}, -math.inf, [], 0
         self.t0, self.last = time.time(), 0.0
         self.tty = sys.stderr.isatty()
 
@@ -95,13 +99,20 @@ class Progress:
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def stored_best(self) -> int:
-        """Bring `best` up to the stored trials' results (each file read once); how many are stored."""
-        stored = store.completed_trials(self.root)
-        for tid in stored - set(self.results):
-            self.results[tid] = store.trial_result(self.root, tid)
-            if self.results[tid] is not None and self.results[tid] > self.best:
-                self.best = self.results[tid]
-        return len(stored)
+        """How many trials are stored; at the first look, and whenever the stored trials have grown
+        by a quarter since, the store's index is brought in step (each new file read once, the
+        index rewritten: its cost stays proportional to the sweep) and `best` up to its results."""
+        n = len(store.completed_trials(self.root))
+        if n and (not self.indexed or n - self.indexed >= max(INDEX_EVERY, self.indexed // 4)):
+            self.index()
+            self.indexed = n
+        return n
+
+    def index(self):
+        rows = store.read_results(self.root, ["split", "scenario", "is_aggregate", "emoval"], store.CLEAN_AGGREGATE,
+                                  warn=lambda message: None)  # a damaged file: best_results and the report name it
+        cv = rows["emoval"][rows["split"] == "cv"].astype(float) if not rows.empty else []
+        self.best = max([self.best, *(v for v in cv if math.isfinite(v))])
 
 
 class _ResumeHint(logging.Filter):
@@ -142,11 +153,12 @@ def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_co
     (Ctrl-C, SIGUSR1): Tune stopped its trials and returned."""
     from ray import tune
     run = sweep.run
-    trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data), resources)
+    trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data, root=str(root)), resources)
+    write_packs(root, packs)
     run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
     tuner = tune.Tuner(
         trainable_,
-        param_space={} if search_config else {"pack": tune.grid_search([pack_config(pid, t) for pid, t in packs])},
+        param_space={} if search_config else {"pack": tune.grid_search([pid for pid, _ in packs])},
         tune_config=tune.TuneConfig(metric="val_emoval", mode="max", reuse_actors=True,
                                     **{"max_concurrent_trials": max_concurrent or None, **(search_config or {})}),
         run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,

@@ -149,7 +149,8 @@ def completed_trials(store_dir) -> set:
 def read_file(path: Path, table="results") -> tuple:
     """(Arrow table, schema version) of one file of a store; StoreError if unreadable or newer."""
     try:
-        t = pq.read_table(path)
+        with pq.ParquetFile(path) as f:  # half the cost of pq.read_table's dataset path, for one small file
+            t = f.read()
     except Exception as e:  # a corrupt part names itself; the caller decides to stop or skip
         raise StoreError(f"{path}: unreadable {table} file ({type(e).__name__}: {e})") from None
     version = int((t.schema.metadata or {}).get(SCHEMA_KEY, b"1"))

@@ -11,7 +11,9 @@ is not trusted to it (its mtime could repeat), so it is read again next time. A 
 or older index is rebuilt.
 """
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +28,7 @@ from .files import (SCHEMA_KEY, StoreError, atomic_write, is_store, read_file, r
 INDEX_KEY = b"prmf_index"  # the index's metadata: {trial id: [inode, size, mtime_ns]} of the files in it
 FILE = "_file"  # the index's column naming each row's file (its trial id)
 RACY_NS = 2 * 10 ** 9
+READERS = min(8, 2 * (os.cpu_count() or 1))  # threads reading new trial files
 
 
 def index_path(store_dir, table="results") -> Path:
@@ -63,27 +66,32 @@ def _concat(tables: list):
 def _read_new(store, table, names, warn):
     """The rows of `names` as one Arrow table at this schema version (an index column FILE added),
     files of one older version upgraded together; (table or None, names read)."""
-    by_version, read = {}, []
-    for name in names:
-        path = trial_path(store, name, table)
+    def read(name):
         try:
-            t, version = read_file(path, table)
+            return read_file(trial_path(store, name, table), table)
         except StoreError as e:
-            if not path.exists():  # removed since the listing
+            return e
+
+    by_version, done = {}, []
+    with ThreadPoolExecutor(READERS) as pool:  # Parquet decoding lets go of the GIL
+        for name, got in zip(names, pool.map(read, names)):
+            if isinstance(got, StoreError):
+                if not trial_path(store, name, table).exists():  # removed since the listing
+                    continue
+                if warn is None:
+                    raise got
+                warn(f"skipped {got}")
                 continue
-            if warn is None:
-                raise
-            warn(f"skipped {e}")
-            continue
-        by_version.setdefault(version, []).append(t.append_column(FILE, pa.array([name] * t.num_rows, pa.string())))
-        read.append(name)
+            t, version = got
+            by_version.setdefault(version, []).append(t.append_column(FILE, pa.array([name] * t.num_rows, pa.string())))
+            done.append(name)
     out = []
     for version, tables in sorted(by_version.items()):
         t = _concat(tables)
         if t is not None and version < SCHEMA_VERSION:  # once per version, not per file
             t = pa.Table.from_pandas(upgrade(t.to_pandas(), version, table), preserve_index=False)
         out.append(t)
-    return _concat(out), read
+    return _concat(out), done
 
 
 def _write_index(path, t, manifest):
@@ -106,11 +114,14 @@ def refresh(store_dir, table="results", warn=None):
         return None
     started = time.time_ns()
     keep = {f for f, stat in (manifest or {}).items() if files.get(f) == stat}
-    new, read = _read_new(store, table, sorted(set(files) - keep), warn)
     old = None
     if keep:
-        old = pq.read_table(path)
-        old = old.filter(pc.is_in(old[FILE], value_set=pa.array(sorted(keep), pa.string())))
+        try:
+            old = pq.read_table(path)
+            old = old.filter(pc.is_in(old[FILE], value_set=pa.array(sorted(keep), pa.string())))
+        except Exception:  # damaged past its metadata: rebuilt from the files
+            old, keep = None, set()
+    new, read = _read_new(store, table, sorted(set(files) - keep), warn)
     full = _concat([old, new])
     trusted = {f: files[f] for f in keep | set(read) if files[f][2] < started - RACY_NS}
     if full is not None and trusted != manifest:
