@@ -1,6 +1,7 @@
 """What an older prmf-sweep meant: every rule that lets today's code read and resume what earlier
 versions wrote, each written once. Adding a config key after results exist is one line in
-LATER_KEYS (the store's schema version follows from it); nothing else here imports the project.
+LATER_KEYS (a result column that is not a config key: LATER_COLUMNS; the store's schema version
+follows from them); nothing here imports the project.
 
 Users: prmf.config (trial ids), prmf.store (reading old Parquet files), prmf.engine (checkpoints),
 sweeps.driver (a sweep folder's recorded settings).
@@ -16,6 +17,8 @@ LATER_KEYS = {
     "modality_dropout_z": (True, 3),
     "precision": ("fp32", 4),
 }
+# Result columns added later that are not config keys: (what earlier rows read as, the schema version).
+LATER_COLUMNS = {}
 # From this schema on, a key added later is left out of the trial id at its old value, so trials
 # stored before it keep their ids, checkpoints and sweep settings (keys of schema 3 changed ids).
 IDS_KEPT_FROM = 4
@@ -28,7 +31,7 @@ RENAMED = {"fidelity": {"seeds_code": "design_plan"}}
 #   3: fidelity 'published' became the default; the former default's name 'seeds_code' reads as
 #      'design_plan' (RENAMED) and the loop's keys appeared (LATER_KEYS).
 #   4: precision (LATER_KEYS).
-SCHEMA_VERSION = max([2] + [since for _, since in LATER_KEYS.values()])
+SCHEMA_VERSION = max([2] + [since for _, since in (*LATER_KEYS.values(), *LATER_COLUMNS.values())])
 # Sweep settings (sweep.json) added since sweeps began to record them: the value older sweeps ran with.
 LATER_SETTINGS = {"pack": "auto"}
 # The pack checkpoint's format; one of another version is not continued (the pack restarts).
@@ -54,7 +57,7 @@ def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
         df = df[df.get("scenario", pd.Series("", index=df.index)) != "all"].copy()  # 'all' repeated clean
         df.insert(df.columns.get_loc("fold"), "is_aggregate", df["fold"] == -1)
         df["fold"] = df["fold"].astype("Int64").mask(df["is_aggregate"])
-    later = {k: old for k, (old, since) in LATER_KEYS.items() if version < since}
+    later = {k: old for k, (old, since) in {**LATER_KEYS, **LATER_COLUMNS}.items() if version < since}
     if later:
         df = df.copy()
     for key, old in later.items():

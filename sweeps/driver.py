@@ -152,7 +152,7 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
 def _finish(sweep, root, specs, ctx) -> int:
     """After the run (or with nothing to run): old checkpoints removed, trackers filled in, the
     summary, and exit status 1 if a trial did not finish."""
-    results = (store.read_results(root, SUMMARY_COLUMNS, [("scenario", "==", "clean")]) if store.is_store(root)
+    results = (store.read_results(root, SUMMARY_COLUMNS, [("scenario", "==", "clean")], fold_in=0) if store.is_store(root)
                else None)  # None: no trial finished yet; reading also brings the store's index in step
     done = store.completed_trials(root)
     saved = root / "packs.json"

@@ -110,7 +110,7 @@ class Progress:
 
     def index(self):
         rows = store.read_results(self.root, ["split", "scenario", "is_aggregate", "emoval"], store.CLEAN_AGGREGATE,
-                                  warn=lambda message: None)  # a damaged file: best_results and the report name it
+                                  warn=lambda message: None, fold_in=0)  # a damaged file: best_results names it
         cv = rows["emoval"][rows["split"] == "cv"].astype(float) if not rows.empty else []
         self.best = max([self.best, *(v for v in cv if math.isfinite(v))])
 

@@ -197,6 +197,13 @@ def test_the_index_follows_the_trial_files_and_is_rebuilt_when_lost(tmp_path, mo
     store.trial_path(tmp_path, "t0").unlink()  # removed
     expect = {"t1": 0.9, "t2": 0.7, "t3": 0.8}
     assert store.read_results(tmp_path).groupby("trial_id").acc.max().to_dict() == expect
+    written = store.index_path(tmp_path).stat().st_mtime_ns
+    store.write_trial(tmp_path, "t4", rows("t4", 0.4), pd.DataFrame({"epoch": [1]}), {})  # a few new: read beside it
+    expect["t4"] = 0.4
+    assert store.read_results(tmp_path).groupby("trial_id").acc.max().to_dict() == expect
+    assert store.index_path(tmp_path).stat().st_mtime_ns == written
+    store.read_results(tmp_path, ["trial_id"], fold_in=0)  # a sweep's driver folds them in
+    assert store.index_path(tmp_path).stat().st_mtime_ns != written
 
     def no_file_reads(*a, **k):
         raise AssertionError("a trial file was read although the index is current")

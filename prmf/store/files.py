@@ -142,8 +142,12 @@ def table_files(store_dir, table="results") -> dict:
 
 
 def completed_trials(store_dir) -> set:
-    """Ids of the trials whose results file exists (so whose work is done)."""
-    return set(table_files(store_dir))
+    """Ids of the trials whose results file exists (so whose work is done): one listing, no stat."""
+    try:
+        names = os.listdir(Path(store_dir) / "results")
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {n[:-len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith(".")}
 
 
 def read_file(path: Path, table="results") -> tuple:

@@ -28,7 +28,9 @@ from .files import (SCHEMA_KEY, StoreError, atomic_write, is_store, read_file, r
 INDEX_KEY = b"prmf_index"  # the index's metadata: {trial id: [inode, size, mtime_ns]} of the files in it
 FILE = "_file"  # the index's column naming each row's file (its trial id)
 RACY_NS = 2 * 10 ** 9
-READERS = min(8, 2 * (os.cpu_count() or 1))  # threads reading new trial files
+READERS = min(4, 2 * (os.cpu_count() or 1))  # threads reading new trial files (more add memory, not speed, on 2 cores)
+BATCH = 256  # trial files joined into one table at a time
+FOLD_IN = 100  # trials stored since the index was written that a reader reads from their files, not rewriting it
 
 
 def index_path(store_dir, table="results") -> Path:
@@ -56,6 +58,23 @@ def _manifest(path: Path):
         return None
 
 
+def _encoded(t: pa.Table) -> pa.Table:
+    """String columns dictionary-encoded: a trial's rows repeat its config text, ids and names, so
+    the index of 10,000 trials holds each once per trial instead of once per row (~10x less memory)."""
+    for i, f in enumerate(t.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            t = t.set_column(i, f.name, pc.dictionary_encode(t.column(i)))
+    return t
+
+
+def _decoded(t: pa.Table) -> pa.Table:
+    """Dictionary columns back to plain strings (pandas would make them categoricals)."""
+    for i, f in enumerate(t.schema):
+        if pa.types.is_dictionary(f.type):
+            t = t.set_column(i, f.name, t.column(i).cast(f.type.value_type))
+    return t
+
+
 def _concat(tables: list):
     tables = [t for t in tables if t is not None and t.num_rows]
     if not tables:
@@ -65,31 +84,37 @@ def _concat(tables: list):
 
 def _read_new(store, table, names, warn):
     """The rows of `names` as one Arrow table at this schema version (an index column FILE added),
-    files of one older version upgraded together; (table or None, names read)."""
+    files of one older version upgraded together; (table or None, names read). Files are read in
+    threads and joined BATCH at a time, so 10,000 small tables never wait side by side."""
     def read(name):
         try:
-            return read_file(trial_path(store, name, table), table)
+            t, version = read_file(trial_path(store, name, table), table)
+            return t.append_column(FILE, pa.array([name] * t.num_rows, pa.string())), version
         except StoreError as e:
             return e
 
     by_version, done = {}, []
     with ThreadPoolExecutor(READERS) as pool:  # Parquet decoding lets go of the GIL
-        for name, got in zip(names, pool.map(read, names)):
-            if isinstance(got, StoreError):
-                if not trial_path(store, name, table).exists():  # removed since the listing
+        for start in range(0, len(names), BATCH):
+            batch, tables = names[start:start + BATCH], {}
+            for name, got in zip(batch, pool.map(read, batch)):
+                if isinstance(got, StoreError):
+                    if not trial_path(store, name, table).exists():  # removed since the listing
+                        continue
+                    if warn is None:
+                        raise got
+                    warn(f"skipped {got}")
                     continue
-                if warn is None:
-                    raise got
-                warn(f"skipped {got}")
-                continue
-            t, version = got
-            by_version.setdefault(version, []).append(t.append_column(FILE, pa.array([name] * t.num_rows, pa.string())))
-            done.append(name)
+                tables.setdefault(got[1], []).append(got[0])
+                done.append(name)
+            for version, ts in tables.items():
+                t = _concat(ts).combine_chunks()
+                by_version.setdefault(version, []).append(_encoded(t) if version == SCHEMA_VERSION else t)
     out = []
     for version, tables in sorted(by_version.items()):
         t = _concat(tables)
         if t is not None and version < SCHEMA_VERSION:  # once per version, not per file
-            t = pa.Table.from_pandas(upgrade(t.to_pandas(), version, table), preserve_index=False)
+            t = _encoded(pa.Table.from_pandas(upgrade(t.to_pandas(), version, table), preserve_index=False))
         out.append(t)
     return _concat(out), done
 
@@ -103,57 +128,74 @@ def _write_index(path, t, manifest):
         pass  # a store this reader may not write (a teammate's): the files stay the truth
 
 
-def refresh(store_dir, table="results", warn=None):
-    """Bring the index of `table` in step with its files; the whole table (Arrow, FILE column
-    included) when it had to change, else None (the index on disk is current)."""
+def _of_files(t, names):
+    return t.filter(pc.is_in(t[FILE].cast(pa.string()), value_set=pa.array(sorted(names), pa.string())))
+
+
+def refresh(store_dir, table="results", warn=None, fold_in=FOLD_IN):
+    """Bring the index of `table` in step with its files: (index, extra), Arrow tables with the
+    FILE column. index: the whole table when the index had to be rewritten, None when the one on
+    disk holds every trial it needs to. extra: the rows of trials stored since, read from their
+    files, when they are at most `fold_in` and nothing else changed (the index is not rewritten
+    for a few trials; a sweep's driver folds them in on its own schedule with fold_in=0)."""
     store, path = Path(store_dir), index_path(store_dir, table)
     files = table_files(store, table)
     manifest = _manifest(path)
-    if manifest is not None and manifest == {f: files[f] for f in manifest if f in files} \
-            and len(manifest) == len(files):
-        return None
-    started = time.time_ns()
     keep = {f for f, stat in (manifest or {}).items() if files.get(f) == stat}
+    new = sorted(set(files) - keep)
+    if manifest is not None and len(keep) == len(manifest) and len(new) <= fold_in:
+        return None, (_read_new(store, table, new, warn)[0] if new else None)
+    started = time.time_ns()
     old = None
     if keep:
         try:
             old = pq.read_table(path)
-            old = old.filter(pc.is_in(old[FILE], value_set=pa.array(sorted(keep), pa.string())))
+            old = _of_files(old, keep)
         except Exception:  # damaged past its metadata: rebuilt from the files
             old, keep = None, set()
-    new, read = _read_new(store, table, sorted(set(files) - keep), warn)
-    full = _concat([old, new])
+    added, read = _read_new(store, table, sorted(set(files) - keep), warn)
+    full = _concat([old, added])
     trusted = {f: files[f] for f in keep | set(read) if files[f][2] < started - RACY_NS}
-    if full is not None and trusted != manifest:
-        _write_index(path, full, trusted)
+    if full is not None and trusted != manifest:  # the index holds the rows of the trusted files alone
+        racy = len(trusted) < len(keep) + len(read)
+        _write_index(path, _of_files(full, trusted) if racy else full, trusted)
     elif full is None and manifest:
         path.unlink(missing_ok=True)  # every trial of the index is gone
-    return full if full is not None else pa.table({FILE: pa.array([], pa.string())})
+    return (full if full is not None else pa.table({FILE: pa.array([], pa.string())})), None
 
 
-def read_table(store_dir, table="results", columns=None, filters=None, warn=None) -> pd.DataFrame:
+def _rows(t, keep, filters):
+    t = t.filter(pq.filters_to_expression(filters)) if filters and t.num_rows else t
+    return t.select([c for c in keep if c in t.schema.names])
+
+
+def read_table(store_dir, table="results", columns=None, filters=None, warn=None, fold_in=FOLD_IN) -> pd.DataFrame:
     """All rows of a store's `table` (results or epochs) at this schema version, through its index:
     only `columns` (None: all) of the rows `filters` keeps (pyarrow's [(column, op, value)], e.g.
     CLEAN_AGGREGATE). An unreadable or newer file raises StoreError, or with `warn` is skipped
-    with a warning naming it. StoreError if DIR holds no store; an empty frame if no trial is stored."""
+    with a warning naming it. StoreError if DIR holds no store; an empty frame if no trial is stored.
+    `fold_in`: see refresh."""
     if not is_store(store_dir):
         raise StoreError(f"{store_dir}: no result store here (no results/ folder)")
-    full = refresh(store_dir, table, warn)
-    names = full.schema.names if full is not None else pq.read_schema(index_path(store_dir, table)).names
+    full, extra = refresh(store_dir, table, warn, fold_in)
+    index = index_path(store_dir, table)
+    names = list(full.schema.names if full is not None else pq.read_schema(index).names)
+    names += [c for c in (extra.schema.names if extra is not None else ()) if c not in names]
     if filters and not {f[0] for f in filters} <= set(names):
         return pd.DataFrame()  # rows without the filter's columns: none can match
     keep = [c for c in (columns if columns is not None else names) if c in names and c != FILE]
     if full is None:  # the projection and the filter pushed into the Parquet reader
-        t = pq.read_table(index_path(store_dir, table), columns=keep, filters=filters)
+        on_disk = set(pq.read_schema(index).names)
+        t = pq.read_table(index, columns=[c for c in keep if c in on_disk], filters=filters)
     else:
-        t = full.filter(pq.filters_to_expression(filters)) if filters and full.num_rows else full
-        t = t.select(keep)
-    return t.to_pandas() if t.num_columns and t.num_rows else pd.DataFrame()
+        t = _rows(full, keep, filters)
+    t = _concat([t, _rows(extra, keep, filters) if extra is not None else None])
+    return _decoded(t.select(keep)).to_pandas() if t is not None and t.num_rows else pd.DataFrame()
 
 
-def read_results(store_dir, columns=None, filters=None, warn=None) -> pd.DataFrame:
+def read_results(store_dir, columns=None, filters=None, warn=None, fold_in=FOLD_IN) -> pd.DataFrame:
     """The result rows of a store (read_table of `results`)."""
-    return read_table(store_dir, "results", columns, filters, warn)
+    return read_table(store_dir, "results", columns, filters, warn, fold_in)
 
 
 def read_epochs(store_dir, columns=None, warn=None) -> pd.DataFrame:
