@@ -142,6 +142,33 @@ class _WorkerDied(logging.Filter):
         return False
 
 
+def pack_searcher(ids):
+    """Tune's trials as a searcher that hands out one pack id each time Tune has room for a trial:
+    Tune creates them as they start, and a grid_search over the ids (Tune copies the whole grid for
+    each of its variants) would cost the square of the packs before the first one starts."""
+    from ray.tune.search import Searcher
+
+    class PackSearcher(Searcher):
+        def __init__(self):
+            super().__init__()
+            self.todo = iter(ids)
+
+        def set_search_properties(self, metric, mode, config, **spec):
+            return True
+
+        def suggest(self, trial_id):
+            pid = next(self.todo, None)
+            return Searcher.FINISHED if pid is None else {"pack": pid}
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            pass
+
+        def save(self, checkpoint_path):
+            pass  # nothing to keep: a resumed sweep plans its packs again from packs.json and the store
+
+    return PackSearcher()
+
+
 _RESUME_HINT, _WORKER_DIED = _ResumeHint(), _WorkerDied()
 logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many sweeps a process runs
 logging.getLogger("ray.tune.execution.tune_controller").addFilter(_WORKER_DIED)
@@ -155,12 +182,12 @@ def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_co
     run = sweep.run
     trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data, root=str(root)), resources)
     write_packs(root, packs)
+    search_config = search_config or {"search_alg": pack_searcher([pid for pid, _ in packs]), "num_samples": len(packs)}
     run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
     tuner = tune.Tuner(
         trainable_,
-        param_space={} if search_config else {"pack": tune.grid_search([pid for pid, _ in packs])},
         tune_config=tune.TuneConfig(metric="val_emoval", mode="max", reuse_actors=True,
-                                    **{"max_concurrent_trials": max_concurrent or None, **(search_config or {})}),
+                                    **{"max_concurrent_trials": max_concurrent or None, **search_config}),
         run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
                                   callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name, root)],
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures),
