@@ -88,13 +88,14 @@ class Progress:
         if not force and now - self.last < (1 if self.tty else 15):
             return
         self.last = now
-        states = [t.status for t in trials]
+        states = [t.status for t in trials]  # Tune creates a trial when it has room for it
+        running, ended = states.count("RUNNING"), states.count("TERMINATED") + states.count("ERROR")
         done = self.stored_best()
         frac = min(1.0, sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs))
         eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
         best = f"best {self.best:.4f}" if self.best > -math.inf else "best -"
         line = (f"[{self.name}] trials done {done}/{self.n_trials} | packs "
-                f"running {states.count('RUNNING')} pending {states.count('PENDING')} errors {len(self.errors)} | "
+                f"running {running} pending {max(0, self.n_packs - running - ended)} errors {len(self.errors)} | "
                 f"{best} (val emoval) | ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
