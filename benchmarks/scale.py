@@ -47,25 +47,28 @@ def run_sweep(n, storage, repo):
     cmd = [sys.executable, str(repo / "sweeps" / "ablation.py"), "--experiments", "Exp4", "--seeds", str(n),
            "--epochs", "1", "--folds", "2", "--profile", "tiny", "--pack", "1", "--storage", str(storage),
            "--name", name]
+    log = storage / f"{name}.log"  # a file, not a pipe: the progress lines would fill a pipe and stop the driver
     t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(repo)})
-    cpu = hwm = 0
-    while proc.poll() is None:
-        try:
-            cpu, hwm = proc_stats(proc.pid)
-        except (OSError, StopIteration):
-            pass
-        time.sleep(0.5)
-    err = proc.stderr.read()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(repo)})
+        cpu = hwm = 0
+        while proc.poll() is None:
+            try:
+                cpu, hwm = proc_stats(proc.pid)
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.5)
     wall = time.time() - t0
     if proc.returncode != 0:
-        sys.exit(f"sweep of {n} trials failed ({proc.returncode}):\n{err[-2000:]}")
+        sys.exit(f"sweep of {n} trials failed ({proc.returncode}):\n{log.read_text()[-2000:]}")
     root = storage / name
     stored = sorted(os.stat(store.trial_path(root, t)).st_mtime for t in store.completed_trials(root))
     state = sum(p.stat().st_size for p in (root / "tune").glob("run-*/experiment_state*.json"))
+    k = max(1, len(stored) // 10)  # the first and the last tenth of the trials: flat if they cost the same
     return {"trials": n, "wall_s": wall, "setup_s": stored[0] - t0,
             "wall_per_trial_s": (stored[-1] - stored[0]) / max(1, len(stored) - 1),
+            "first_tenth_s": (stored[k] - stored[0]) / k, "last_tenth_s": (stored[-1] - stored[-1 - k]) / k,
             "driver_cpu_per_trial_s": cpu / n, "driver_peak_gb": hwm / 2 ** 30, "tune_state_kb": state / 1024}
 
 
