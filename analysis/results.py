@@ -17,7 +17,8 @@ import pandas as pd
 from analysis.export import wide_tables
 from prmf.data import dataset_name
 from prmf.records import NOT_COUNTED
-from prmf.store import StoreError, is_store, read_part
+from prmf import store as result_store
+from prmf.store import CLEAN_AGGREGATE, StoreError, is_store
 
 DEFAULT_RESULT_DIR = Path("runs")  # where the sweeps store by default: runs/ under the current folder
 SPLITS = ("cv", "test1", "test2", "test3")
@@ -49,6 +50,8 @@ EXPERIMENT_NAMES = {
     "Exp5": "P-RMF: no VAE (Exp5)",
 }
 STORE_COLUMNS = {"trial_id", "model", "fold", "split", "scenario", "f1", "acc"}
+STORE_READ = sorted(STORE_COLUMNS | {"dataset", "features", "profile", "experiment", "fidelity", "precision", "val_mse",
+                                    "seed", "status", "commit", "diverged_epoch"})  # what a candidate needs
 
 _NUM = r"[-+]?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|nan|inf)"
 # {split}_features:{feats}[_dataset:{dataset}]_model:{model}+{feat_type}[+{e2e}]_f1:F_acc:A_val:V_{ts}.npz
@@ -156,28 +159,26 @@ def npz_candidate(path: Path, warn=stderr_warn) -> dict | None:
             "run": f"{path.parent}/{model}@{info['timestamp']}", "status": "finished", "commit": None, "diverged_epoch": 0}
 
 
-def read_store_table(store: Path, table="results", warn=stderr_warn) -> pd.DataFrame:
-    """All rows of a store table (results or epochs), one Parquet file per trial. A file that cannot
-    be read is skipped with a warning naming it, so are result rows with impossible metrics: the
-    other trials stay."""
-    frames = []
-    for part in sorted((Path(store) / table).glob("*.parquet")):
-        try:
-            df = read_part(part, table)  # at this schema version, whatever version wrote it
-        except StoreError as e:
-            warn(f"skipped {e}")
-            continue
-        if table == "results" and {"f1", "acc"} <= set(df.columns):
-            val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
-            diverged = df["status"] == "diverged" if "status" in df else pd.Series(False, index=df.index)
-            bad = [not (d and math.isnan(f) and math.isnan(a)) and metric_problem(f, a, v)  # NaN: no scores, not damage
-                   for f, a, v, d in zip(df["f1"].astype(float), df["acc"].astype(float), val, diverged)]
-            if any(bad):
-                warn(f"skipped {sum(map(bool, bad))} row(s) of {part}: {next(b for b in bad if b)}")
-                df = df[[not b for b in bad]]
-        frames.append(df)
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def read_store_table(store: Path, table="results", warn=stderr_warn, columns=None, filters=None) -> pd.DataFrame:
+    """Rows of a store table (results or epochs; only `columns` of the rows `filters` keeps: see
+    prmf.store.read_table). A file that cannot be read is skipped with a warning naming it, so are
+    result rows with impossible metrics: the other trials stay."""
+    try:
+        df = result_store.read_table(store, table, columns, filters, warn)
+    except StoreError as e:
+        warn(f"skipped {e}")
+        return pd.DataFrame()
+    if table != "results" or not {"f1", "acc", "trial_id"} <= set(df.columns):
+        return df
+    val = df["val_mse"].astype(float) if "val_mse" in df else pd.Series(math.nan, index=df.index)
+    diverged = df["status"] == "diverged" if "status" in df else pd.Series(False, index=df.index)
+    bad = [not (d and math.isnan(f) and math.isnan(a)) and metric_problem(f, a, v)  # NaN: no scores, not damage
+           for f, a, v, d in zip(df["f1"].astype(float), df["acc"].astype(float), val, diverged)]
+    if not any(bad):
+        return df
+    for tid, problems in pd.Series(bad, index=df.index)[[bool(b) for b in bad]].groupby(df["trial_id"]):
+        warn(f"skipped {len(problems)} row(s) of {result_store.trial_path(store, tid)}: {problems.iloc[0]}")
+    return df[[not b for b in bad]].reset_index(drop=True)
 
 
 def counted(rows: pd.DataFrame, include_pruned=False, key="trial_id"):
@@ -192,19 +193,18 @@ def counted(rows: pd.DataFrame, include_pruned=False, key="trial_id"):
 def store_candidates(store: Path, warn=stderr_warn) -> pd.DataFrame:
     """The aggregate clean rows of a store (one per trial, seed and split) as candidates."""
     empty = pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    df = read_store_table(store, "results", warn)
+    df = read_store_table(store, "results", warn, columns=STORE_READ, filters=CLEAN_AGGREGATE)
     if df.empty:
         return empty
     missing = STORE_COLUMNS - set(df.columns)
     if missing:
         warn(f"skipped store {store}: results lack columns {', '.join(sorted(missing))}")
         return empty
-    df = df[df["is_aggregate"] & (df["scenario"] == "clean")]
 
     def col(name, default):
         return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
 
-    experiment = col("experiment", None)
+    experiment = col("experiment", None).astype(object)  # None, not a string column's NaN
     source = f"{store}#" + df["trial_id"].astype(str)
     return pd.DataFrame({
         "dataset": col("dataset", UNNAMED).fillna(UNNAMED).map(dataset_name),

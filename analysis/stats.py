@@ -9,6 +9,7 @@ from scipy import stats
 
 from analysis.results import natural_key, split_key
 from prmf.config import TrialConfig
+from prmf.store import clean_rows
 from prmf.robustness import missing_patterns, noise_level
 
 CONFIG_COLUMNS = [f.name for f in fields(TrialConfig)]
@@ -89,7 +90,7 @@ def test_train_ratio(folds: pd.DataFrame) -> float:
 
 def fold_rows(results: pd.DataFrame) -> pd.DataFrame:
     """Per-fold clean rows, one per (group, split, seed, fold) (duplicates across stores averaged)."""
-    rows = results[~results["is_aggregate"] & (results["scenario"] == "clean")]
+    rows = clean_rows(results, aggregate=False)
     return rows.groupby(["group", "split", "seed", "fold"], as_index=False)[["f1", "acc"]].mean()
 
 
@@ -111,7 +112,7 @@ def summarize(folds: pd.DataFrame) -> pd.DataFrame:
 
 def ensemble_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Fold-averaged (aggregate) clean metrics: mean and std over seeds per group and split."""
-    rows = results[results["is_aggregate"] & (results["scenario"] == "clean")]
+    rows = clean_rows(results)
     rows = rows.groupby(["group", "split", "seed"], as_index=False)[["f1", "acc"]].mean()
     return _mean_std(rows.groupby(["group", "split"]), ["f1", "acc"]).reset_index()
 
@@ -165,7 +166,8 @@ def robustness_table(results: pd.DataFrame) -> pd.DataFrame:
     if scen.empty:
         rows = scen
     else:
-        clean = results[results["is_aggregate"] & (results["scenario"] == "clean") & results["split"].isin(scen["split"])]
+        clean = clean_rows(results)
+        clean = clean[clean["split"].isin(scen["split"])]
         rows = pd.concat([scen, clean.assign(scenario="all")], ignore_index=True)
     if rows.empty:
         return pd.DataFrame(columns=["group", "split", "scenario", "acc_mean", "acc_std", "f1_mean", "f1_std"])

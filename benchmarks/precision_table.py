@@ -41,7 +41,7 @@ def main():
         if proc.returncode:
             sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
         df = store.read_results(work / precision)
-        folds = df[~df.is_aggregate & (df.scenario == "clean") & (df.status == "finished")]
+        folds = store.clean_rows(df[df.status == "finished"], aggregate=False)
         tables[precision] = folds.groupby(["experiment", "split"]).acc.agg(["mean", "std"])
         print(f"{precision}: {walls[precision]:.1f} s, load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
     a, b = (tables[p] for p in PRECISIONS)

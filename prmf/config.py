@@ -10,6 +10,8 @@ chooses the float arithmetic: fp32 (default: the published runs'), bf16-mixed or
 import dataclasses
 from dataclasses import dataclass, fields
 
+from .compat import RENAMED, id_dict
+
 MODELS = ("attention", "attention_robust", "attention_robust_v2")
 PROXY_ATTENTION_KINDS = ("per_modality", "joint")
 FIDELITY_MODES = ("published", "design_plan", "paper")
@@ -79,8 +81,9 @@ class TrialConfig:
                 raise ConfigError(f"config key {key!r}: must be {rule}, got {getattr(self, key)!r}")
 
         need(self.model in MODELS, "model", f"one of {', '.join(MODELS)}")
-        if self.fidelity == "seeds_code":
-            raise ConfigError("config key 'fidelity': 'seeds_code' is now called 'design_plan' (the design plan's code: "
+        if self.fidelity in RENAMED["fidelity"]:
+            new = RENAMED["fidelity"][self.fidelity]
+            raise ConfigError(f"config key 'fidelity': {self.fidelity!r} is now called {new!r} (the design plan's code: "
                               "modality dropout reaches only the decoders); the default 'published' is the code behind "
                               "the paper's table (docs/FIDELITY.md)")
         need(self.fidelity in FIDELITY_MODES, "fidelity", ", ".join(FIDELITY_MODES))
@@ -117,15 +120,10 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
 
-# Keys added after trials had been stored, with the value every earlier trial ran under: left out of
-# stable_dict at that value, so those trials keep their ids and checkpoints and sweeps their settings.
-LATER_KEYS = {"precision": "fp32"}
-
-
 def stable_dict(cfg) -> dict:
-    """cfg.to_dict() as trial ids, checkpoints and sweep settings compare it (LATER_KEYS at their
-    old value left out): a resumed sweep never retrains what it stored before such a key existed."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in LATER_KEYS or v != LATER_KEYS[k]}
+    """cfg.to_dict() as trial ids, checkpoints and sweep settings compare it (keys added later, at
+    their old value, left out: prmf.compat): a resumed sweep never retrains what it stored before."""
+    return id_dict(cfg.to_dict())
 
 
 def make_config(base: dict | None = None, **changes) -> TrialConfig:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import LATER_KEYS, pack_key
+from .compat import CHECKPOINT_VERSION, with_later_keys
+from .config import pack_key
 from .evaluation import SplitTensors, metrics, predict, score
 from .models import build_model
 from .models.draws import Draws, member_key, step_counter
@@ -32,7 +33,6 @@ from .optim import StackedAdam
 from .precision import autocast, check as check_precision, matmuls
 from .schedules import SCHEDULES, modality_dropout_rate
 
-CHECKPOINT_VERSION = 4  # 4: per-member random streams (no global generator state); 3: per-member optimiser and schedule
 STOPPING_FIELDS = ("best_metric", "best_epoch", "best_val", "patience_ref", "bad_epochs", "stopped", "epochs_run",
                    "diverged_epoch", "pruned")
 
@@ -319,7 +319,7 @@ class Engine:
     def load_state_dict(self, state):
         if state.get("version") != CHECKPOINT_VERSION:
             raise CheckpointError(f"checkpoint format {state.get('version', 1)}, this engine reads {CHECKPOINT_VERSION}")
-        saved = [({**LATER_KEYS, **cfg}, seed) for cfg, seed in state["trials"]]  # keys added since: old value
+        saved = [(with_later_keys(cfg), seed) for cfg, seed in state["trials"]]  # keys added since: old value
         if saved != [(cfg.to_dict(), seed) for cfg, seed in self.trials]:
             raise CheckpointError("the checkpoint is of another pack (other configs or seeds)")
         self.epoch, self.history, self.train_seconds = state["epoch"], state["history"], state["train_seconds"]

@@ -85,12 +85,12 @@ def _main(args):
         print(f"error: trial {tid} {diverged}; its rows are stored with status 'diverged' in {args.out} "
               f"(a smaller lr, or check the features)", file=sys.stderr)
         return 1
-    agg = results[results.is_aggregate & (results.scenario == "clean")]
+    agg = store.clean_rows(results)
     for _, r in agg.iterrows():
         print(f"{r.split:6s} f1 {r.f1:.4f}  acc {r.acc:.4f}  val_mse {r.val_mse:.4f}")
     print(f"n_params {result.n_params} (one fold's {cfg.model}, inputs {'/'.join(map(str, data.dims))}, "
           f"hidden {cfg.hidden_dim})")
-    print(f"wrote {args.out}/results/{tid}.parquet ({time.time() - t0:.1f}s)")
+    print(f"wrote {store.trial_path(args.out, tid)} ({time.time() - t0:.1f}s)")
     return 0
 
 

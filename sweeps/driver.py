@@ -29,13 +29,12 @@ import torch  # noqa: E402
 
 from cluster.address import grpc_problem, resolve_address  # noqa: E402
 from prmf import provenance, records, store  # noqa: E402
+from prmf.compat import LATER_SETTINGS  # noqa: E402
 from prmf.config import ConfigError, for_data, stable_dict  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.precision import check as check_precision  # noqa: E402
 from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, stops, trackers  # noqa: E402
 from sweeps.definition import DEFAULT_STORAGE, SweepError, parse_pack  # noqa: E402
-
-LATER_SETTINGS = {"pack": "auto"}  # settings added since sweeps began to record them: their default matches
 
 
 def run(sweep) -> int:
@@ -166,7 +165,8 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
 def _finish(sweep, root, specs, ctx) -> int:
     """After the run (or with nothing to run): old checkpoints removed, trackers filled in, the
     summary, and exit status 1 if a trial did not finish."""
-    results = store.read_results(root, warn=_warn) if store.is_store(root) else None  # None: no trial finished yet
+    results = (store.read_results(root, columns=SUMMARY_COLUMNS, filters=[("scenario", "==", "clean")], warn=_warn, fold_in=0)
+               if store.is_store(root) else None)  # None: no trial finished yet; reading also brings the store's index in step
     done = store.completed_trials(root)
     saved = root / "packs.json"
     checkpoints.remove_finished(root, json.loads(saved.read_text()) if saved.exists() else {}, done)
@@ -330,13 +330,17 @@ def _ray_resource(name, default):
     return ray.cluster_resources().get(name, default)
 
 
+SUMMARY_COLUMNS = ["trial_id", "experiment", "model", "seed", "is_aggregate", "split", "scenario", "acc", "status",
+                   "diverged_epoch", "dataset"]
+
+
 def summary(results):
     """ACC per experiment and split, mean ± std over folds (and seeds) of the per-fold clean rows of
     the trials that ran to their end; a line says so when the data are generated."""
     if results is None or results.empty:
         return
     stopped = results["status"].isin(records.NOT_COUNTED)
-    folds = results[~stopped & ~results.is_aggregate & (results.scenario == "clean")]
+    folds = store.clean_rows(results[~stopped], aggregate=False)
     if not folds.empty:
         stats = folds.groupby(["experiment", "split"])["acc"].agg(["mean", "std"]).fillna(0.0)
         table = stats.apply(lambda r: f"{r['mean']:.4f} ± {r['std']:.4f}", axis=1).unstack("split")

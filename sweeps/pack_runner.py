@@ -25,7 +25,7 @@ from sweeps import asha, trackers
 
 def stored(specs) -> list:
     """Positions of the pack's trials whose results file exists (finished or pruned before)."""
-    return [t for t, s in enumerate(specs) if (Path(s["store"]) / "results" / f"{s['trial_id']}.parquet").exists()]
+    return [t for t, s in enumerate(specs) if store.is_stored(s["store"], s["trial_id"])]
 
 
 def write_results(engine, pack, trials, status, wall_time_s, node, runs=None):

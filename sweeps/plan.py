@@ -74,7 +74,7 @@ def trial_specs(sweep: Sweep, name: str, root: Path, milestones, data=None) -> l
         for seed in range(run.seeds):
             tid = records.trial_id(p.tag or p.label, p.cfg, seed, data)
             old = records.trial_id(p.tag or p.label, p.cfg, seed)  # before the data set was in the id
-            if (root / "results" / f"{old}.parquet").exists():
+            if store.is_stored(root, old):
                 tid = old  # a sweep started before: its trials keep their ids, nothing is trained twice
             specs.append({"trial_id": tid, "experiment": p.label, "identical": list(p.identical), "seed": seed,
                           "cfg": p.cfg.to_dict(), "sweep": name, "store": str(root), "folds": run.folds,
@@ -131,6 +131,25 @@ def pack_config(pid, trials) -> dict:
     return {"id": pid, "trials": trials, **{k: trials[0][k] for k in PACK_FIELDS}}
 
 
+def pack_file(root, pid) -> Path:
+    return Path(root) / "pack-specs" / f"{pid}.json"
+
+
+def write_packs(root, packs):
+    """Each pack's specs into a file of the sweep folder that its worker reads (load_pack): Tune
+    receives only the pack ids, so its set-up and experiment state grow with the sweep, not its
+    square. Written in place, not through a temporary file: the driver writes them before Tune
+    starts any worker, and a driver killed meanwhile writes them all again when run again."""
+    pack_file(root, "x").parent.mkdir(parents=True, exist_ok=True)
+    for pid, trials in packs:
+        pack_file(root, pid).write_text(json.dumps(pack_config(pid, trials)))
+
+
+def load_pack(root, pid) -> dict:
+    """The pack config write_packs wrote for `pid`."""
+    return json.loads(pack_file(root, pid).read_text())
+
+
 def solo_pack(spec) -> dict:
     """A pack of one trial (a point proposed by a search while the sweep runs)."""
     return pack_config(spec["trial_id"], [spec])
@@ -138,4 +157,4 @@ def solo_pack(spec) -> dict:
 
 def pack_id(config) -> str:
     """The id of the pack a Tune trial's config holds."""
-    return config["pack"]["id"] if "pack" in config else config["trial"]["trial_id"]
+    return config["pack"] if "pack" in config else config["trial"]["trial_id"]

@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from prmf import store
 from sweeps import wandb_files
@@ -116,8 +115,8 @@ def _params(spec):
 
 def _finals(spec):
     """(final metrics {split_metric: value}, stored status, last epoch run) from the trial's results file."""
-    df = pq.read_table(Path(spec["store"]) / "results" / f"{spec['trial_id']}.parquet").to_pandas()
-    agg = df[df.is_aggregate & (df.scenario == "clean")]
+    df = store.read_trial(spec["store"], spec["trial_id"])
+    agg = store.clean_rows(df)
     finals = {f"{r.split}_{m}": float(getattr(r, m)) for r in agg.itertuples() for m in METRICS
               if pd.notna(getattr(r, m))}  # no labels (MER2023 test3: no valence) -> no metric
     return finals, str(df.status.iloc[0]), int(df.epochs_run.max())
@@ -159,7 +158,7 @@ class _Mlflow:
         if not self.ended:  # the status tag is set last: with it, everything but the end is there
             now = store.timestamp() * 1000
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in finals.items()])
-            pred = Path(self.spec["store"]) / "predictions" / self.spec["trial_id"]
+            pred = store.predictions_dir(self.spec["store"], self.spec["trial_id"])
             if pred.is_dir():
                 self.client.log_artifacts(self.run_id, str(pred), artifact_path="predictions")
             self.client.set_tag(self.run_id, "status", status)

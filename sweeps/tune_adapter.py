@@ -9,7 +9,7 @@ import time
 
 from prmf import store
 from sweeps import checkpoints, pack_runner, status, trackers
-from sweeps.plan import pack_config, pack_id, solo_pack
+from sweeps.plan import load_pack, pack_id, solo_pack, write_packs
 
 
 class TuneReporter:
@@ -30,9 +30,10 @@ class TuneReporter:
         checkpoints.report(metrics, engine, wall_time_s, self.pack["id"])  # Tune keeps the checkpoint
 
 
-def trainable(config, data=None):
-    """Tune function trainable: one pack (a grid's) or one trial (a search's proposal)."""
-    pack = config.get("pack") or solo_pack(config["trial"])
+def trainable(config, data=None, root=None):
+    """Tune function trainable: one pack (a grid's, by its id: plan.write_packs) or one trial (a
+    search's proposal)."""
+    pack = load_pack(root, config["pack"]) if "pack" in config else solo_pack(config["trial"])
     try:
         pack_runner.run(pack, data, TuneReporter(pack))
     except OSError as e:  # a full disk: no retry would get further; the driver stops the sweep and says so
@@ -40,6 +41,9 @@ def trainable(config, data=None):
             raise
         from ray import tune
         tune.report({"epoch": 0, "val_emoval": float("nan"), "disk_full": store.write_problem(e, pack["store"])})
+
+
+INDEX_EVERY = 100  # the least number of newly stored trials the progress line folds into the store's index
 
 
 class Progress:
@@ -73,7 +77,7 @@ class Progress:
 
         self.callback = _Callback()
         self.name, self.root, self.n_trials, self.n_packs, self.total_epochs = name, root, n_trials, packs, epochs
-        self.epochs, self.best, self.errors, self.results = {}, -math.inf, [], {}
+        self.epochs, self.best, self.errors, self.indexed = {}, -math.inf, [], 0
         self.disk_full = ""  # a pack's store write met a full disk: the run stops (stop_all)
         self.t0, self.last = time.time(), 0.0
         self.tty = sys.stderr.isatty()
@@ -92,7 +96,8 @@ class Progress:
         if not force and now - self.last < (1 if self.tty else 15):
             return
         self.last = now
-        states = [t.status for t in trials]
+        states = [t.status for t in trials]  # Tune creates a trial when it has room for it
+        running, ended = states.count("RUNNING"), states.count("TERMINATED") + states.count("ERROR")
         done = self.stored_best()
         frac = min(1.0, sum(min(e, self.total_epochs) for e in self.epochs.values()) / max(1, self.n_packs * self.total_epochs))
         eta = (now - self.t0) * (1 - frac) / frac if frac > 0.02 else math.nan
@@ -101,18 +106,25 @@ class Progress:
                                                          for t in trials}, self.total_epochs, self.best, eta)
         line = (f"{time.strftime('%H:%M:%S' if self.tty else '%Y-%m-%d %H:%M:%S')} "
                 f"[{self.name}] trials done {done}/{self.n_trials} | packs "
-                f"running {states.count('RUNNING')} pending {states.count('PENDING')} errors {len(self.errors)} | "
+                f"running {running} pending {max(0, self.n_packs - running - ended)} errors {len(self.errors)} | "
                 f"{best} (val emoval) | ETA {'-' if math.isnan(eta) else time.strftime('%H:%M:%S', time.gmtime(eta))}")
         print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def stored_best(self) -> int:
-        """Bring `best` up to the stored trials' results (each file read once); how many are stored."""
-        stored = store.completed_trials(self.root)
-        for tid in stored - set(self.results):
-            self.results[tid] = store.trial_result(self.root, tid)
-            if self.results[tid] is not None and self.results[tid] > self.best:
-                self.best = self.results[tid]
-        return len(stored)
+        """How many trials are stored; at the first look, and whenever the stored trials have grown
+        by a quarter since, the store's index is brought in step (each new file read once, the
+        index rewritten: its cost stays proportional to the sweep) and `best` up to its results."""
+        n = len(store.completed_trials(self.root))
+        if n and (not self.indexed or n - self.indexed >= max(INDEX_EVERY, self.indexed // 4)):
+            self.index()
+            self.indexed = n
+        return n
+
+    def index(self):
+        rows = store.read_results(self.root, columns=["split", "scenario", "is_aggregate", "emoval"], filters=store.CLEAN_AGGREGATE,
+                                  warn=lambda message: None, fold_in=0)  # a damaged file: best_results names it
+        cv = rows["emoval"][rows["split"] == "cv"].astype(float) if not rows.empty else []
+        self.best = max([self.best, *(v for v in cv if math.isfinite(v))])
 
 
 class _ResumeHint(logging.Filter):
@@ -164,6 +176,33 @@ def _StopOnDiskFull(progress):
     return Stop()
 
 
+def pack_searcher(ids):
+    """Tune's trials as a searcher that hands out one pack id each time Tune has room for a trial:
+    Tune creates them as they start, and a grid_search over the ids (Tune copies the whole grid for
+    each of its variants) would cost the square of the packs before the first one starts."""
+    from ray.tune.search import Searcher
+
+    class PackSearcher(Searcher):
+        def __init__(self):
+            super().__init__()
+            self.todo = iter(ids)
+
+        def set_search_properties(self, metric, mode, config, **spec):
+            return True
+
+        def suggest(self, trial_id):
+            pid = next(self.todo, None)
+            return Searcher.FINISHED if pid is None else {"pack": pid}
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            pass
+
+        def save(self, checkpoint_path):
+            pass  # nothing to keep: a resumed sweep plans its packs again from packs.json and the store
+
+    return PackSearcher()
+
+
 _RESUME_HINT, _WORKER_DIED = _ResumeHint(), _WorkerDied()
 for _name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer", "ray.tune.execution.tune_controller"):
     logging.getLogger(_name).addFilter(_DiskFull())
@@ -177,13 +216,14 @@ def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_co
     (Ctrl-C, SIGUSR1): Tune stopped its trials and returned."""
     from ray import tune
     run = sweep.run
-    trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data), resources)
+    trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data, root=str(root)), resources)
+    write_packs(root, packs)
+    search_config = search_config or {"search_alg": pack_searcher([pid for pid, _ in packs]), "num_samples": len(packs)}
     run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
     tuner = tune.Tuner(
         trainable_,
-        param_space={} if search_config else {"pack": tune.grid_search([pack_config(pid, t) for pid, t in packs])},
         tune_config=tune.TuneConfig(metric="val_emoval", mode="max", reuse_actors=True,
-                                    **{"max_concurrent_trials": max_concurrent or None, **(search_config or {})}),
+                                    **{"max_concurrent_trials": max_concurrent or None, **search_config}),
         run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
                                   callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name, root)],
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures),

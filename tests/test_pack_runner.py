@@ -77,7 +77,10 @@ def metrics_of(root):
 
 
 def test_every_trial_is_stored_once_when_it_ends(tmp_path, tiny_data):
-    pack = make_pack(tmp_path, points())
+    planned = make_pack(tmp_path, points())
+    plan.write_packs(tmp_path, [(planned["id"], planned["trials"])])  # Tune passes the id; the worker reads the file
+    pack = plan.load_pack(tmp_path, plan.pack_id({"pack": planned["id"]}))
+    assert pack == planned
     reporter = MemoryReporter()
     pack_runner.run(pack, tiny_data, reporter)
     df = store.read_results(tmp_path)

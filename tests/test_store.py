@@ -200,3 +200,79 @@ def test_stores_of_different_versions_read_as_one_table_as_the_docs_say(tmp_path
     assert frame.height == len(df) and set(frame.columns) == set(df.columns)
     with pytest.raises(store.StoreError, match="no result store matches"):
         store.read_results(tmp_path / "elsewhere" / "*")
+
+
+def rows(tid, acc, model="attention", version_cols=True):
+    """A trial's result rows as the writer takes them: 2 folds and the aggregate, cv, clean."""
+    return pd.DataFrame({"trial_id": tid, "experiment": "Exp1", "model": model, "seed": 0,
+                         "is_aggregate": [False, False, True], "fold": pd.array([0, 1, None], "Int64"),
+                         "split": "cv", "scenario": "clean", "f1": acc, "acc": acc, "emoval": acc,
+                         "status": "finished", "precision": "fp32"})
+
+
+def test_the_index_follows_the_trial_files_and_is_rebuilt_when_lost(tmp_path, monkeypatch):
+    """Reads go through DIR/index/results.parquet; trials added, rewritten or removed after it was
+    written read as their files say, a deleted or damaged index is rebuilt, and a current index
+    is read without opening any trial file."""
+    from prmf.store import table
+    monkeypatch.setattr(table, "RACY_NS", 0)  # trust files just written (the test writes within 2 s)
+    for i in range(3):
+        store.write_trial(tmp_path, f"t{i}", rows(f"t{i}", 0.5 + i / 10), pd.DataFrame({"epoch": [1]}), {})
+    assert sorted(store.read_results(tmp_path).groupby("trial_id").acc.max()) == [0.5, 0.6, 0.7]
+    assert store.index_path(tmp_path).exists()
+    store.write_trial(tmp_path, "t1", rows("t1", 0.9), pd.DataFrame({"epoch": [1]}), {})  # rewritten
+    store.write_trial(tmp_path, "t3", rows("t3", 0.8), pd.DataFrame({"epoch": [1]}), {})  # added
+    store.trial_path(tmp_path, "t0").unlink()  # removed
+    expect = {"t1": 0.9, "t2": 0.7, "t3": 0.8}
+    assert store.read_results(tmp_path).groupby("trial_id").acc.max().to_dict() == expect
+    written = store.index_path(tmp_path).stat().st_mtime_ns
+    store.write_trial(tmp_path, "t4", rows("t4", 0.4), pd.DataFrame({"epoch": [1]}), {})  # a few new: read beside it
+    expect["t4"] = 0.4
+    assert store.read_results(tmp_path).groupby("trial_id").acc.max().to_dict() == expect
+    assert store.index_path(tmp_path).stat().st_mtime_ns == written
+    store.read_results(tmp_path, columns=["trial_id"], fold_in=0)  # a sweep's driver folds them in
+    assert store.index_path(tmp_path).stat().st_mtime_ns != written
+
+    def no_file_reads(*a, **k):
+        raise AssertionError("a trial file was read although the index is current")
+    monkeypatch.setattr(table, "read_file", no_file_reads)
+    agg = store.read_results(tmp_path, columns=["trial_id", "acc"], filters=store.CLEAN_AGGREGATE)
+    assert list(agg.columns) == ["trial_id", "acc"] and agg.set_index("trial_id").acc.to_dict() == expect
+    monkeypatch.undo()
+    monkeypatch.setattr(table, "RACY_NS", 0)
+    store.index_path(tmp_path).write_bytes(b"PAR1 damaged")
+    assert store.read_results(tmp_path).groupby("trial_id").acc.max().to_dict() == expect
+    store.index_path(tmp_path).unlink()
+    assert store.read_results(tmp_path).groupby("trial_id").acc.max().to_dict() == expect
+    assert store.trial_result(tmp_path, "t3") == pytest.approx(0.8) and store.trial_result(tmp_path, "t0") is None
+
+
+def test_a_file_changed_within_the_racy_window_is_read_again(tmp_path):
+    """A file written just before the index could get the same mtime as a later rewrite: it is not
+    trusted to the index, so a rewrite in place (same inode and size) is still seen."""
+    import pyarrow.parquet as pq
+    store.write_trial(tmp_path, "t0", rows("t0", 0.5), pd.DataFrame({"epoch": [1]}), {})
+    assert store.read_results(tmp_path).acc.max() == 0.5
+    part = store.trial_path(tmp_path, "t0")
+    t = pq.read_table(part)
+    pq.write_table(t.set_column(t.schema.get_field_index("acc"), "acc", pa_array([0.25] * 3)), part)  # in place
+    assert store.read_results(tmp_path).acc.max() == 0.25
+
+
+def pa_array(values):
+    import pyarrow as pa
+    return pa.array(values, pa.float64())
+
+
+def test_compatibility_rules_live_once_in_compat():
+    """Keys added later: their old value fills old rows and checkpoints; from IDS_KEPT_FROM on they
+    are left out of trial ids at that value; the schema version follows from the keys."""
+    from prmf import compat
+    from prmf.config import TrialConfig, stable_dict
+    assert compat.SCHEMA_VERSION == max(since for _, since in (*compat.LATER_KEYS.values(), *compat.LATER_COLUMNS.values())) == store.SCHEMA_VERSION
+    ids = stable_dict(TrialConfig())
+    assert "precision" not in ids and "optimizer" in ids  # precision (schema 4) kept old ids; schema 3 keys did not
+    assert stable_dict(TrialConfig(precision="bf16-mixed"))["precision"] == "bf16-mixed"
+    old = compat.upgrade_results(pd.DataFrame({"fidelity": ["seeds_code"], "acc": [0.5]}), 2)
+    assert old.iloc[0][["fidelity", "optimizer", "precision"]].tolist() == ["design_plan", "adamw", "fp32"]
+    assert compat.with_later_keys({"precision": "tf32"})["precision"] == "tf32"

@@ -36,6 +36,8 @@ def test_ablation_sweep_writes_one_row_per_trial_fold_split_and_npz(tmp_path, da
     record = json.loads(run.read_text())
     assert "ablation.py" in record["command"] and set(record["trials"]) == set(df.trial_id)
     assert set(df.commit) == {record["commit"] + ("+dirty" if record["dirty"] else "")}
+    state, = root.glob("tune/run-*/experiment_state*.json")  # Tune holds pack ids; the specs are files
+    assert "kl_weight" not in state.read_text() and len(list(root.glob("pack-specs/*.json"))) == 2
 
 
 def test_asha_stops_a_hopeless_grid_point_inside_its_pack(tmp_path, data_dir):

@@ -5,15 +5,16 @@ Layout of a store directory (one per sweep, or per `python -m prmf.train --out D
     DIR/results/{trial_id}.parquet   one row per (fold-or-aggregate, split, scenario) of one trial
     DIR/epochs/{trial_id}.parquet    per-epoch history of that trial (one row per fold and epoch)
     DIR/predictions/{trial_id}/{split}_features:..._model:...+utt+None_f1:..._acc:..._val:..._{ts}.npz
+    DIR/index/{results,epochs}.parquet   the per-trial files compacted, kept in step by the readers
 
 A trial (one config x one seed) owns exactly one file in each table, named by its id, so a
 trial written twice (a resumed sweep replaying its end) replaces its rows instead of doubling
 them, and many workers on a shared filesystem never write the same file. Every file is written
 to a temporary name and renamed, so a killed writer leaves no half file; the results file is
-written last and marks the trial complete.
+written last and marks the trial complete. The index is only a cache of those files
+(prmf/store/table.py): deleted, it is rebuilt.
 """
 import errno
-import glob
 import json
 import os
 import shutil
@@ -26,19 +27,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# The store's schema (docs/SCHEMA.md); its version is in every Parquet file's metadata, and the
-# readers bring files of every earlier version to this one (upgrade_results / upgrade_epochs).
-#   1: aggregate rows had fold = -1; a robustness scenario 'all' repeated the clean rows; the epoch
-#      history's validation MSE was `val_val_mse` and it had no sweep or experiment.
-#   2: an `is_aggregate` column (fold is null there); no 'all' rows; `val_mse`; sweep and experiment.
-#   3: fidelity 'published' (the new default); the former default 'seeds_code' reads as 'design_plan'
-#      (what it trained: the design plan's code); the loop's keys optimizer, lr_schedule, modality_dropout_z.
-#   4: the config key `precision`; rows written before it ran in fp32.
-#   5: `random_streams`: 'member' (each member draws from its own stream, so a trial's numbers do not
-#      depend on its pack); rows written before read 'pack' (one generator fed a whole pack).
-SCHEMA_VERSION = 5
-# What the config keys added in schema 3 were for every row written before them (docs/FIDELITY.md).
-BEFORE_V3 = {"optimizer": "adamw", "lr_schedule": "plateau", "modality_dropout_z": True}
+from ..compat import SCHEMA_VERSION, upgrade_epochs, upgrade_results
+
+# The store's schema (docs/SCHEMA.md); its version (prmf.compat) is in every Parquet file's metadata,
+# and the readers bring files of every earlier version to this one.
 SCHEMA_KEY = b"prmf_schema_version"
 RESULT_KEY = ["trial_id", "experiment", "seed", "is_aggregate", "fold", "split", "scenario"]  # identical presets share a trial
 # Columns of every schema version's files: a Parquet file without them is not the store's.
@@ -102,7 +94,7 @@ def write_trial(store_dir, trial_id, results: pd.DataFrame, epochs: pd.DataFrame
     `predictions` maps an NPZ file name to a dict of plain arrays (no objects: loads without pickle).
     """
     store = Path(store_dir)
-    pred_dir = store / "predictions" / trial_id
+    pred_dir = predictions_dir(store, trial_id)
     store.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=store, prefix=f".pred-{trial_id}."))
     try:
@@ -119,7 +111,7 @@ def write_trial(store_dir, trial_id, results: pd.DataFrame, epochs: pd.DataFrame
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
-    result_file, epoch_file = store / "results" / f"{trial_id}.parquet", store / "epochs" / f"{trial_id}.parquet"
+    result_file, epoch_file = trial_path(store, trial_id), trial_path(store, trial_id, "epochs")
     fresh = not result_file.exists()
     try:
         write_table(epoch_file, epochs)
@@ -138,62 +130,52 @@ def write_problem(e: OSError, folder) -> str:
     return f"cannot write in {folder} ({e.strerror or e}{f': {e.filename}' if e.filename else ''})"
 
 
-def completed_trials(store_dir):
-    """Ids of the trials whose results file exists (so whose work is done)."""
-    d = Path(store_dir) / "results"
-    return {p.stem for p in d.glob("*.parquet")} if d.is_dir() else set()
+def trial_path(store_dir, trial_id, table="results") -> Path:
+    """The file of one trial in a table (`results` or `epochs`); the results file marks it stored."""
+    return Path(store_dir) / table / f"{trial_id}.parquet"
 
 
-def trial_result(store_dir, trial_id):
-    """A stored trial's result, the number a search maximises: its aggregate clean cv emoval (the
-    mean over folds of each fold's best-epoch validation emoval); None while it is not stored, or
-    when it has none (diverged)."""
-    path = Path(store_dir) / "results" / f"{trial_id}.parquet"
-    if not path.exists():
-        return None
+def predictions_dir(store_dir, trial_id) -> Path:
+    return Path(store_dir) / "predictions" / trial_id
+
+
+def is_stored(store_dir, trial_id) -> bool:
+    """Whether a trial's work is done (its results file exists: finished, pruned or diverged)."""
+    return trial_path(store_dir, trial_id).exists()
+
+
+def table_files(store_dir, table="results") -> dict:
+    """{trial id: (inode, size, mtime_ns)} of a table's files (one directory listing, no reads);
+    a writer's temporary files (.NAME.tmp) are not part of it."""
     try:
-        df = read_part(path)
-    except StoreError:  # a foreign Parquet file in results/ (a trial's own is never half there): no result
-        return None
-    row = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")]
-    value = float(row.emoval.iloc[0]) if len(row) else float("nan")
-    return value if np.isfinite(value) else None
+        entries = list(os.scandir(Path(store_dir) / table))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    out = {}
+    for e in entries:
+        if e.name.endswith(".parquet") and not e.name.startswith("."):
+            try:
+                st = e.stat()
+            except FileNotFoundError:  # replaced or removed while listed
+                continue
+            out[e.name[:-len(".parquet")]] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
 
 
-def upgrade_results(df: pd.DataFrame, version: int) -> pd.DataFrame:
-    """Result rows of schema `version` as this version's."""
-    if version < 2 and "fold" in df:
-        df = df[df.get("scenario", pd.Series("", index=df.index)) != "all"].copy()  # 'all' repeated clean
-        df.insert(df.columns.get_loc("fold"), "is_aggregate", df["fold"] == -1)
-        df["fold"] = df["fold"].astype("Int64").mask(df["is_aggregate"])
-    if version < 3:
-        df = df.copy()
-        # trained with the design plan's modality dropout (the default then), never the published file's
-        df["fidelity"] = df["fidelity"].replace({"seeds_code": "design_plan"}) if "fidelity" in df else "design_plan"
-        for key, value in BEFORE_V3.items():
-            if key not in df:
-                df[key] = value
-    if version < 4 and "precision" not in df:
-        df = df.assign(precision="fp32")  # every run before the key was fp32
-    if version < 5 and "random_streams" not in df:
-        df = df.assign(random_streams="pack")  # trained with one generator per pack
-    return df
-
-
-def upgrade_epochs(df: pd.DataFrame, version: int) -> pd.DataFrame:
-    """Epoch rows of schema `version` as this version's."""
-    if version < 2:
-        df = df.rename(columns={"val_val_mse": "val_mse"})
-        for i, col in enumerate(("sweep", "experiment")):
-            if col not in df:
-                df.insert(i, col, None)
-    return df
-
-
-def read_part(path: Path, table="results") -> pd.DataFrame:
-    """One Parquet file of a store (`results` or `epochs`), brought to this schema version."""
+def completed_trials(store_dir) -> set:
+    """Ids of the trials whose results file exists (so whose work is done): one listing, no stat."""
     try:
-        t = pq.read_table(path)
+        names = os.listdir(Path(store_dir) / "results")
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {n[:-len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith(".")}
+
+
+def read_file(path: Path, table="results") -> tuple:
+    """(Arrow table, schema version) of one file of a store; StoreError if unreadable or newer."""
+    try:
+        with pq.ParquetFile(path) as f:  # half the cost of pq.read_table's dataset path, for one small file
+            t = f.read()
     except Exception as e:  # a corrupt part names itself; the caller decides to stop or skip
         raise StoreError(f"{path}: unreadable {table} file ({type(e).__name__}: {e})") from None
     version = int((t.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
@@ -202,53 +184,18 @@ def read_part(path: Path, table="results") -> pd.DataFrame:
         raise StoreError(f"{path}: not a {table} file of this store (no column {', '.join(missing)})")
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path}: written by a newer prmf-sweep (schema {version} > {SCHEMA_VERSION}); update it")
-    return (upgrade_results if table == "results" else upgrade_epochs)(t.to_pandas(), version)
+    return t, version
 
 
-def _read_parts(store_dir, table: str, warn=None) -> pd.DataFrame:
-    store = Path(store_dir)
-    if not is_store(store):
-        raise StoreError(f"{store}: no result store here (no results/ folder)")
-    frames = []
-    for path in sorted((store / table).glob("*.parquet")):
-        try:
-            frames.append(read_part(path, table))
-        except StoreError as e:  # with `warn`: said and left out (a foreign or damaged file), the other trials kept
-            if warn is None:
-                raise
-            warn(f"{e}; left out")
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def upgrade(df: pd.DataFrame, version: int, table="results") -> pd.DataFrame:
+    """Rows of a `table` of schema `version` as this version's (prmf.compat)."""
+    return (upgrade_results if table == "results" else upgrade_epochs)(df, version)
 
 
-def _read_stores(paths, table: str, warn=None) -> pd.DataFrame:
-    """`table` of every store named: folders, or glob patterns of folders ('runs/*': the stores
-    among the matches). Columns are the union by name over all files: a column some rows lack (one
-    added since their store was written, and not upgraded to a value) is missing (NaN) there."""
-    stores = []
-    for path in map(str, paths):
-        if glob.has_magic(path):
-            found = [p for p in sorted(glob.glob(path)) if is_store(p)]
-            if not found:
-                raise StoreError(f"{path}: no result store matches")
-            stores += found
-        else:
-            stores.append(path)
-    frames = [f for f in (_read_parts(s, table, warn) for s in stores) if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def read_results(*store_dirs, warn=None) -> pd.DataFrame:
-    """All result rows of one store or several (`read_results("runs/*")`, or folders) as one
-    DataFrame, at this schema version, columns unioned by name (StoreError if a folder holds no
-    store; an empty frame if they hold no finished trial yet). A file that cannot be read, or is
-    not the store's, is a StoreError; with `warn(message)` it is said and left out instead."""
-    return _read_stores(store_dirs, "results", warn)
-
-
-def read_epochs(*store_dirs) -> pd.DataFrame:
-    """The per-epoch history of every trial of one store or several, at this schema version."""
-    return _read_stores(store_dirs, "epochs")
+def read_part(path: Path, table="results") -> pd.DataFrame:
+    """One Parquet file of a store (`results` or `epochs`), brought to this schema version."""
+    t, version = read_file(path, table)
+    return upgrade(t.to_pandas(), version, table)
 
 
 def is_store(path) -> bool:
