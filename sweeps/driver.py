@@ -33,7 +33,7 @@ from prmf.compat import LATER_SETTINGS  # noqa: E402
 from prmf.config import ConfigError, for_data, stable_dict  # noqa: E402
 from prmf.data import DataError, check_folds, load_data  # noqa: E402
 from prmf.precision import check as check_precision  # noqa: E402
-from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, stops, trackers  # noqa: E402
+from sweeps import asha, checkpoints, lock, pack_choice, plan, ray_local, stops, trackers, trials  # noqa: E402
 from sweeps.definition import DEFAULT_STORAGE, SweepError, parse_pack  # noqa: E402
 
 
@@ -61,10 +61,9 @@ def _run(sweep) -> int:
     epochs, patience, grace, grace_note = horizon
     run = sweep.run
     milestones = asha.milestones(grace, epochs) if sweep.asha else []
-    specs = plan.trial_specs(sweep, run.name, root, milestones, data)
     ctx = dict(sweep=sweep, name=run.name, root=root, milestones=milestones, tracking=tracking, data=data)
-    if sweep.search:  # Optuna: the points proposed so far (recorded in the sweep folder)
-        specs = sweep.search.recorded(ctx)
+    source = trials.source(sweep)  # a fixed plan, or a search's points proposed so far (recorded in the sweep folder)
+    specs = source.known(ctx, plan.trial_specs(sweep, run.name, root, milestones, data))
     for s in specs:
         s.update(tracking)
     done = store.completed_trials(root)
@@ -72,18 +71,18 @@ def _run(sweep) -> int:
     gpus_per_trial = (run.gpus_per_trial or (0.5 if sum(data.dims) > 2048 else 0.25)) if run.num_gpus else 0
     for note in sweep.notes:  # after the up-front checks: a refused sweep prints its error alone
         print(f"note: {note}", file=sys.stderr)
-    points = f"{sweep.search.n} points proposed one at a time" if sweep.search else f"{len(sweep.points)} points"
-    print(f"sweep {run.name}: {sweep.search.n if sweep.search else len(specs)} trials ({points} x {run.seeds} seeds x "
-          f"{run.folds} folds), {len(done) if sweep.search else len(specs) - len(pending)} already done; "
+    total, todo = source.total(specs), source.todo(specs, done)
+    print(f"sweep {run.name}: {total} trials ({source.describe(sweep)} x {run.seeds} seeds x "
+          f"{run.folds} folds), {total - todo} already done; "
           f"{epochs} epochs, patience {patience}, "
           f"{f'ASHA grace {grace}{grace_note}' if sweep.asha else 'no pruning'}; "
           f"{gpus_per_trial:g} GPU + {run.cpus_per_trial:g} CPU per pack; store {root}", file=sys.stderr)
-    if sweep.search.todo(done) if sweep.search else pending:
+    if todo:
         _save_settings(root, settings)  # before Ray starts: a second driver checks against it
         provenance.write_run(root, provenance.collect(), {s["trial_id"]: {k: s[k] for k in ("experiment", "seed", "cfg")}
                                                          for s in specs})
-        _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx)
-    return _finish(sweep, root, specs, ctx)
+        _launch(sweep, source, root, data, specs, done, pending, gpus_per_trial, epochs, ctx)
+    return _finish(sweep, source, root, specs, ctx)
 
 
 def _prepare(sweep):
@@ -123,7 +122,7 @@ def _prepare(sweep):
     return data, root, settings, horizon, tracking
 
 
-def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx):
+def _launch(sweep, source, root, data, specs, done, pending, gpus_per_trial, epochs, ctx):
     """Start (or join) Ray, pack the trials and run one Tuner over them."""
     from sweeps import tune_adapter
     run = sweep.run
@@ -144,25 +143,23 @@ def _launch(sweep, root, data, specs, done, pending, gpus_per_trial, epochs, ctx
         print(f"--pack auto: {size} trial{'s' if size > 1 else ''} per pack for {len(group)} trials of one shape: "
               f"{reason}", file=sys.stderr)
         return size
-    packs = [] if sweep.search else [  # all of a pack's trials: its checkpoint's
-        (pid, trials) for pid, trials in plan.make_packs(specs, parse_pack(run.pack) or auto, root)
-        if any(s["trial_id"] not in done for s in trials)]
+    packs = source.packs(specs, done, parse_pack(run.pack) or auto, root)
     if packs and len(packs) < len(pending):
         sizes = sorted({len(t) for _, t in packs})
         print(f"packs: {len(pending)} trials in {len(packs)} packs of {'/'.join(map(str, sizes))} "
               f"(--pack {run.pack}; trials that differ in more than {', '.join(plan.MEMBER_NOTE)} never share one)",
               file=sys.stderr)
-    to_run = sweep.search.todo(done) if sweep.search else len(packs) or len(pending)  # Tune trials this run: packs
-    progress = tune_adapter.Progress(run.name, root, sweep.search.n if sweep.search else len(specs), to_run or 1, epochs)
-    search_config = sweep.search.tune_config(ctx, done, pending) if sweep.search else None
+    to_run = len(packs) or source.todo(specs, done)  # Tune trials this run: packs, or a search's proposals
+    progress = tune_adapter.Progress(run.name, root, source.total(specs), to_run or 1, epochs)
+    tune_config = source.tune_config(ctx, done, pending, packs)
     if tune_adapter.fit(sweep, root, data, packs, progress, {"cpu": run.cpus_per_trial, "gpu": gpus_per_trial},
-                        max_concurrent, search_config):
+                        max_concurrent, tune_config):
         raise KeyboardInterrupt
     if progress.disk_full:  # a pack's store write: the run was stopped (driver.run says it in one line)
         raise OSError(errno.ENOSPC, progress.disk_full)
 
 
-def _finish(sweep, root, specs, ctx) -> int:
+def _finish(sweep, source, root, specs, ctx) -> int:
     """After the run (or with nothing to run): old checkpoints removed, trackers filled in, the
     summary, and exit status 1 if a trial did not finish."""
     results = (store.read_results(root, columns=SUMMARY_COLUMNS, filters=[("scenario", "==", "clean")], warn=_warn, fold_in=0)
@@ -170,9 +167,9 @@ def _finish(sweep, root, specs, ctx) -> int:
     done = store.completed_trials(root)
     saved = root / "packs.json"
     checkpoints.remove_finished(root, json.loads(saved.read_text()) if saved.exists() else {}, done)
-    specs = sweep.search.recorded(ctx) if sweep.search else specs
+    specs = source.known(ctx, specs)  # a search's: the points proposed this run too
     trackers.sync(specs, done)  # MLflow: stored trials whose run was never closed (or never made)
-    missing = sweep.search.missing(ctx, done) if sweep.search else [s["trial_id"] for s in specs if s["trial_id"] not in done]
+    missing = source.missing(ctx, specs, done)
     summary(results)
     if missing:
         print(f"error: {len(missing)} trial(s) did not finish ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
@@ -227,7 +224,7 @@ def _check_precision(sweep):
     device = "cuda" if sweep.run.num_gpus else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         return
-    cfgs = [p.cfg for p in sweep.points] + ([sweep.search.base_cfg] if sweep.search else [])
+    cfgs = trials.source(sweep).configs(sweep)
     for precision in sorted({c.precision for c in cfgs}):
         note = check_precision(precision, device)
         if note:

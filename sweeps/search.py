@@ -131,20 +131,35 @@ class OptunaSearch:
         spec.update(ctx["tracking"], search_values=values)
         return spec
 
+    def configs(self, sweep):
+        return [p.cfg for p in sweep.points] + [self.base_cfg]
+
+    def known(self, ctx, planned):
+        return self.recorded(ctx)
+
     def recorded(self, ctx) -> list:
         """The specs of every point proposed so far (stored or in flight), in proposal order."""
         d = ctx["root"] / "search"
         files = sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime_ns) if d.is_dir() else []
         return [self._spec(ctx, json.loads(f.read_text())["values"]) for f in files]
 
-    def todo(self, done) -> int:
+    def total(self, specs):
+        return self.n
+
+    def describe(self, sweep):
+        return f"{self.n} points proposed one at a time"
+
+    def todo(self, specs, done) -> int:
         return max(0, self.n - len(done))
 
-    def missing(self, ctx, done) -> list:
-        ids = [s["trial_id"] for s in self.recorded(ctx) if s["trial_id"] not in done]
-        return ids + ["(not proposed)"] * max(0, self.todo(done) - len(ids))
+    def packs(self, specs, done, size, root):
+        return []  # each proposal is a Tune trial of its own (plan.solo_pack)
 
-    def tune_config(self, ctx, done, pending) -> dict:
+    def missing(self, ctx, specs, done) -> list:
+        ids = [s["trial_id"] for s in self.recorded(ctx) if s["trial_id"] not in done]
+        return ids + ["(not proposed)"] * max(0, self.todo(specs, done) - len(ids))
+
+    def tune_config(self, ctx, done, pending, packs=()) -> dict:
         """search_alg and num_samples for tune.TuneConfig: the study's searcher (sweeps/study.py),
         the points interrupted before first."""
         import optuna
@@ -160,7 +175,7 @@ class OptunaSearch:
         searcher = study.StudySearcher(the_study, distributions, self, ctx, done,
                                        [(s, resume.get(s["trial_id"])) for s in pending])
         limit = max(1, int(ray.cluster_resources().get("CPU", 1) // ctx["sweep"].run.cpus_per_trial))
-        return {"search_alg": searcher, "num_samples": self.todo(done),
+        return {"search_alg": searcher, "num_samples": self.todo(None, done),
                 "max_concurrent_trials": limit}  # no more proposals than can run: each learns from the last
 
 

@@ -176,33 +176,6 @@ def _StopOnDiskFull(progress):
     return Stop()
 
 
-def pack_searcher(ids):
-    """Tune's trials as a searcher that hands out one pack id each time Tune has room for a trial:
-    Tune creates them as they start, and a grid_search over the ids (Tune copies the whole grid for
-    each of its variants) would cost the square of the packs before the first one starts."""
-    from ray.tune.search import Searcher
-
-    class PackSearcher(Searcher):
-        def __init__(self):
-            super().__init__()
-            self.todo = iter(ids)
-
-        def set_search_properties(self, metric, mode, config, **spec):
-            return True
-
-        def suggest(self, trial_id):
-            pid = next(self.todo, None)
-            return Searcher.FINISHED if pid is None else {"pack": pid}
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            pass
-
-        def save(self, checkpoint_path):
-            pass  # nothing to keep: a resumed sweep plans its packs again from packs.json and the store
-
-    return PackSearcher()
-
-
 _RESUME_HINT, _WORKER_DIED = _ResumeHint(), _WorkerDied()
 for _name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer", "ray.tune.execution.tune_controller"):
     logging.getLogger(_name).addFilter(_DiskFull())
@@ -210,7 +183,7 @@ logging.getLogger("ray.tune.tune").addFilter(_RESUME_HINT)  # once, however many
 logging.getLogger("ray.tune.execution.tune_controller").addFilter(_WORKER_DIED)
 
 
-def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_config) -> bool:
+def fit(sweep, root, data, packs, progress, resources, max_concurrent, tune_config) -> bool:
     """One Tuner run (run-NNN under STORAGE/NAME/tune) of the packs [(id, trial specs)], or of a
     search's proposals (`search_config`: its TuneConfig arguments). True if it was interrupted
     (Ctrl-C, SIGUSR1): Tune stopped its trials and returned."""
@@ -218,12 +191,11 @@ def fit(sweep, root, data, packs, progress, resources, max_concurrent, search_co
     run = sweep.run
     trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data, root=str(root)), resources)
     write_packs(root, packs)
-    search_config = search_config or {"search_alg": pack_searcher([pid for pid, _ in packs]), "num_samples": len(packs)}
     run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
     tuner = tune.Tuner(
         trainable_,
         tune_config=tune.TuneConfig(metric="val_emoval", mode="max", reuse_actors=True,
-                                    **{"max_concurrent_trials": max_concurrent or None, **search_config}),
+                                    **{"max_concurrent_trials": max_concurrent or None, **tune_config}),
         run_config=tune.RunConfig(name=f"run-{run_index:03d}", storage_path=str(root / "tune"), verbose=0,
                                   callbacks=[progress.callback, *trackers.callbacks(sweep.args, run.name, root)],
                                   failure_config=tune.FailureConfig(max_failures=run.max_failures),
