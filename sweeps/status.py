@@ -77,8 +77,14 @@ def trials(root) -> pd.DataFrame:
             if running and p["state"] == "RUNNING":
                 rows[t]["state"] = "running"
     for t in store.completed_trials(root):
-        df = store.read_part(root / "results" / f"{t}.parquet")
-        cv = df[df.is_aggregate & (df.split == "cv") & (df.scenario == "clean")]
+        try:
+            df = store.read_trial(root, t)
+        except store.StoreError:  # a foreign file in results/: no trial of this sweep
+            continue
+        if df.empty:  # removed since it was listed
+            continue
+        cv = store.clean_rows(df)
+        cv = cv[cv.split == "cv"]
         rows[t] = {"trial_id": t, "state": STORED.get(str(df.status.iloc[0]), "done"), "epoch": int(df.epochs_run.max()),
                    "cv_emoval": float(cv.emoval.iloc[0]) if len(cv) else math.nan}
     return pd.DataFrame(list(rows.values()), columns=["trial_id", "state", "epoch", "cv_emoval"])

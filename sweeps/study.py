@@ -67,12 +67,12 @@ def outcome(root, trial_id):
     val_emoval} from the store's per-epoch history, as the pack reported it}; None while it is not
     stored."""
     import optuna
-    path = Path(root) / "results" / f"{trial_id}.parquet"
-    if not path.exists():
+    rows = store.read_trial(root, trial_id)
+    if rows.empty:
         return None
     state = optuna.trial.TrialState
-    status, value = str(store.read_part(path).status.iloc[0]), store.trial_result(root, trial_id)
-    epochs = store.read_part(Path(root) / "epochs" / f"{trial_id}.parquet", "epochs")
+    status, value = str(rows.status.iloc[0]), store.cv_emoval(rows)
+    epochs = store.read_trial(root, trial_id, "epochs")
     curve = epochs[np.isfinite(epochs.val_emoval)].groupby("epoch").val_emoval.mean()  # the folds that ran it
     end = {"curve": {int(e): float(v) for e, v in curve.items()}}
     if status == "pruned":
