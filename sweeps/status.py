@@ -36,7 +36,10 @@ def write_progress(root, n_trials, packs, epochs, best, eta_s):
     record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "trials": n_trials, "epochs": epochs,
               "packs": {p: {"epoch": e, "state": s} for p, (e, s) in packs.items()},
               "best": best if math.isfinite(best) else None, "eta_s": eta_s if math.isfinite(eta_s) else None}
-    store.atomic_write(Path(root) / PROGRESS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    try:
+        store.atomic_write(Path(root) / PROGRESS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    except OSError:  # a full disk: the run goes on (a pack's store write says so in one line); the next line retries
+        pass
 
 
 def driver(root):
