@@ -169,22 +169,30 @@ def run_with_fault(c, storage, name, fault, heal=None, after_store=False):
                 stored_before=stored_before)
 
 
-def assert_same_rows(root, straight, seen):
+def assert_same_rows(root, straight, seen, atol=0.0):
     """Every row of the undisturbed run exactly once, every column but where and when it ran
-    bit-identical (== on floats, NaN where NaN), the same logits, and each trial stored once."""
+    bit-identical (== on floats, NaN where NaN; `atol`: floats to within it), the same logits, and
+    each trial stored once."""
     df = results(root)
     assert len(df) == len(straight) and not df.duplicated(store.RESULT_KEY).any()
     assert df[store.RESULT_KEY].equals(straight[store.RESULT_KEY])
     for col in sorted(set(straight.columns) - VOLATILE):
         a, b = straight[col].to_numpy(), df[col].to_numpy()
-        same = (a == b) | (pd.isna(a) & pd.isna(b))
+        near = np.isclose(a.astype(float), b.astype(float), rtol=0, atol=atol) if atol and a.dtype.kind == "f" else a == b
+        same = near | (pd.isna(a) & pd.isna(b))
         assert same.all(), (col, a[~same], b[~same])
     assert set(df.status) == {"finished"} and df.trial_id.nunique() == 2
     for tid in df.trial_id.unique():
         assert logits(root, tid).keys() == {"cv", "test1", "test2", "test3"}
-        assert all(np.array_equal(x, logits(straight.attrs["root"], tid)[k]) for k, x in logits(root, tid).items())
+        assert all(np.allclose(x, logits(straight.attrs["root"], tid)[k], rtol=0, atol=10 * atol)
+                   for k, x in logits(root, tid).items())
     assert files(root) == seen and len(seen) == 2, "a trial was stored twice"
     return df
+
+
+def last_epoch(straight):
+    """The pack's last epoch: its longest trial's (the other may stop by patience before EPOCHS)."""
+    return int(straight.epochs_run.max())
 
 
 def logits(root, tid):
@@ -197,11 +205,14 @@ def tune_rows(root, run="run-*"):
 
 
 def assert_same_as_straight(root, straight, run):
-    df = assert_same_rows(root, straight, run["seen"])
+    # a pack resumed without a trial stored before the fault trains fewer members: float32's batched
+    # kernels round by the member count, so its other trial agrees to float32 rounding (README:
+    # what a trial id guarantees); a pack resumed whole is bit-identical
+    df = assert_same_rows(root, straight, run["seen"], atol=1e-6 if run["stored_before"] else 0.0)
     before = df.trial_id.isin(run["stored_before"])
     assert set(df[~before].node_ip) == {run["other"]}, "the retried pack stored its trials from the other worker"
     assert set(df[before].node_ip) <= {run["host_ip"]}, "a trial stored before the fault was not stored again"
-    # Tune's record of the pack: epochs 1..j on the lost node, then k+1..EPOCHS on the other, where k
+    # Tune's record of the pack: epochs 1..j on the lost node, then k+1..its last on the other, where k
     # <= j is a checkpoint taken before the fault: the pack resumed from it, not from epoch 1
     rows = tune_rows(root)
     restart = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
@@ -211,7 +222,7 @@ def assert_same_as_straight(root, straight, run):
     resumed = epochs[restart] - 1
     assert resumed % 2 == 0 and run["ckpt"] <= resumed <= epochs[restart - 1], (run["ckpt"], epochs)
     assert epochs[:restart] == list(range(1, epochs[restart - 1] + 1))
-    assert epochs[restart:] == list(range(resumed + 1, EPOCHS + 1))
+    assert epochs[restart:] == list(range(resumed + 1, last_epoch(straight) + 1))
     assert {r["node_ip"] for r in rows[:restart]} == {run["host_ip"]}
     assert {r["node_ip"] for r in rows[restart:]} == {run["other"]}
 
@@ -313,4 +324,4 @@ def test_slurm_head_node_lost_the_requeued_job_resumes(cluster, straight, tmp_pa
     assert set(df.node_ip) <= {addrs["n1"], addrs["n2"]}  # Ray ran on the allocation's own network
     # the requeued job's Tune run resumed the pack from a checkpoint of the first run, not from epoch 1
     again = [r["epoch"] for r in tune_rows(root, "run-001")]
-    assert again == list(range(again[0], EPOCHS + 1)) and again[0] - 1 >= ckpt, again
+    assert again == list(range(again[0], last_epoch(straight) + 1)) and again[0] - 1 >= ckpt, again
