@@ -213,14 +213,15 @@ def assert_same_as_straight(root, straight, run):
     assert set(df[~before].node_ip) == {run["other"]}, "the retried pack stored its trials from the other worker"
     assert set(df[before].node_ip) <= {run["host_ip"]}, "a trial stored before the fault was not stored again"
     # Tune's record of the pack: epochs 1..j on the lost node, then k+1..its last on the other, where k
-    # <= j is a checkpoint taken before the fault: the pack resumed from it, not from epoch 1
+    # is a checkpoint taken before the fault: the pack resumed from it, not from epoch 1
     rows = tune_rows(root)
     restart = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
     assert len(restart) == 2 and restart[0] == 0, [(r["epoch"], r["node_ip"]) for r in rows]
     restart = restart[1]
     epochs = [r["epoch"] for r in rows]
     resumed = epochs[restart] - 1
-    assert resumed % 2 == 0 and run["ckpt"] <= resumed <= epochs[restart - 1], (run["ckpt"], epochs)
+    # (the lost node's last results may never have reached Tune's log: its checkpoint can be newer)
+    assert resumed % 2 == 0 and run["ckpt"] <= resumed, (run["ckpt"], epochs)
     assert epochs[:restart] == list(range(1, epochs[restart - 1] + 1))
     assert epochs[restart:] == list(range(resumed + 1, last_epoch(straight) + 1))
     assert {r["node_ip"] for r in rows[:restart]} == {run["host_ip"]}
