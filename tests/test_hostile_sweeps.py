@@ -12,7 +12,7 @@ from prmf import store
 
 from helpers import sweep_argv, sweep_env
 
-ARGS = ["--experiments", "Exp1", "--epochs", "10", "--folds", "2", "--name", "s"]
+ARGS = ["--experiments", "Exp1", "--epochs", "60", "--folds", "2", "--name", "s"]  # long enough that a SIGTERM at the first progress line lands mid-training on a quiet machine too
 
 
 def mount_tmpfs(path, size):
