@@ -185,10 +185,14 @@ logging.getLogger("ray.tune.execution.tune_controller").addFilter(_WORKER_DIED)
 
 def fit(sweep, root, data, packs, progress, resources, max_concurrent, tune_config) -> bool:
     """One Tuner run (run-NNN under STORAGE/NAME/tune) of the packs [(id, trial specs)], or of a
-    search's proposals (`search_config`: its TuneConfig arguments). True if it was interrupted
+    search's proposals (`tune_config`: its TuneConfig arguments). True if it was interrupted
     (Ctrl-C, SIGUSR1): Tune stopped its trials and returned."""
+    import ray
     from ray import tune
     run = sweep.run
+    if packs and not max_concurrent:  # Tune gives a searcher one pending trial at a time unless it is limited:
+        # as many as it gives a grid, so every free slot of every node gets a pack at once
+        max_concurrent = min(len(packs), max(200, int(1.1 * ray.cluster_resources().get("CPU", 1))))
     trainable_ = tune.with_resources(tune.with_parameters(trainable, data=data, root=str(root)), resources)
     write_packs(root, packs)
     run_index = len(list((root / "tune").glob("run-*"))) if (root / "tune").exists() else 0
