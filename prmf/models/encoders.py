@@ -4,7 +4,7 @@ one with the member axis first (prmf/models/layers.py). `rate` is the dropout ra
 import torch
 import torch.nn as nn
 
-from .layers import LSTM, Linear, dropout
+from .layers import LSTM, Linear, dropout, dropout_mask
 
 
 class MLPEncoder(nn.Module):
@@ -18,13 +18,12 @@ class MLPEncoder(nn.Module):
             setattr(self, f"linear_{i}", Linear(n_members, in_size if i == 1 else hidden_size, hidden_size))
 
     def forward(self, x, lengths, rate, draws):
-        if draws is not None and not (isinstance(rate, float) and rate == 0):  # dropout's 1/(1-p) after the matmul
-            scale = 1.0 / (1.0 - rate)
-            h = torch.relu(self.linear_1(x * draws.keep_mask(x, rate), scale if isinstance(scale, float) else scale.to(x.dtype)))
-        else:
-            if draws is not None:
-                draws.skip()  # the site is taken all the same (prmf/models/draws.py)
+        mask = dropout_mask(x, rate, draws)
+        if mask is None:
             h = torch.relu(self.linear_1(x))
+        else:  # dropout's 1/(1-p) after the matmul, on the narrow output instead of the wide input
+            scale = 1.0 / (1.0 - rate)
+            h = torch.relu(self.linear_1(x * mask, scale if isinstance(scale, float) else scale.to(x.dtype)))
         for i in range(2, self.layers + 1):
             h = torch.relu(getattr(self, f"linear_{i}")(h))
         return h

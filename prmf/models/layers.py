@@ -101,15 +101,22 @@ class _ReconMSE(torch.autograd.Function):
         return torch.bmm(gw, w).to(dh), torch.bmm(gw.transpose(1, 2), h).to(dw), g.sum(1).to(db), None
 
 
-def dropout(x, rate, draws):
-    """Inverted dropout (nn.Dropout's distribution), every member's mask from its own stream
-    (prmf/models/draws.py); draws None: evaluation, x as it is."""
+def dropout_mask(x, rate, draws):
+    """Dropout's keep mask of x from every member's own stream (prmf/models/draws.py), or None where
+    nothing is dropped: evaluation (draws None), or a rate of 0 for every member, which still takes
+    its site so that the draws after it keep their numbers."""
     if draws is None:
-        return x
+        return None
     if isinstance(rate, float) and rate == 0:
         draws.skip()
-        return x
-    return x * draws.keep_mask(x, rate) * per_member(1.0 / (1.0 - rate), x)
+        return None
+    return draws.keep_mask(x, rate)
+
+
+def dropout(x, rate, draws):
+    """Inverted dropout (nn.Dropout's distribution), every member's mask from its own stream."""
+    mask = dropout_mask(x, rate, draws)
+    return x if mask is None else x * mask * per_member(1.0 / (1.0 - rate), x)
 
 
 def init_member(module, members, gen):
